@@ -1,0 +1,110 @@
+"""Parameter blocks: the units of the block-diagonal inverse-Hessian approximation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+BlockSpec = str | int | Sequence[Sequence[torch.Tensor]]
+
+BLOCK_MODES = ("model", "layer")
+
+
+def build_blocks(params: Sequence[torch.Tensor], spec: BlockSpec) -> list[list[torch.Tensor]]:
+    """Split ``params`` (in order) into blocks.
+
+    - ``"model"``: one block with every parameter.
+    - ``"layer"``: a new block starts at every parameter with two or more dimensions; 1-D
+      parameters (biases, normalisation scales) join the block before them, so a Linear/Conv layer
+      and the normalisation after it form one block. For exact module boundaries pass
+      :func:`layer_blocks` of the model instead.
+    - ``int`` N: N contiguous blocks of about equal element count.
+    - a list of lists of parameters: used as given; together they must hold each parameter once.
+    """
+    params = list(params)
+    if not params:
+        raise ValueError("params: the optimizer got an empty parameter list")
+    if isinstance(spec, str):
+        if spec == "model":
+            return [params]
+        if spec == "layer":
+            blocks: list[list[torch.Tensor]] = []
+            for p in params:
+                if p.dim() >= 2 or not blocks:
+                    blocks.append([p])
+                else:
+                    blocks[-1].append(p)
+            return blocks
+        raise ValueError(f"blocks: unknown mode {spec!r}; use one of {BLOCK_MODES}, an int, or a list of lists")
+    if isinstance(spec, bool):
+        raise ValueError("blocks: expected 'model', 'layer', an int >= 1 or a list of lists, got a bool")
+    if isinstance(spec, int):
+        if not 1 <= spec <= len(params):
+            raise ValueError(f"blocks: an int must lie in [1, number of parameters = {len(params)}], got {spec}")
+        return _contiguous_blocks(params, spec)
+    return _explicit_blocks(params, spec)
+
+
+def _contiguous_blocks(params: list[torch.Tensor], n: int) -> list[list[torch.Tensor]]:
+    total = sum(p.numel() for p in params)
+    blocks: list[list[torch.Tensor]] = [[]]
+    seen = 0
+    for i, p in enumerate(params):
+        # Close a block once it reaches its share, keeping enough parameters for the blocks left.
+        left_params = len(params) - i
+        left_blocks = n - len(blocks)
+        if blocks[-1] and (seen >= total * len(blocks) / n or left_params <= left_blocks):
+            if len(blocks) < n:
+                blocks.append([])
+        blocks[-1].append(p)
+        seen += p.numel()
+    return blocks
+
+
+def _explicit_blocks(params: list[torch.Tensor], spec: Sequence[Sequence[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    blocks = [list(b) for b in spec]
+    if any(len(b) == 0 for b in blocks):
+        raise ValueError("blocks: every block in the list must hold at least one parameter")
+    given = [id(p) for b in blocks for p in b]
+    wanted = {id(p) for p in params}
+    if len(given) != len(set(given)):
+        raise ValueError("blocks: a parameter appears in more than one block")
+    if set(given) != wanted:
+        raise ValueError("blocks: the blocks must hold exactly the optimizer's parameters, each once")
+    return blocks
+
+
+def layer_blocks(model: torch.nn.Module) -> list[list[torch.Tensor]]:
+    """One block per module that owns parameters directly (e.g. a Linear's weight and bias)."""
+    blocks = []
+    for module in model.modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if own:
+            blocks.append(own)
+    return blocks
+
+
+def assign_blocks(sizes: Sequence[int], world_size: int) -> list[int]:
+    """Owner rank of each block: greedy, largest block first, to the least-loaded rank.
+
+    Ties go to the lower rank, so every process computes the same assignment.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    load = [0] * world_size
+    owners = [0] * len(sizes)
+    for b in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        r = min(range(world_size), key=lambda k: (load[k], k))
+        owners[b] = r
+        load[r] += sizes[b]
+    return owners
+
+
+def load_imbalance(sizes: Sequence[int], owners: Sequence[int], world_size: int) -> float:
+    """Largest rank load divided by the mean load (1.0 = perfectly balanced)."""
+    load = [0] * world_size
+    for size, r in zip(sizes, owners):
+        load[r] += size
+    mean = sum(load) / world_size
+    return max(load) / mean if mean else 1.0
