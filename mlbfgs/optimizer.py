@@ -77,7 +77,11 @@ class MLBFGS(Optimizer):
         check_finite: skip the whole step (and count it) when the gradient has a non-finite entry,
             so it never enters the averages. Costs one host synchronisation per step.
         process_group: shard the blocks over the ranks of this group (data-parallel training where
-            every rank holds the same averaged gradient); None for a single process.
+            every rank holds the same averaged gradient); None for a single process. Each rank then
+            holds the curvature state of its own blocks only (:mod:`mlbfgs.distributed`).
+        comm_dtype: dtype of the direction exchange between ranks (e.g. ``torch.bfloat16``);
+            None sends the working dtype.
+        min_curvature: a damped pair with ``s.y_hat`` at or below this is rejected.
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class MLBFGS(Optimizer):
         history_dtype: torch.dtype | None = None,
         check_finite: bool = True,
         process_group: Any = None,
+        comm_dtype: torch.dtype | None = None,
         min_curvature: float = 1e-12,
     ) -> None:
         _check_group_values(lr, momentum, weight_decay)
@@ -129,7 +134,7 @@ class MLBFGS(Optimizer):
 
         from .distributed import resolve_sharding  # the math never depends on it beyond this
 
-        self.sharding = resolve_sharding(process_group, self._block_sizes)
+        self.sharding = resolve_sharding(process_group, self._block_sizes, comm_dtype)
         self.owners = assign_blocks(self._block_sizes, self.sharding.world_size)
         self.layout = FlatLayout.build(self._block_sizes, self.owners, self.sharding.world_size)
         self.imbalance = load_imbalance(self._block_sizes, self.owners, self.sharding.world_size)
