@@ -1,0 +1,254 @@
+"""Convergence curves: smoothed train loss and test accuracy against iterations, epochs, training
+seconds and gradient evaluations, mean and spread over seeds, one figure per workload.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import PercentFormatter
+
+from analysis.select import MAIN_BETA, main_runs
+from analysis.style import line_style, new_figure, optimizer_color, sort_optimizers, styled
+
+#: Default EMA span as a fraction of a run's train rows (2%: 1,000 iterations -> span 20).
+SMOOTH_FRACTION = 0.02
+
+#: x-axes of the convergence figure: column -> axis label.
+X_AXES: dict[str, str] = {
+    "iteration": "iteration",
+    "epoch_progress": "epoch",
+    "wall_s": "training time (s, evaluation excluded)",
+    "grad_evals": "gradient evaluations (forward+backward passes)",
+}
+
+#: Most points of an interpolation grid (longer curves are resampled onto this many points).
+MAX_POINTS = 400
+
+Band = Literal["minmax", "std"]
+
+
+def smoothing_span(n: int, fraction: float = SMOOTH_FRACTION) -> int:
+    """EMA span for a run of ``n`` train rows: ``max(1, round(fraction * n))``."""
+    return max(1, round(fraction * n))
+
+
+def ema(values: np.ndarray, span: int) -> np.ndarray:
+    """Exponential moving average with ``alpha = 2 / (span + 1)`` (bias-corrected, as pandas'
+    ``ewm(span).mean()``), skipping non-finite values; those positions stay NaN in the output."""
+    arr = np.asarray(values, dtype=float)
+    finite = np.isfinite(arr)
+    smoothed = pd.Series(np.where(finite, arr, np.nan)).ewm(span=span, ignore_na=True).mean().to_numpy()
+    return np.where(finite, smoothed, np.nan)
+
+
+def smoothed_train(runs: pd.DataFrame, fraction: float = SMOOTH_FRACTION) -> pd.DataFrame:
+    """Train rows sorted by run and iteration, with ``train_loss_smooth`` = per-run EMA of train_loss
+    (span from :func:`smoothing_span`)."""
+    train = runs[runs["kind"] == "train"].sort_values(["run_id", "iteration"], kind="stable").copy()
+    smooth = np.full(len(train), np.nan)
+    start = 0
+    for _, run in train.groupby("run_id", sort=True):
+        n = len(run)
+        smooth[start : start + n] = ema(run["train_loss"].to_numpy(), smoothing_span(n, fraction))
+        start += n
+    train["train_loss_smooth"] = smooth
+    return train
+
+
+def evals(runs: pd.DataFrame) -> pd.DataFrame:
+    """Eval rows with a test accuracy, sorted by run and iteration."""
+    rows = runs[(runs["kind"] == "eval") & runs["test_acc"].notna()]
+    return rows.sort_values(["run_id", "iteration"], kind="stable")
+
+
+def seed_band(frame: pd.DataFrame, x: str, y: str, max_points: int = MAX_POINTS) -> pd.DataFrame:
+    """Mean and spread of ``y`` against ``x`` over the runs (``run_id``) in ``frame``.
+
+    Every run is linearly interpolated onto a common grid (the union of the x values, or
+    ``max_points`` evenly spaced points when there are more) inside its own x range; rows with a
+    non-finite x or y are dropped first, so a run that diverged ends where its values stop being
+    finite. Returns columns x, mean, std, min, max, n (runs covering the point) and complete (all runs
+    cover it), one row per grid point.
+    """
+    curves = []
+    for _, run in frame.groupby("run_id", sort=True):
+        xs = run[x].to_numpy(dtype=float)
+        ys = run[y].to_numpy(dtype=float)
+        ok = np.isfinite(xs) & np.isfinite(ys)
+        if not ok.any():
+            continue
+        order = np.argsort(xs[ok], kind="stable")
+        xs, ys = xs[ok][order], ys[ok][order]
+        xs, last = np.unique(xs[::-1], return_index=True)  # keep the last value at a repeated x
+        ys = ys[::-1][last]
+        curves.append((xs, ys))
+    columns = ["x", "mean", "std", "min", "max", "n", "complete"]
+    if not curves:
+        return pd.DataFrame(columns=columns)
+    grid = np.unique(np.concatenate([c[0] for c in curves]))
+    if len(grid) > max_points:
+        grid = np.linspace(grid[0], grid[-1], max_points)
+    values = np.full((len(curves), len(grid)), np.nan)
+    for i, (xs, ys) in enumerate(curves):
+        inside = (grid >= xs[0]) & (grid <= xs[-1])
+        values[i, inside] = np.interp(grid[inside], xs, ys)
+    n = np.isfinite(values).sum(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN columns
+        out = pd.DataFrame(
+            {
+                "x": grid,
+                "mean": np.nanmean(values, axis=0),
+                "std": np.nanstd(values, axis=0),
+                "min": np.nanmin(values, axis=0),
+                "max": np.nanmax(values, axis=0),
+                "n": n,
+                "complete": n == len(curves),
+            }
+        )
+    return out[out["n"] > 0].reset_index(drop=True)
+
+
+def draw_band(
+    ax: Axes,
+    band_frame: pd.DataFrame,
+    color: str,
+    style: dict[str, float],
+    band: Band = "minmax",
+    label: str | None = None,
+) -> Line2D | None:
+    """Draw the mean line and the shaded spread of :func:`seed_band` output (points covered by every
+    run only); returns the line or ``None`` when nothing is drawn."""
+    full = band_frame[band_frame["complete"]]
+    if full.empty:
+        return None
+    if band == "std":
+        lo, hi = full["mean"] - full["std"], full["mean"] + full["std"]
+    else:
+        lo, hi = full["min"], full["max"]
+    ax.fill_between(full["x"], lo, hi, color=color, alpha=0.18, linewidth=0, zorder=style["zorder"] - 1)
+    (line,) = ax.plot(full["x"], full["mean"], color=color, label=label, **style)
+    return line
+
+
+def diverged_runs(train: pd.DataFrame) -> set[str]:
+    """Run ids whose train loss is non-finite at some iteration."""
+    bad = train[~np.isfinite(train["train_loss"].to_numpy(dtype=float))]
+    return set(bad["run_id"])
+
+
+def _positive(values: pd.Series) -> bool:
+    v = values.to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    return bool(len(v)) and bool((v > 0).all())
+
+
+def plot_curve_grid(
+    train: pd.DataFrame,
+    ev: pd.DataFrame,
+    groups: Sequence[str],
+    group_col: str,
+    color_of: Callable[[str], str],
+    style_of: Callable[[str], dict[str, float]],
+    label_of: Callable[[str], str],
+    x_axes: dict[str, str],
+    band: Band,
+    title: str,
+) -> Figure:
+    """Figure with a row for the smoothed train loss and a row for the test accuracy, one column per
+    x-axis in ``x_axes``, one curve per value of ``group_col`` (mean over runs with a shaded band)."""
+    with styled():
+        ncols = len(x_axes)
+        fig, axes = new_figure(2, ncols, 4.2 * ncols, 7.6)
+        loss_axes, acc_axes = axes[:ncols], axes[ncols:]
+        log_loss = _positive(train["train_loss_smooth"]) if len(train) else False
+        handles: list[Line2D] = []
+        for name in groups:
+            color, style = color_of(name), style_of(name)
+            tr = train[train[group_col] == name]
+            ev_g = ev[ev[group_col] == name]
+            broken = diverged_runs(tr)
+            for ax, x in zip(loss_axes, x_axes, strict=True):
+                band_frame = seed_band(tr, x, "train_loss_smooth")
+                line = draw_band(ax, band_frame, color, style, band)
+                if line is not None and broken:
+                    last = band_frame[band_frame["complete"]].iloc[-1]
+                    ax.plot([last["x"]], [last["mean"]], marker="X", markersize=9, color=color, zorder=6)
+            for ax, x in zip(acc_axes, x_axes, strict=True):
+                draw_band(ax, seed_band(ev_g, x, "test_acc"), color, style, band)
+            n_runs = tr["run_id"].nunique() or ev_g["run_id"].nunique()
+            label = f"{label_of(name)} ({n_runs} seed{'s' if n_runs != 1 else ''})"
+            if broken:
+                label += f", non-finite loss in {len(broken)}"
+            handles.append(Line2D([], [], color=color, label=label, **style))
+        for ax, (x, xlabel) in zip(loss_axes, x_axes.items(), strict=True):
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("train loss (EMA-smoothed)")
+            ax.set_title(f"train loss vs {_short(x)}")
+            if log_loss:
+                ax.set_yscale("log")
+        for ax, (x, xlabel) in zip(acc_axes, x_axes.items(), strict=True):
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(f"test accuracy vs {_short(x)}")
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        spread = "min–max over seeds" if band == "minmax" else "±1 std over seeds"
+        fig.suptitle(f"{title}\nline: mean over seeds, band: {spread}; × marks a run whose loss became non-finite")
+        if handles:
+            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
+    return fig
+
+
+def _short(x: str) -> str:
+    return {"iteration": "iteration", "epoch_progress": "epoch", "wall_s": "time", "grad_evals": "grad evals"}.get(x, x)
+
+
+def plot_convergence(
+    runs: pd.DataFrame,
+    workload: str,
+    band: Band = "minmax",
+    smooth_fraction: float = SMOOTH_FRACTION,
+    main_beta: float = MAIN_BETA,
+) -> Figure:
+    """Convergence figure of one workload: every optimizer of the main comparison (see
+    :func:`analysis.select.main_runs`), train loss (EMA, span = ``smooth_fraction`` of the run) and
+    test accuracy vs iteration, epoch, training seconds and gradient evaluations."""
+    data = main_runs(runs[runs["workload"] == workload], main_beta)
+    if data.empty:
+        raise ValueError(f"workload {workload!r} has no runs; known: {', '.join(sorted(runs['workload'].unique()))}")
+    train = smoothed_train(data, smooth_fraction)
+    ev = evals(data)
+    optimizers = sort_optimizers(data["optimizer"])
+    span = smoothing_span(int(train.groupby("run_id").size().median()) if len(train) else 1, smooth_fraction)
+    return plot_curve_grid(
+        train,
+        ev,
+        optimizers,
+        "optimizer",
+        optimizer_color,
+        line_style,
+        str,
+        X_AXES,
+        band,
+        f"{workload}: convergence (train loss EMA span {span} iterations)",
+    )
+
+
+def workloads(runs: pd.DataFrame) -> list[str]:
+    """Workload names, sorted."""
+    return sorted(runs["workload"].dropna().unique())
+
+
+def convergence_figures(
+    runs: pd.DataFrame, band: Band = "minmax", smooth_fraction: float = SMOOTH_FRACTION
+) -> dict[str, Figure]:
+    """:func:`plot_convergence` for every workload, keyed by workload name (sorted)."""
+    return {w: plot_convergence(runs, w, band, smooth_fraction) for w in workloads(runs)}

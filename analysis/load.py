@@ -1,0 +1,361 @@
+"""Read the results tree into DataFrames and check it against the CSV schemas of DEVELOPERS.md.
+
+Layout read (every group optional)::
+
+    <results>/runs/<workload>/<run_id>.csv             run CSV (train and eval rows)
+    <results>/runs/<workload>/<run_id>.json            run manifest
+    <results>/runs/<workload>/<run_id>.curvature.csv   curvature pairs (quasi-Newton optimizers)
+    <results>/overhead/*.csv                           per-step / per-iteration timings
+    <results>/distributed/*.csv                        per-rank curvature memory and direction time
+
+A file that breaks its schema raises :class:`SchemaError` naming the file and the missing columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+RUN_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "workload",
+    "optimizer",
+    "seed",
+    "kind",
+    "epoch",
+    "iteration",
+    "train_loss",
+    "lr",
+    "wall_s",
+    "grad_evals",
+    "test_loss",
+    "test_acc",
+    "eval_s",
+)
+RUN_NUMERIC: tuple[str, ...] = (
+    "seed",
+    "epoch",
+    "iteration",
+    "train_loss",
+    "lr",
+    "wall_s",
+    "grad_evals",
+    "test_loss",
+    "test_acc",
+    "eval_s",
+)
+RUN_KINDS: tuple[str, ...] = ("train", "eval")
+
+CURVATURE_COLUMNS: tuple[str, ...] = ("run_id", "iteration", "block", "mu", "accepted")
+CURVATURE_NUMERIC: tuple[str, ...] = ("iteration", "mu")
+
+OVERHEAD_COLUMNS: tuple[str, ...] = ("model", "optimizer", "measure", "repeat", "seconds")
+OVERHEAD_NUMERIC: tuple[str, ...] = ("repeat", "seconds")
+OVERHEAD_MEASURES: tuple[str, ...] = ("step", "iteration")
+
+DISTRIBUTED_COLUMNS: tuple[str, ...] = (
+    "model",
+    "world_size",
+    "rank",
+    "blocks",
+    "curvature_bytes",
+    "direction_seconds",
+)
+DISTRIBUTED_NUMERIC: tuple[str, ...] = ("world_size", "rank", "blocks", "curvature_bytes", "direction_seconds")
+
+#: Suffix of curvature CSVs next to the run CSVs.
+CURVATURE_SUFFIX = ".curvature.csv"
+
+#: Columns always read as text.
+_TEXT_COLUMNS: tuple[str, ...] = ("run_id", "workload", "optimizer", "kind", "block", "model", "measure")
+
+#: Optimizers whose runs are stochastic L-BFGS without momentum (beta = 0 by definition).
+ZERO_BETA_OPTIMIZERS: frozenset[str] = frozenset({"slbfgs"})
+
+
+class SchemaError(ValueError):
+    """A results file does not match the schema in DEVELOPERS.md."""
+
+
+@dataclass
+class Results:
+    """Everything read from one results directory; a group is ``None`` when it has no files."""
+
+    root: Path
+    runs: pd.DataFrame | None
+    manifests: pd.DataFrame | None
+    curvature: pd.DataFrame | None
+    overhead: pd.DataFrame | None
+    distributed: pd.DataFrame | None
+
+
+def read_checked_csv(path: Path, columns: Sequence[str], numeric: Sequence[str] = ()) -> pd.DataFrame:
+    """Read ``path`` and check it has every column of ``columns`` (extra columns are kept).
+
+    Columns in ``numeric`` are converted to float; a value that is neither empty nor a number raises
+    :class:`SchemaError` naming the file, the column and the value. Text columns stay strings.
+    """
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS}, keep_default_na=True)
+    except pd.errors.EmptyDataError as err:
+        raise SchemaError(f"{path}: empty file; expected a header with columns {', '.join(columns)}") from err
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise SchemaError(f"{path}: not a readable CSV ({err})") from err
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{path}: missing column(s) {', '.join(missing)}; expected columns {', '.join(columns)}")
+    for col in numeric:
+        raw = df[col]
+        converted = pd.to_numeric(raw, errors="coerce").astype(float)
+        bad = (
+            converted.isna() & raw.notna() & ~raw.astype(str).str.strip().str.lower().isin({"", "nan", "none", "null"})
+        )
+        if bad.any():
+            value = raw[bad].iloc[0]
+            raise SchemaError(f"{path}: column {col} holds a non-numeric value {value!r}")
+        df[col] = converted
+    return df
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
+    frames = [f for f in frames if len(f.columns)]
+    if not frames:
+        return None
+    return pd.concat(frames, ignore_index=True)
+
+
+def _run_csv_paths(results: Path) -> list[Path]:
+    runs_dir = results / "runs"
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p for p in runs_dir.rglob("*.csv") if not p.name.endswith(CURVATURE_SUFFIX))
+
+
+def load_runs(results: Path | str) -> pd.DataFrame | None:
+    """All run CSVs under ``results/runs`` in one DataFrame (``None`` when there are none).
+
+    Adds the columns ``source`` (file path), ``beta`` (from the manifest, see :func:`manifest_beta`)
+    and ``epoch_progress`` (epochs completed as a float, see :func:`epoch_progress`). Eval rows with an
+    empty ``wall_s`` or ``grad_evals`` take the value of the train row at the same iteration.
+    """
+    results = Path(results)
+    frames = []
+    for path in _run_csv_paths(results):
+        df = read_checked_csv(path, RUN_COLUMNS, RUN_NUMERIC)
+        kinds = set(df["kind"].dropna().unique())
+        unknown = sorted(kinds - set(RUN_KINDS))
+        if unknown:
+            raise SchemaError(f"{path}: column kind holds {', '.join(unknown)}; allowed: train, eval")
+        df["source"] = str(path)
+        frames.append(df)
+    runs = _concat(frames)
+    if runs is None:
+        return None
+    manifests = load_manifests(results)
+    beta = {} if manifests is None else dict(zip(manifests["run_id"], manifests["beta"], strict=True))
+    runs["beta"] = [_beta_of(rid, opt, beta) for rid, opt in zip(runs["run_id"], runs["optimizer"], strict=True)]
+    runs = _fill_eval_progress(runs)
+    runs["epoch_progress"] = epoch_progress(runs)
+    return runs
+
+
+def _beta_of(run_id: str, optimizer: str, betas: Mapping[str, float]) -> float:
+    if optimizer in ZERO_BETA_OPTIMIZERS:
+        return 0.0
+    value = betas.get(run_id)
+    return float("nan") if value is None else float(value)
+
+
+def _fill_eval_progress(runs: pd.DataFrame) -> pd.DataFrame:
+    """Fill empty ``wall_s`` / ``grad_evals`` of eval rows from the last train row at or before them."""
+    out = []
+    for _, run in runs.groupby("run_id", sort=True):
+        run = run.copy()
+        train = run[run["kind"] == "train"].sort_values("iteration")
+        evals = run["kind"] == "eval"
+        if len(train) and evals.any():
+            for col in ("wall_s", "grad_evals"):
+                need = evals & run[col].isna()
+                if need.any():
+                    known = train[["iteration", col]].dropna()
+                    if len(known):
+                        idx = np.searchsorted(known["iteration"].to_numpy(), run.loc[need, "iteration"], "right")
+                        vals = np.where(idx > 0, known[col].to_numpy()[np.maximum(idx - 1, 0)], 0.0)
+                        run.loc[need, col] = vals
+        out.append(run)
+    return pd.concat(out).sort_index()
+
+
+def epoch_progress(runs: pd.DataFrame) -> pd.Series:
+    """Epochs completed at each row, as a float (the x-axis of "vs epoch" plots).
+
+    When a run's train rows carry whole epoch numbers, the k-th train row of an epoch (of n rows per
+    full epoch, n the largest count over epochs) gets ``(epoch - first epoch) + k / n``; so the last row
+    of the first epoch sits at 1.0. Fractional epoch numbers are used as they are. Eval rows take the
+    progress of the training iteration they follow (linear interpolation over iterations).
+    """
+    result = pd.Series(np.nan, index=runs.index, dtype=float)
+    for _, run in runs.groupby("run_id", sort=False):
+        train = run[(run["kind"] == "train") & run["iteration"].notna() & run["epoch"].notna()]
+        train = train.sort_values("iteration", kind="stable")
+        if train.empty:
+            result.loc[run.index] = run["epoch"].astype(float)
+            continue
+        epochs = train["epoch"].to_numpy(dtype=float)
+        if np.all(np.isclose(epochs, np.round(epochs))):
+            counts = train.groupby("epoch").size()
+            per_epoch = int(counts.max())
+            rank = train.groupby("epoch").cumcount().to_numpy() + 1
+            progress = (epochs - epochs.min()) + rank / per_epoch
+        else:
+            progress = epochs
+        result.loc[train.index] = progress
+        others = run.index.difference(train.index)
+        if len(others):
+            start = 0.0 if np.all(np.isclose(epochs, np.round(epochs))) else float(progress[0])
+            xp = np.concatenate([[train["iteration"].iloc[0] - 1.0], train["iteration"].to_numpy(dtype=float)])
+            fp = np.concatenate([[start], progress])
+            result.loc[others] = np.interp(run.loc[others, "iteration"].to_numpy(dtype=float), xp, fp)
+    return result
+
+
+def _find_key(obj: Any, key: str, path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if k == key:
+                yield path + (str(k),), v
+            yield from _find_key(v, key, path + (str(k),))
+
+
+def manifest_beta(manifest: Mapping[str, Any]) -> float | None:
+    """The momentum coefficient ``beta`` of the optimizer config in a run manifest, if any.
+
+    Looked up first at the usual places (``optimizer_config.beta``, ``config.optimizer.beta``,
+    ``config.optimizer_config.beta``, ``config.beta``, ``beta``), then anywhere under a key that
+    contains "optim". Runs of ``slbfgs`` are beta = 0 whatever the manifest says.
+    """
+    if manifest.get("optimizer") in ZERO_BETA_OPTIMIZERS:
+        return 0.0
+    candidates: list[Any] = [
+        _get(manifest, "optimizer_config", "beta"),
+        _get(manifest, "config", "optimizer", "beta"),
+        _get(manifest, "config", "optimizer_config", "beta"),
+        _get(manifest, "config", "beta"),
+        _get(manifest, "beta"),
+    ]
+    candidates += [v for p, v in _find_key(manifest, "beta") if any("optim" in part for part in p[:-1])]
+    for value in candidates:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def _get(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]...`` or ``None`` when a level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def load_manifests(results: Path | str) -> pd.DataFrame | None:
+    """One row per manifest JSON under ``results/runs``: run_id, workload, optimizer, seed, beta,
+    path and the parsed manifest (column ``manifest``). ``None`` when there are none."""
+    runs_dir = Path(results) / "runs"
+    if not runs_dir.is_dir():
+        return None
+    rows = []
+    for path in sorted(runs_dir.rglob("*.json")):
+        try:
+            manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise SchemaError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(manifest, dict):
+            raise SchemaError(f"{path}: a manifest must be a JSON object")
+        beta = manifest_beta(manifest)
+        rows.append(
+            {
+                "run_id": str(manifest.get("run_id", path.stem)),
+                "workload": manifest.get("workload", path.parent.name),
+                "optimizer": manifest.get("optimizer"),
+                "seed": manifest.get("seed"),
+                "beta": float("nan") if beta is None else beta,
+                "path": str(path),
+                "manifest": manifest,
+            }
+        )
+    return pd.DataFrame(rows) if rows else None
+
+
+def load_curvature(results: Path | str) -> pd.DataFrame | None:
+    """All ``<run_id>.curvature.csv`` files in one DataFrame with ``accepted`` as bool."""
+    runs_dir = Path(results) / "runs"
+    if not runs_dir.is_dir():
+        return None
+    frames = []
+    for path in sorted(runs_dir.rglob("*" + CURVATURE_SUFFIX)):
+        df = read_checked_csv(path, CURVATURE_COLUMNS, CURVATURE_NUMERIC)
+        df["accepted"] = _to_bool(df["accepted"], path)
+        df["source"] = str(path)
+        frames.append(df)
+    return _concat(frames)
+
+
+def _to_bool(values: pd.Series, path: Path) -> pd.Series:
+    mapping = {"true": True, "1": True, "1.0": True, "false": False, "0": False, "0.0": False}
+    text = values.astype(str).str.strip().str.lower()
+    unknown = sorted(set(text) - set(mapping))
+    if unknown:
+        raise SchemaError(f"{path}: column accepted holds {', '.join(unknown)}; expected true/false or 1/0")
+    return text.map(mapping).astype(bool)
+
+
+def load_overhead(results: Path | str) -> pd.DataFrame | None:
+    """All ``results/overhead/*.csv`` in one DataFrame; ``measure`` must be step or iteration."""
+    frames = []
+    for path in sorted((Path(results) / "overhead").glob("*.csv")):
+        df = read_checked_csv(path, OVERHEAD_COLUMNS, OVERHEAD_NUMERIC)
+        unknown = sorted(set(df["measure"].dropna()) - set(OVERHEAD_MEASURES))
+        if unknown:
+            raise SchemaError(f"{path}: column measure holds {', '.join(unknown)}; allowed: step, iteration")
+        df["source"] = str(path)
+        frames.append(df)
+    return _concat(frames)
+
+
+def load_distributed(results: Path | str) -> pd.DataFrame | None:
+    """All ``results/distributed/*.csv`` in one DataFrame (schema: :data:`DISTRIBUTED_COLUMNS`)."""
+    frames = []
+    for path in sorted((Path(results) / "distributed").glob("*.csv")):
+        df = read_checked_csv(path, DISTRIBUTED_COLUMNS, DISTRIBUTED_NUMERIC)
+        df["source"] = str(path)
+        frames.append(df)
+    return _concat(frames)
+
+
+def load_results(results: Path | str) -> Results:
+    """Read every group of the results tree (see the module docstring)."""
+    root = Path(results)
+    return Results(
+        root=root,
+        runs=load_runs(root),
+        manifests=load_manifests(root),
+        curvature=load_curvature(root),
+        overhead=load_overhead(root),
+        distributed=load_distributed(root),
+    )
+
+
+def run_info(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: run_id, workload, optimizer, seed, beta (sorted by run_id)."""
+    cols = ["run_id", "workload", "optimizer", "seed", "beta"]
+    return runs[cols].drop_duplicates("run_id").sort_values("run_id").reset_index(drop=True)

@@ -1,0 +1,226 @@
+"""Regenerate every figure and table from whatever CSVs a results directory holds.
+
+Output files (under ``out``):
+
+- ``convergence_<workload>.png``                 curves per workload (runs)
+- ``time_to_target.md`` / ``.csv``               time-to-target table (runs)
+- ``stability_<workload>.png``, ``stability.md`` / ``.csv``   beta ablation (runs + curvature)
+- ``overhead.png``, ``overhead.md`` / ``.csv``   per-step / per-iteration cost (overhead)
+- ``distributed_scaling.png``, ``distributed_scaling.md`` / ``.csv``  (distributed)
+
+A group whose CSVs are absent is skipped with a one-line notice. Tables are byte-stable (fixed float
+formats, sorted rows, no timestamps); PNGs carry no software/version metadata.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analysis.curves import SMOOTH_FRACTION, Band, convergence_figures
+from analysis.load import Results, load_results
+from analysis.overhead import overhead_markdown, overhead_summary, plot_overhead
+from analysis.readme import relative_link, results_section, update_readme
+from analysis.scaling import plot_scaling, scaling_markdown, scaling_summary
+from analysis.select import MAIN_BETA
+from analysis.stability import DEFAULT_BOUNDS, stability_figures, stability_markdown, stability_summary
+from analysis.style import safe_name, save_figure
+from analysis.tables import write_csv, write_text
+from analysis.targets import TargetRule, time_to_target, time_to_target_csv_frame, time_to_target_markdown
+
+
+@dataclass(frozen=True)
+class Options:
+    """Knobs of the generated output (the CLI flags)."""
+
+    target: TargetRule = field(default_factory=TargetRule)
+    band: Band = "minmax"
+    smooth_fraction: float = SMOOTH_FRACTION
+    main_beta: float = MAIN_BETA
+    bounds: tuple[float, float] = DEFAULT_BOUNDS
+
+
+@dataclass
+class Report:
+    """What :func:`generate` produced: files, notices, README tables and key figures."""
+
+    written: list[Path] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    tables: list[tuple[str, str]] = field(default_factory=list)
+    figures: dict[str, dict[str, Path]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    #: Number of distinct betas per workload of the stability figures (picks the README figure).
+    stability_betas: dict[str, int] = field(default_factory=dict)
+
+
+def _skip(report: Report, log: Callable[[str], None], group: str, why: str) -> None:
+    line = f"skipping {group}: {why}"
+    report.notices.append(line)
+    report.skipped.append(group)
+    log(line)
+
+
+def _convergence(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
+    if data.runs is None:
+        _skip(report, log, "convergence curves", f"no run CSVs under {data.root / 'runs'}")
+        _skip(report, log, "time to target", f"no run CSVs under {data.root / 'runs'}")
+        return
+    paths = {}
+    for workload, fig in convergence_figures(data.runs, opts.band, opts.smooth_fraction).items():
+        paths[workload] = save_figure(fig, out / f"convergence_{safe_name(workload)}.png")
+    report.figures["convergence"] = paths
+    report.written += paths.values()
+    table = time_to_target(data.runs, opts.target, opts.smooth_fraction, opts.main_beta)
+    if table.empty:
+        _skip(report, log, "time to target", f"no workload has {opts.target.reference} runs to set the target")
+        return
+    md = time_to_target_markdown(table, data.runs, opts.target, 4, opts.smooth_fraction, opts.main_beta)
+    report.written.append(write_text(out / "time_to_target.md", md))
+    report.written.append(write_csv(out / "time_to_target.csv", time_to_target_csv_frame(table)))
+    report.tables.append(("Time to target", md))
+
+
+def _stability(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
+    if data.runs is None:
+        _skip(report, log, "stability", f"no run CSVs under {data.root / 'runs'}")
+        return
+    figures = stability_figures(data.runs, data.curvature, opts.bounds)
+    if not figures:
+        _skip(report, log, "stability", "no workload has mlbfgs/slbfgs runs with two or more beta values")
+        return
+    if data.curvature is None:
+        line = "stability: no curvature CSVs; mu panels left empty"
+        report.notices.append(line)
+        log(line)
+    paths = {w: save_figure(fig, out / f"stability_{safe_name(w)}.png") for w, fig in figures.items()}
+    report.figures["stability"] = paths
+    report.written += paths.values()
+    summary = stability_summary(data.runs, data.curvature, opts.bounds)
+    report.stability_betas = {str(w): int(n) for w, n in summary.groupby("workload")["beta"].nunique().items()}
+    md = stability_markdown(summary, opts.bounds)
+    report.written.append(write_text(out / "stability.md", md))
+    report.written.append(write_csv(out / "stability.csv", summary))
+    report.tables.append(("Stability against beta", md))
+
+
+def _overhead(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
+    if data.overhead is None:
+        _skip(report, log, "overhead", f"no CSVs under {data.root / 'overhead'}")
+        return
+    summary = overhead_summary(data.overhead)
+    path = save_figure(plot_overhead(summary), out / "overhead.png")
+    report.figures["overhead"] = {"": path}
+    report.written.append(path)
+    md = overhead_markdown(summary)
+    report.written.append(write_text(out / "overhead.md", md))
+    report.written.append(write_csv(out / "overhead.csv", summary, "%.9f"))
+    report.tables.append(("Optimizer overhead", md))
+
+
+def _distributed(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
+    if data.distributed is None:
+        _skip(report, log, "distributed scaling", f"no CSVs under {data.root / 'distributed'}")
+        return
+    path = save_figure(plot_scaling(data.distributed), out / "distributed_scaling.png")
+    report.figures["distributed"] = {"": path}
+    report.written.append(path)
+    summary = scaling_summary(data.distributed)
+    md = scaling_markdown(summary)
+    report.written.append(write_text(out / "distributed_scaling.md", md))
+    report.written.append(write_csv(out / "distributed_scaling.csv", summary, "%.9f"))
+    report.tables.append(("Distributed scaling", md))
+
+
+#: Figure groups in the order they are generated.
+GROUPS: tuple[Callable[[Results, Path, Options, Report, Callable[[str], None]], None], ...] = (
+    _convergence,
+    _stability,
+    _overhead,
+    _distributed,
+)
+
+
+def generate(
+    results: Path | str,
+    out: Path | str,
+    options: Options | None = None,
+    log: Callable[[str], None] = print,
+) -> Report:
+    """Read ``results`` and write every figure and table that its CSVs allow into ``out``."""
+    opts = options or Options()
+    data = load_results(results)
+    out = Path(out)
+    report = Report()
+    for group in GROUPS:
+        group(data, out, opts, report, log)
+    return report
+
+
+def key_figures(report: Report) -> list[tuple[str, Path]]:
+    """The two figures linked from the README: the stability figure of the workload with the most
+    betas (ties: first by name) and the convergence figure of that workload (else the first one);
+    when either is missing, the next available of overhead and distributed scaling."""
+    stability = report.figures.get("stability", {})
+    convergence = report.figures.get("convergence", {})
+    focus = min(stability, key=lambda w: (-report.stability_betas.get(w, 0), w)) if stability else None
+    picks: list[tuple[str, Path]] = []
+    if convergence:
+        workload = focus if focus in convergence else min(convergence)
+        picks.append((f"Convergence: {workload}", convergence[workload]))
+    if focus is not None:
+        picks.append((f"Stability against the momentum coefficient beta: {focus}", stability[focus]))
+    if "overhead" in report.figures:
+        picks.append(("Optimizer overhead relative to sgd", report.figures["overhead"][""]))
+    if "distributed" in report.figures:
+        picks.append(("Distributed scaling of the curvature state", report.figures["distributed"][""]))
+    return picks[:2]
+
+
+def command_line(results: Path, out: Path, readme: Path, opts: Options) -> str:
+    """The ``python -m analysis`` command that regenerates the README section, paths relative to the
+    README's folder (where the command is meant to be run)."""
+    parts = [
+        "python",
+        "-m",
+        "analysis",
+        "--results",
+        relative_link(results, readme),
+        "--out",
+        relative_link(out, readme),
+        "--readme",
+        relative_link(readme, readme),
+    ]
+    default = Options()
+    rule = opts.target
+    if rule.metric != default.target.metric:
+        parts += ["--target-metric", rule.metric]
+    if rule.value is not None:
+        parts += ["--target-value", f"{rule.value:g}"]
+    if rule.fraction != default.target.fraction:
+        parts += ["--target-fraction", f"{rule.fraction:g}"]
+    if opts.band != default.band:
+        parts += ["--band", opts.band]
+    if opts.main_beta != default.main_beta:
+        parts += ["--main-beta", f"{opts.main_beta:g}"]
+    return shlex.join(parts)
+
+
+def write_readme(
+    readme: Path, results: Path, out: Path, report: Report, opts: Options, log: Callable[[str], None] = print
+) -> bool:
+    """Replace the README's marked results section; logs and returns False when markers are missing."""
+    section = results_section(
+        readme,
+        relative_link(Path(results), Path(readme)),
+        command_line(Path(results), Path(out), Path(readme), opts),
+        report.tables,
+        key_figures(report),
+        report.skipped,
+    )
+    if update_readme(Path(readme), section):
+        log(f"updated the results section of {readme}")
+        return True
+    log(f"{readme}: no '<!-- results:start -->' / '<!-- results:end -->' markers (or no file); left unchanged")
+    return False

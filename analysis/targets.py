@@ -1,0 +1,242 @@
+"""Time to target: iterations, gradient evaluations and training seconds each optimizer needs to first
+reach a target test accuracy (or train loss), with ratios to the reference optimizer (sgd).
+
+Rule (default): target = 0.99 x the final test accuracy of sgd (last evaluation of each run, mean over
+seeds). A run reaches the target at its first evaluation with ``test_acc >= target``; an optimizer's
+figures are the means over its seeds, reported only when every seed reaches the target.
+For a loss target the EMA-smoothed train loss (see :mod:`analysis.curves`) must fall to
+``<= target`` (default target: sgd's final smoothed loss / 0.99).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from analysis.curves import SMOOTH_FRACTION, evals, smoothed_train
+from analysis.select import MAIN_BETA, main_runs
+from analysis.style import optimizer_sort_key
+from analysis.tables import fmt, markdown_table
+
+NOT_REACHED = "not reached"
+
+#: Columns of :func:`time_to_target` (and of ``time_to_target.csv``).
+TABLE_COLUMNS: tuple[str, ...] = (
+    "workload",
+    "optimizer",
+    "metric",
+    "target",
+    "seeds",
+    "seeds_reached",
+    "iterations",
+    "grad_evals",
+    "seconds",
+    "iterations_ratio",
+    "grad_evals_ratio",
+    "seconds_ratio",
+)
+
+Metric = Literal["test_acc", "train_loss"]
+_METRIC_NAMES: dict[str, str] = {"test_acc": "test accuracy", "train_loss": "train loss (EMA-smoothed)"}
+
+
+@dataclass(frozen=True)
+class TargetRule:
+    """How the per-workload target is set.
+
+    ``metric``: "test_acc" (reach ``>= target``) or "train_loss" (smoothed loss ``<= target``).
+    ``value``: an absolute target; when ``None`` the target comes from the ``reference`` optimizer's
+    final value (mean over seeds): times ``fraction`` for accuracy, divided by ``fraction`` for loss.
+    """
+
+    metric: Metric = "test_acc"
+    value: float | None = None
+    reference: str = "sgd"
+    fraction: float = 0.99
+
+    def __post_init__(self) -> None:
+        if self.metric not in _METRIC_NAMES:
+            raise ValueError(f"metric must be one of {', '.join(_METRIC_NAMES)}, got {self.metric!r}")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must lie in (0, 1], got {self.fraction}")
+
+    @property
+    def higher_is_better(self) -> bool:
+        """True for accuracy (reach means ``>=``), False for loss (reach means ``<=``)."""
+        return self.metric == "test_acc"
+
+    def from_reference(self, final: float) -> float:
+        """Target from the reference's final value."""
+        return final * self.fraction if self.higher_is_better else final / self.fraction
+
+    def caption(self, target: float, reference_final: float | None, reference_seeds: int) -> str:
+        """The sentence that states the rule and the resulting target."""
+        name = _METRIC_NAMES[self.metric]
+        sign = "≥" if self.higher_is_better else "≤"
+        if self.value is not None:
+            how = "a fixed target"
+        else:
+            op = f"{self.fraction:g} ×" if self.higher_is_better else f"1/{self.fraction:g} ×"
+            how = (
+                f"{op} the final {name} of {self.reference} "
+                f"(last evaluation, mean over {reference_seeds} seed{'s' if reference_seeds != 1 else ''}: "
+                f"{fmt(reference_final, 4)})"
+            )
+        point = "evaluation" if self.metric == "test_acc" else "iteration"
+        return (
+            f"Target: {name} {sign} {fmt(target, 4)}, {how}. "
+            f"Iterations, gradient evaluations and training seconds (evaluation excluded) until the first "
+            f"{point} that reaches it; mean over seeds, counted only when every seed reaches it, "
+            f'else "{NOT_REACHED}". Columns "/ {self.reference}": ratio to {self.reference} '
+            f"(below 1 = fewer than {self.reference})."
+        )
+
+
+def _metric_frame(runs: pd.DataFrame, rule: TargetRule, smooth_fraction: float) -> tuple[pd.DataFrame, str]:
+    """Rows carrying the metric (eval rows, or train rows with the smoothed loss) and its column."""
+    if rule.metric == "test_acc":
+        return evals(runs), "test_acc"
+    return smoothed_train(runs, smooth_fraction), "train_loss_smooth"
+
+
+def final_values(frame: pd.DataFrame, column: str) -> pd.Series:
+    """Per run: the value of ``column`` at the run's last row with a finite value (by iteration)."""
+    ok = frame[np.isfinite(frame[column].to_numpy(dtype=float))]
+    return ok.sort_values(["run_id", "iteration"], kind="stable").groupby("run_id")[column].last()
+
+
+def first_reach(frame: pd.DataFrame, column: str, target: float, higher_is_better: bool) -> pd.DataFrame:
+    """Per run: iteration, grad_evals and wall_s of the first row (by iteration) whose ``column``
+    reaches ``target``; NaN for runs that never reach it. Index: run_id (every run of ``frame``)."""
+    values = frame[column].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        hit = values >= target if higher_is_better else values <= target
+    hits = frame[hit].sort_values(["run_id", "iteration"], kind="stable").groupby("run_id").first()
+    out = pd.DataFrame(index=pd.Index(sorted(frame["run_id"].unique()), name="run_id"))
+    for col in ("iteration", "grad_evals", "wall_s"):
+        out[col] = hits[col].reindex(out.index) if len(hits) else np.nan
+    return out
+
+
+def workload_target(
+    runs: pd.DataFrame, rule: TargetRule, smooth_fraction: float = SMOOTH_FRACTION
+) -> tuple[float | None, float | None, int]:
+    """(target, reference final value, reference seeds) for the runs of one workload; target ``None``
+    when the rule needs the reference and it has no runs."""
+    frame, column = _metric_frame(runs, rule, smooth_fraction)
+    ref = frame[frame["optimizer"] == rule.reference]
+    finals = final_values(ref, column) if len(ref) else pd.Series(dtype=float)
+    ref_final = float(finals.mean()) if len(finals) else None
+    if rule.value is not None:
+        return float(rule.value), ref_final, len(finals)
+    if ref_final is None:
+        return None, None, 0
+    return rule.from_reference(ref_final), ref_final, len(finals)
+
+
+def time_to_target(
+    runs: pd.DataFrame,
+    rule: TargetRule | None = None,
+    smooth_fraction: float = SMOOTH_FRACTION,
+    main_beta: float = MAIN_BETA,
+) -> pd.DataFrame:
+    """The time-to-target table (columns :data:`TABLE_COLUMNS`), rows sorted by workload and
+    optimizer order, over the main comparison runs (:func:`analysis.select.main_runs`).
+
+    ``iterations``/``grad_evals``/``seconds`` are means over seeds when ``seeds_reached == seeds``,
+    else NaN; ``*_ratio`` divide them by the reference optimizer's. Workloads without a target
+    (no reference runs and no fixed value) are left out.
+    """
+    rule = rule or TargetRule()
+    rows = []
+    data = main_runs(runs, main_beta)
+    for workload in sorted(data["workload"].dropna().unique()):
+        wl = data[data["workload"] == workload]
+        target, _, _ = workload_target(wl, rule, smooth_fraction)
+        if target is None:
+            continue
+        frame, column = _metric_frame(wl, rule, smooth_fraction)
+        per_opt = {}
+        for optimizer in sorted(wl["optimizer"].unique(), key=optimizer_sort_key):
+            run_ids = sorted(wl.loc[wl["optimizer"] == optimizer, "run_id"].unique())
+            reach = first_reach(frame[frame["optimizer"] == optimizer], column, target, rule.higher_is_better)
+            reach = reach.reindex(run_ids)
+            reached = int(reach["iteration"].notna().sum())
+            complete = reached == len(run_ids) and reached > 0
+            per_opt[optimizer] = {
+                "workload": workload,
+                "optimizer": optimizer,
+                "metric": rule.metric,
+                "target": target,
+                "seeds": len(run_ids),
+                "seeds_reached": reached,
+                "iterations": reach["iteration"].mean() if complete else np.nan,
+                "grad_evals": reach["grad_evals"].mean() if complete else np.nan,
+                "seconds": reach["wall_s"].mean() if complete else np.nan,
+            }
+        ref = per_opt.get(rule.reference)
+        for row in per_opt.values():
+            for col in ("iterations", "grad_evals", "seconds"):
+                denom = ref[col] if ref is not None else np.nan
+                row[f"{col}_ratio"] = row[col] / denom if denom and np.isfinite(denom) else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+def time_to_target_markdown(
+    table: pd.DataFrame,
+    runs: pd.DataFrame,
+    rule: TargetRule | None = None,
+    heading_level: int = 3,
+    smooth_fraction: float = SMOOTH_FRACTION,
+    main_beta: float = MAIN_BETA,
+) -> str:
+    """Markdown: per workload a heading, the caption stating the rule and target, and the table.
+
+    ``runs`` is needed for the caption (the reference's final value and seed count).
+    """
+    rule = rule or TargetRule()
+    ref = rule.reference
+    parts = []
+    data = main_runs(runs, main_beta)
+    for workload in sorted(table["workload"].unique()):
+        rows = table[table["workload"] == workload]
+        target, ref_final, ref_seeds = workload_target(data[data["workload"] == workload], rule, smooth_fraction)
+        header = [
+            "optimizer",
+            "seeds reaching",
+            "iterations",
+            "grad evals",
+            "seconds",
+            f"iterations / {ref}",
+            f"grad evals / {ref}",
+            f"seconds / {ref}",
+        ]
+        body = []
+        for _, r in rows.iterrows():
+            body.append(
+                [
+                    r["optimizer"],
+                    f"{r['seeds_reached']}/{r['seeds']}",
+                    fmt(r["iterations"], 1, NOT_REACHED),
+                    fmt(r["grad_evals"], 1, NOT_REACHED),
+                    fmt(r["seconds"], 2, NOT_REACHED),
+                    fmt(r["iterations_ratio"], 3),
+                    fmt(r["grad_evals_ratio"], 3),
+                    fmt(r["seconds_ratio"], 3),
+                ]
+            )
+        caption = rule.caption(float(target), ref_final, ref_seeds) if target is not None else ""
+        parts.append(f"{'#' * heading_level} Time to target: {workload}\n\n{caption}\n\n{markdown_table(header, body)}")
+    return "\n".join(parts)
+
+
+def time_to_target_csv_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as written to CSV (same columns; counts as integers)."""
+    out = table.copy()
+    out["seeds"] = out["seeds"].astype(int)
+    out["seeds_reached"] = out["seeds_reached"].astype(int)
+    return out
