@@ -1,0 +1,119 @@
+"""Buffered CSV writer: rows may hold 0-d tensors, materialised together at flush (one host sync).
+
+Flushes every ``max_rows`` rows or ``max_seconds`` seconds, whichever comes first, so a crash loses
+at most a few seconds of rows; the checkpoint records ``offset()`` and a resumed run truncates the
+file back to it, so rows written after the last checkpoint are never duplicated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RUN_COLUMNS = (
+    "run_id",
+    "workload",
+    "optimizer",
+    "seed",
+    "kind",
+    "epoch",
+    "iteration",
+    "train_loss",
+    "lr",
+    "wall_s",
+    "grad_evals",
+    "test_loss",
+    "test_acc",
+    "eval_s",
+)
+CURVATURE_COLUMNS = ("run_id", "iteration", "block", "mu", "accepted")
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else repr(value))
+    text = str(value)
+    if any(c in text for c in ',"\n'):
+        text = '"' + text.replace('"', '""') + '"'
+    return text
+
+
+class CsvLog:
+    def __init__(
+        self,
+        path: str | Path,
+        columns: Sequence[str],
+        *,
+        resume_offset: int | None = None,
+        max_rows: int = 64,
+        max_seconds: float = 2.0,
+    ) -> None:
+        """Start a new file (header only), or with ``resume_offset`` truncate an existing one to it."""
+        self.path = Path(path)
+        self.columns = tuple(columns)
+        self.max_rows, self.max_seconds = max_rows, max_seconds
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_offset is None:
+            self._file = open(self.path, "w", newline="")
+            self._file.write(",".join(self.columns) + "\n")
+            self._file.flush()
+        else:
+            self._file = open(self.path, "r+", newline="")
+            self._file.truncate(resume_offset)
+            self._file.seek(resume_offset)
+        self._rows: list[list[Any]] = []
+        self._last_flush = time.monotonic()
+        self.nonfinite_seen = False  # a non-finite float was written (e.g. a diverged loss)
+
+    def write(self, row: dict[str, Any]) -> None:
+        unknown = set(row) - set(self.columns)
+        if unknown:
+            raise ValueError(f"row has columns {sorted(unknown)} not in {list(self.columns)}")
+        self._rows.append([row.get(c) for c in self.columns])
+        if len(self._rows) >= self.max_rows or time.monotonic() - self._last_flush >= self.max_seconds:
+            self.flush()
+
+    def _materialise(self) -> None:
+        slots = [(i, j) for i, r in enumerate(self._rows) for j, v in enumerate(r) if isinstance(v, torch.Tensor)]
+        if not slots:
+            return
+        tensors = [self._rows[i][j] for i, j in slots]
+        values = torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).cpu().tolist()
+        for (i, j), t, v in zip(slots, tensors, values, strict=True):
+            if t.dtype == torch.bool:
+                v = bool(v)
+            elif not t.dtype.is_floating_point:
+                v = int(v)
+            self._rows[i][j] = v
+
+    def flush(self, fsync: bool = False) -> None:
+        if self._rows:
+            self._materialise()
+            for row in self._rows:
+                if any(isinstance(v, float) and not math.isfinite(v) for v in row):
+                    self.nonfinite_seen = True
+            self._file.write("".join(",".join(_format(v) for v in row) + "\n" for row in self._rows))
+            self._rows.clear()
+        self._file.flush()
+        if fsync:
+            os.fsync(self._file.fileno())
+        self._last_flush = time.monotonic()
+
+    def offset(self) -> int:
+        """Byte length of the file after flushing everything buffered (for checkpoints)."""
+        self.flush(fsync=True)
+        return self._file.tell()
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()

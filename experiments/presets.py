@@ -1,0 +1,62 @@
+"""Suite presets: ``experiments/presets/<name>.json`` lists the (workload x optimizer x seed) grid."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments.config import available_workloads
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+@dataclass(frozen=True)
+class PresetRuns:
+    """One workload with the optimizers to run it with and the run-length / config overrides."""
+
+    workload: str
+    optimizers: tuple[str, ...] | str  # names, or "all" (every registered optimizer)
+    epochs: int | None = None
+    max_iters: int | None = None
+    set: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    runs: tuple[PresetRuns, ...]
+    seeds: tuple[int, ...] = (0,)
+    results: str = "results"  # run CSVs go to <results>/runs
+    description: str = ""
+    analysis_args: tuple[str, ...] = ()
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """A preset by name (``quick``, ``full``) or by path to a JSON file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ValueError(f"preset must be one of {available_presets()} or a JSON file, got {name_or_path!r}")
+    raw = json.loads(path.read_text())
+    runs = []
+    for entry in raw.pop("runs"):
+        if entry["workload"] not in available_workloads():
+            raise ValueError(
+                f"{path}: workload must be one of {available_workloads()}, got {entry['workload']!r}"
+            )
+        opts = entry.pop("optimizers")
+        if opts != "all":
+            if isinstance(opts, str) or not all(isinstance(o, str) for o in opts):
+                raise ValueError(f"{path}: optimizers must be 'all' or a list of names, got {opts!r}")
+            opts = tuple(opts)
+        runs.append(PresetRuns(optimizers=opts, **entry))
+    raw["seeds"] = tuple(raw.get("seeds", (0,)))
+    raw["analysis_args"] = tuple(raw.get("analysis_args", ()))
+    return Preset(runs=tuple(runs), **raw)

@@ -1,0 +1,82 @@
+"""What one run is: workload config (with overrides), optimizer, seed, length; its id and file paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments.config import (
+    WorkloadConfig,
+    apply_overrides,
+    load_workload_dict,
+    override_hash,
+    workload_from_dict,
+)
+
+# Settings that change where data comes from or how often state is saved, not what is trained:
+# they do not enter the run id.
+NON_IDENTITY_KEYS = ("data.dir", "data.num_workers", "checkpoint_interval", "eval_batch_size")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    workload: WorkloadConfig
+    optimizer: str
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    max_iters: int | None = None
+    run_id: str = ""
+
+    @property
+    def optimizer_settings(self) -> dict[str, Any]:
+        return self.workload.optimizer_settings(self.optimizer)
+
+    def csv_path(self, out: str | Path) -> Path:
+        return Path(out) / self.workload.name / f"{self.run_id}.csv"
+
+    def manifest_path(self, out: str | Path) -> Path:
+        return Path(out) / self.workload.name / f"{self.run_id}.json"
+
+    def curvature_path(self, out: str | Path) -> Path:
+        return Path(out) / self.workload.name / f"{self.run_id}.curvature.csv"
+
+    def checkpoint_dir(self, root: str | Path) -> Path:
+        return Path(root) / self.workload.name / self.run_id
+
+
+def _identity(raw: dict[str, Any], optimizer: str, max_iters: int | None) -> dict[str, Any]:
+    cfg = workload_from_dict(raw)
+    tree = cfg.to_dict()
+    tree.pop("optimizers")
+    tree.pop("optimizer_defaults")
+    for key in NON_IDENTITY_KEYS:
+        section, _, leaf = key.rpartition(".")
+        node = tree[section] if section else tree
+        node.pop(leaf, None)
+    return {"workload": tree, "optimizer": cfg.optimizer_settings(optimizer), "max_iters": max_iters}
+
+
+def make_run_spec(
+    workload: str,
+    optimizer: str,
+    seed: int,
+    *,
+    overrides: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    max_iters: int | None = None,
+) -> RunSpec:
+    """Resolve the config and the run id ``<workload>__<optimizer>__s<seed>[__<hash of non-defaults>]``."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if max_iters is not None and max_iters <= 0:
+        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
+    overrides = dict(overrides or {})
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    default_raw = load_workload_dict(workload)
+    raw = apply_overrides(default_raw, overrides, optimizer)
+    cfg = workload_from_dict(raw)
+    suffix = override_hash(_identity(default_raw, optimizer, None), _identity(raw, optimizer, max_iters))
+    run_id = f"{workload}__{optimizer}__s{seed}" + (f"__{suffix}" if suffix else "")
+    return RunSpec(cfg, optimizer, seed, overrides, max_iters, run_id)
