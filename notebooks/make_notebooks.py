@@ -1,0 +1,88 @@
+"""Write the notebooks of this folder (outputs cleared, fixed cell ids): ``python notebooks/make_notebooks.py``.
+
+Every notebook reads the results directory from $MLBFGS_RESULTS (default ../results) and only calls
+functions of the analysis package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+SETUP = """%matplotlib inline
+import sys
+from pathlib import Path
+
+# Make the repository root (which holds the analysis package) importable.
+sys.path.insert(0, str(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "analysis").is_dir())))
+
+import analysis
+from analysis import notebook as nb
+
+# Results directory: $MLBFGS_RESULTS, default ../results (relative to this notebook).
+data = analysis.load_results(nb.results_dir())
+nb.describe(data)"""
+
+REGEN = (
+    "Everything here is also written to `results/figures/` by "
+    "`python -m analysis --results results --out results/figures --readme README.md`."
+)
+
+NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
+    "convergence.ipynb": [
+        ("md", "# Convergence\n\nTrain loss (EMA-smoothed) and test accuracy of every optimizer against "
+               "iterations, epochs, training seconds and gradient evaluations; line = mean over seeds, "
+               "band = min–max. mlbfgs is the thick red line. " + REGEN),
+        ("code", SETUP),
+        ("md", "## Curves per workload"),
+        ("code", "nb.show_convergence(data)"),
+        ("md", "## Time to target"),
+        ("code", "nb.show_time_to_target(data)"),
+    ],
+    "stability.ipynb": [
+        ("md", "# Stability against the momentum coefficient beta\n\nmlbfgs with beta in {0.9, 0.99, 0.999} "
+               "and slbfgs (beta = 0): loss curves, the curvature ratio mu = s.y / s.s of every pair over "
+               "training and its distribution, and the share of rejected pairs. " + REGEN),
+        ("code", SETUP),
+        ("code", "nb.show_stability(data)"),
+    ],
+    "overhead.ipynb": [
+        ("md", "# Optimizer overhead\n\nMedian seconds per optimizer step and per training iteration, "
+               "relative to sgd, per model. " + REGEN),
+        ("code", SETUP),
+        ("code", "nb.show_overhead(data)"),
+    ],
+    "distributed_scaling.ipynb": [
+        ("md", "# Distributed scaling\n\nPer-rank curvature memory and direction time of block-wise "
+               "distributed mlbfgs against the number of workers, with the 1/N ideal. " + REGEN),
+        ("code", SETUP),
+        ("code", "nb.show_scaling(data)"),
+    ],
+}
+
+
+def build(name: str) -> nbformat.NotebookNode:
+    """The notebook ``name`` with outputs cleared and cell ids ``cell-1``, ``cell-2``, ..."""
+    cells = []
+    for i, (kind, source) in enumerate(NOTEBOOKS[name], start=1):
+        cell = new_markdown_cell(source) if kind == "md" else new_code_cell(source)
+        cell["id"] = f"cell-{i}"
+        cells.append(cell)
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def main() -> None:
+    """Write every notebook next to this script."""
+    for name in NOTEBOOKS:
+        nbformat.write(build(name), HERE / name)
+
+
+if __name__ == "__main__":
+    main()
