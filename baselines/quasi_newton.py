@@ -1,0 +1,103 @@
+"""mL-BFGS and its momentum-free ablation (stochastic L-BFGS), both ``mlbfgs.MLBFGS``.
+
+``mlbfgs``: the method of the paper (Niu et al., TMLR 2023) with the authors' defaults from the
+reference run script (yuehniu/mL-BFGS, run-SLIM.sh / train.py): lr 0.1, momentum 0.9,
+beta 0.999 (``--mm-p``/``--mm-g``), xi = pair_momentum 0.9 (``--mmm``), T = update_period 50,
+M = history_size 10, tau0 = damping 0.01 (``--lbfgs-damping``), curvature bounds (0.01, 1.5),
+the direction divided by its global norm (the block version). Weight decay defaults to 0 (the run
+script's 2e-4 is a workload setting).
+
+``slbfgs``: the same optimizer with beta = 0 and pair_momentum = 0, i.e. pairs
+s = theta_t - theta_{t-T}, y = g_t - g_{t-T} from single mini-batch gradients: the unstable
+stochastic L-BFGS whose failure motivates the paper. Every other setting equals ``mlbfgs``'s, so
+the two differ only in the momentum.
+
+Both take one gradient per step. ``curvature_records()`` reports ``MLBFGS.last_pairs``
+(block, mu = s.y / s.s before damping, accepted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import TrainingOptimizer, trainable_parameters
+from .config import check_int, check_nonneg, check_unit_interval
+
+
+@dataclass(frozen=True)
+class _QuasiNewtonCommon:
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    history_size: int = 10
+    update_period: int = 50
+    damping: float = 0.01
+    curvature_bounds: tuple[float, float] = (0.01, 1.5)
+    blocks: Any = "model"
+    direction_norm: str = "global"
+    kl_clip: float = 0.005
+    history_dtype: torch.dtype | None = None
+    check_finite: bool = True
+    process_group: Any = None
+    comm_dtype: torch.dtype | None = None
+    min_curvature: float = 1e-12
+
+    def __post_init__(self) -> None:
+        # The basic checks here; MLBFGS validates the rest (ValueError naming the argument).
+        check_nonneg("lr", self.lr)
+        check_unit_interval("momentum", self.momentum)
+        check_nonneg("weight_decay", self.weight_decay)
+        check_int("history_size", self.history_size)
+        check_int("update_period", self.update_period)
+        check_unit_interval("damping", self.damping)
+        if isinstance(self.curvature_bounds, list):
+            object.__setattr__(self, "curvature_bounds", tuple(self.curvature_bounds))
+
+
+@dataclass(frozen=True)
+class MLBFGSConfig(_QuasiNewtonCommon):
+    """``mlbfgs``: authors' run-SLIM.sh defaults: lr 0.1, momentum 0.9, beta 0.999, xi 0.9, T 50, M 10,
+    tau0 0.01, bounds (0.01, 1.5), global-norm direction."""
+
+    beta: float = 0.999
+    pair_momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_unit_interval("beta", self.beta)
+        check_unit_interval("pair_momentum", self.pair_momentum)
+
+
+@dataclass(frozen=True)
+class SLBFGSConfig(_QuasiNewtonCommon):
+    """``slbfgs``: mL-BFGS's defaults (lr 0.1, momentum 0.9, T 50, M 10, tau0 0.01, bounds (0.01, 1.5))
+    with beta = 0 and pair_momentum = 0 fixed (no momentum on the pairs)."""
+
+
+class QuasiNewtonTraining(TrainingOptimizer):
+    def curvature_records(self) -> list[dict[str, Any]]:
+        return [
+            {"block": r.block, "mu": r.mu, "accepted": r.accepted}
+            for r in self.optimizer.last_pairs  # type: ignore[attr-defined]
+        ]
+
+
+def _build(name: str, model: nn.Module, cfg: _QuasiNewtonCommon, **fixed: float) -> TrainingOptimizer:
+    from mlbfgs import MLBFGS
+
+    kwargs = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    kwargs.update(fixed)
+    opt = MLBFGS(trainable_parameters(model), **kwargs)
+    return QuasiNewtonTraining(name, opt, 1.0, model)
+
+
+def build_mlbfgs(model: nn.Module, cfg: MLBFGSConfig) -> TrainingOptimizer:
+    return _build("mlbfgs", model, cfg)
+
+
+def build_slbfgs(model: nn.Module, cfg: SLBFGSConfig) -> TrainingOptimizer:
+    return _build("slbfgs", model, cfg, beta=0.0, pair_momentum=0.0)

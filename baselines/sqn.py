@@ -1,0 +1,231 @@
+"""SQN: the stochastic quasi-Newton method of Byrd, Hansen, Nocedal & Singer (SIAM J. Optim. 2016).
+
+Per step k (1-based) on mini-batch S_k, with g_k = grad F(x_k; S_k) (+ wd * x_k as L2):
+
+    xbar_acc <- xbar_acc + x_k
+    x_{k+1}  = x_k - alpha * g_k          while no curvature pair exists (the paper: k <= 2L)
+    x_{k+1}  = x_k - alpha * H_t g_k      afterwards; H_t by the two-loop recursion over the last M
+                                          pairs with H_0 = (s_t . y_t) / (y_t . y_t) I (newest pair)
+    every L steps:  xbar_t = xbar_acc / L;  xbar_acc <- 0
+                    s_t = xbar_t - xbar_{t-1}
+                    y_t = grad^2 F(xbar_t; S_H) s_t     (+ wd * s_t)
+
+The curvature y_t is a Hessian-vector product *at the averaged iterate* xbar_t, computed by double
+backward (``closure(backward=False)`` then ``torch.autograd.grad(..., create_graph=True)``), on
+S_H = the current mini-batch (the closure interface exposes one batch; the paper draws a separate,
+larger S_H). One HVP is charged 2 gradient evaluations, so ``grad_evals_per_step = 1 + 2 / L``.
+
+Defaults (paper, Sec. 5, as we read it): L = 20 (they use 10 or 20), M = 10. The paper's step size
+is alpha_k = beta / k with beta tuned per problem; here alpha is the param group's ``lr`` (constant,
+schedulable), default 0.1. Guard (not in the paper, which assumes convexity): a pair with
+``s.y <= curvature_eps * |s| |y|`` or a non-finite entry is dropped. The HVP evaluation restores
+BatchNorm running statistics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import CountingClosure, TrainingOptimizer, preserved_buffers, trainable_parameters
+from .config import check_int, check_nonneg
+from .flat import FlatParams
+from .lbfgs_math import PairRing, two_loop
+
+
+def hessian_vector_product(
+    loss: torch.Tensor, params: Sequence[torch.Tensor], vectors: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``[d/dp (grad L . v)]`` = ``H v`` for a ``loss`` that still holds its graph (double backward)."""
+    params = list(params)
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    out = [torch.zeros_like(p) for p in params]
+    if not used:
+        return out
+    hv = torch.autograd.grad(
+        [grads[i] for i in used],
+        [params[i] for i in used],
+        grad_outputs=[vectors[i] for i in used],
+        allow_unused=True,
+    )
+    for i, h in zip(used, hv, strict=True):
+        if h is not None:
+            out[i] = h.detach()
+    return out
+
+
+@dataclass(frozen=True)
+class SQNConfig:
+    """``sqn``: L (update_period) 20, M (history_size) 10 (Byrd et al. 2016); lr 0.1 constant."""
+
+    lr: float = 0.1
+    update_period: int = 20
+    history_size: int = 10
+    weight_decay: float = 0.0
+    curvature_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        check_nonneg("lr", self.lr)
+        check_int("update_period", self.update_period)
+        check_int("history_size", self.history_size)
+        check_nonneg("weight_decay", self.weight_decay)
+        check_nonneg("curvature_eps", self.curvature_eps)
+
+
+class SQN(torch.optim.Optimizer):
+    """SQN as a ``torch.optim.Optimizer``.
+
+    ``step(closure)``: ``closure()`` fills ``.grad`` for the current batch (called once);
+    every ``update_period`` steps ``loss_closure()`` (a forward pass returning the loss *with* its
+    graph) is called once at the averaged iterate for the Hessian-vector product.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        lr: float = 0.1,
+        update_period: int = 20,
+        history_size: int = 10,
+        weight_decay: float = 0.0,
+        curvature_eps: float = 1e-8,
+        hvp_context: Callable[[], AbstractContextManager] | None = None,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+        if len(self.param_groups) != 1:
+            raise ValueError("SQN supports one parameter group")
+        self.update_period = update_period
+        self.curvature_eps = curvature_eps
+        self._flat = FlatParams(list(self.param_groups[0]["params"]))
+        flat = self._flat
+        self._ring = PairRing(history_size, flat.n, flat.dtype, flat.device)
+        self._x = flat.new()
+        self._g = flat.new()
+        self._acc = flat.new()
+        self._xbar_old = flat.new()
+        self._have_xbar_old = False
+        self._s = flat.new()
+        self.k = 0
+        self.hvp_count = 0
+        self._hvp_context = hvp_context or contextlib.nullcontext
+        self.last_records: list[dict[str, Any]] = []
+
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], torch.Tensor] | None = None,
+        loss_closure: Callable[[], torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
+        group = self.param_groups[0]
+        wd = group["weight_decay"]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.last_records = []
+        with torch.no_grad():
+            x = self._flat.gather_params(self._x)
+            g = self._flat.gather_grads(self._g)
+            if wd != 0.0:
+                g.add_(x, alpha=wd)
+            self._acc.add_(x)
+            if len(self._ring) == 0:
+                direction = g
+            else:
+                s_list, y_list, rho = self._ring.ordered()
+                direction = two_loop(g, s_list, y_list, rho, self._ring.newest_gamma())
+            self._flat.add_to_params(direction, alpha=-group["lr"])
+        self.k += 1
+        if self.k % self.update_period == 0:
+            self._curvature_update(loss_closure, wd)
+        return loss
+
+    def _curvature_update(self, loss_closure: Callable[[], torch.Tensor] | None, wd: float) -> None:
+        xbar = self._acc.div_(self.update_period)  # xbar_t, in place of the accumulator
+        if self._have_xbar_old:
+            if loss_closure is None:
+                raise ValueError("SQN needs loss_closure (forward with graph) every update_period steps")
+            s = torch.sub(xbar, self._xbar_old, out=self._s)
+            x_now = self._flat.gather_params(self._x)
+            params = self._flat.params
+            try:
+                self._flat.set_params(xbar)
+                with torch.enable_grad(), self._hvp_context():
+                    hv = hessian_vector_product(loss_closure(), params, self._flat.views(s))
+            finally:
+                self._flat.set_params(x_now)
+            self.hvp_count += 1
+            with torch.no_grad():
+                y = self._flat.new()
+                torch._foreach_copy_(self._flat.views(y), hv)
+                if wd != 0.0:
+                    y.add_(s, alpha=wd)
+                stats = torch.stack([torch.dot(s, y), torch.dot(s, s), torch.dot(y, y)])
+                sy, ss, yy = stats.tolist()  # decision: accept or drop the pair (every L steps)
+                accepted = (
+                    all(math.isfinite(v) for v in (sy, ss, yy))
+                    and ss > 0.0
+                    and sy > self.curvature_eps * math.sqrt(ss * yy)
+                )
+                if accepted:
+                    self._ring.push(s, y, stats[0], stats[2])
+                self.last_records = [
+                    {"block": "model", "mu": sy / ss if ss > 0 else float("nan"), "accepted": accepted}
+                ]
+        self._xbar_old.copy_(xbar)
+        self._have_xbar_old = True
+        self._acc.zero_()
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        state = super().state_dict()
+        state["sqn"] = {
+            "k": self.k,
+            "hvp_count": self.hvp_count,
+            "acc": self._acc,
+            "xbar_old": self._xbar_old,
+            "have_xbar_old": self._have_xbar_old,
+            "ring": self._ring.state_dict(),
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("sqn")
+        super().load_state_dict(state_dict)
+        self.k = int(extra["k"])
+        self.hvp_count = int(extra["hvp_count"])
+        self._acc.copy_(extra["acc"])
+        self._xbar_old.copy_(extra["xbar_old"])
+        self._have_xbar_old = bool(extra["have_xbar_old"])
+        self._ring.load_state_dict(extra["ring"])
+
+
+class SQNTraining(TrainingOptimizer):
+    def _step(self, closure: CountingClosure) -> torch.Tensor:
+        opt: SQN = self.optimizer  # type: ignore[assignment]
+        before = opt.hvp_count
+        loss = opt.step(lambda: closure(backward=True), lambda: closure(backward=False))
+        self.grad_evals += 2 * (opt.hvp_count - before)  # an HVP = forward + double backward = 2
+        return loss  # type: ignore[return-value]
+
+    def curvature_records(self) -> list[dict[str, Any]]:
+        return list(self.optimizer.last_records)  # type: ignore[attr-defined]
+
+
+def build_sqn(model: nn.Module, cfg: SQNConfig) -> TrainingOptimizer:
+    opt = SQN(
+        trainable_parameters(model),
+        lr=cfg.lr,
+        update_period=cfg.update_period,
+        history_size=cfg.history_size,
+        weight_decay=cfg.weight_decay,
+        curvature_eps=cfg.curvature_eps,
+        hvp_context=lambda: preserved_buffers(model),
+    )
+    return SQNTraining("sqn", opt, 1.0 + 2.0 / cfg.update_period, model)
