@@ -61,7 +61,7 @@ def equivalence_worker(rank: int, world: int, init_file: str, out_dir: str, norm
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
-    dist.destroy_process_group()
+    finish()
 
 
 def single_process_reference(norm: str, steps: int, world: int) -> tuple[list[torch.Tensor], MLBFGS]:
@@ -89,6 +89,13 @@ def mismatch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
         msg = str(err)
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
         f.write(msg)
+    finish()
+
+
+def finish() -> None:
+    """Leave together: a rank exiting while gloo threads still talk to it aborts the process."""
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def dead_rank_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
