@@ -6,7 +6,6 @@ import datetime as dt
 import platform
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,9 @@ def device_description(device: torch.device, threads: int) -> str:
     return f"cpu ({platform.machine()}, {platform.processor() or 'unknown'}, {threads} threads)"
 
 
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", "experiments.run", *sys.argv[1:]])
+def command_line(argv: list[str]) -> str:
+    """The command that reproduces a run (torchrun adds its own launcher in front)."""
+    return " ".join(shlex.quote(a) for a in ["python", "-m", "experiments.run", *argv])
 
 
 def is_finished(path: str | Path) -> bool:

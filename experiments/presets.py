@@ -30,7 +30,7 @@ class Preset:
     seeds: tuple[int, ...] = (0,)
     results: str = "results"  # run CSVs go to <results>/runs
     description: str = ""
-    analysis_args: tuple[str, ...] = ()
+    analysis_args: tuple[str, ...] = ()  # arguments of `python -m analysis` (default: --results <results>)
 
 
 def available_presets() -> list[str]:

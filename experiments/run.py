@@ -20,6 +20,7 @@ import torch
 from experiments.config import available_workloads, parse_overrides
 from experiments.data.errors import DatasetMissingError
 from experiments.distributed import DEVICES, setup, teardown
+from experiments.manifest import command_line
 from experiments.runspec import make_run_spec
 from experiments.trainer import RunOptions, progress_enabled, train
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a workload key: batch_size=64, data.train_subset=5000, optimizer.lr=0.05")
     p.add_argument("--data-dir", default=None, help="dataset directory (sets data.dir)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints")
+    p.add_argument("--flush-rows", type=int, default=64,
+                   help="write CSV rows to disk every N rows (and at least every 2 s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores / local ranks)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--force", action="store_true", help="start over even if finished or checkpointed")
@@ -53,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         overrides = parse_overrides(args.overrides)
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.optimizer not in available_optimizers():
             raise ValueError(f"optimizer must be one of {available_optimizers()}, got {args.optimizer!r}")
+        if args.flush_rows < 1:
+            raise ValueError(f"flush-rows must be a positive integer, got {args.flush_rows}")
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"threads must be a positive integer, got {args.threads}")
     except ValueError as err:
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = setup(args.device)
     opts = RunOptions(out=args.out, checkpoint_root=args.checkpoint_dir, threads=threads,
                       progress=progress_enabled() and not args.no_progress, force=args.force,
-                      keep_checkpoint=args.keep_checkpoint)
+                      keep_checkpoint=args.keep_checkpoint, command=command_line(argv), flush_rows=args.flush_rows)
     try:
         summary = train(spec, opts, ctx)
     except DatasetMissingError as err:

@@ -80,7 +80,7 @@ def run_analysis(preset: Preset) -> dict[str, Any]:
     if importlib.util.find_spec("analysis") is None or importlib.util.find_spec("analysis.__main__") is None:
         print("[suite] no runnable `analysis` package: skipping the figures", flush=True)
         return {"status": "skipped (analysis not importable)"}
-    cmd = [sys.executable, "-m", "analysis", *preset.analysis_args]
+    cmd = [sys.executable, "-m", "analysis", *(preset.analysis_args or ("--results", preset.results))]
     print(f"[suite] {' '.join(cmd)}", flush=True)
     start = time.monotonic()
     rc = subprocess.call(cmd)

@@ -28,7 +28,7 @@ from experiments.data import build_data
 from experiments.data.sampling import iterations_per_epoch
 from experiments.distributed import DistContext
 from experiments.evaluate import evaluate
-from experiments.manifest import Manifest, command_line, device_description, git_state, is_finished, now_iso
+from experiments.manifest import Manifest, device_description, git_state, is_finished, now_iso
 from experiments.models import build_model
 from experiments.runspec import RunSpec
 from experiments.schedule import LRSchedule
@@ -44,6 +44,8 @@ class RunOptions:
     progress: bool = False
     force: bool = False  # discard a finished manifest / existing checkpoint and start over
     keep_checkpoint: bool = False  # keep the last checkpoint of a finished run
+    command: str = ""  # the command line, for the manifest
+    flush_rows: int = 64  # CSV rows buffered before a write (rows are also written every 2 s)
 
 
 def progress_enabled() -> bool:
@@ -78,17 +80,18 @@ def _resolved_optimizer_config(spec: RunSpec) -> dict[str, Any]:
 class _CurvatureLog:
     """The curvature CSV, created on the first record (most optimizers never write one)."""
 
-    def __init__(self, path: Path, resume_offset: int | None, resuming: bool) -> None:
+    def __init__(self, path: Path, resume_offset: int | None, resuming: bool, max_rows: int) -> None:
         self.path = path
+        self.max_rows = max_rows
         self.log: CsvLog | None = None
         if resuming and resume_offset is not None:
-            self.log = CsvLog(path, CURVATURE_COLUMNS, resume_offset=resume_offset)
+            self.log = CsvLog(path, CURVATURE_COLUMNS, resume_offset=resume_offset, max_rows=max_rows)
         elif path.exists():
             path.unlink()
 
     def write(self, run_id: str, iteration: int, records: list[dict[str, Any]]) -> None:
         if self.log is None:
-            self.log = CsvLog(self.path, CURVATURE_COLUMNS)
+            self.log = CsvLog(self.path, CURVATURE_COLUMNS, max_rows=self.max_rows)
         for rec in records:
             self.log.write(
                 {"run_id": run_id, "iteration": iteration, "block": rec["block"], "mu": rec["mu"],
@@ -150,8 +153,10 @@ def train(spec: RunSpec, opts: RunOptions, ctx: DistContext) -> dict[str, Any]:
 
     run_log = curv_log = manifest = None
     if ctx.is_main:
-        run_log = CsvLog(spec.csv_path(opts.out), RUN_COLUMNS, resume_offset=offsets["run"])
-        curv_log = _CurvatureLog(spec.curvature_path(opts.out), offsets["curvature"], resume_at is not None)
+        run_log = CsvLog(spec.csv_path(opts.out), RUN_COLUMNS, resume_offset=offsets["run"],
+                         max_rows=opts.flush_rows)
+        curv_log = _CurvatureLog(spec.curvature_path(opts.out), offsets["curvature"], resume_at is not None,
+                                 opts.flush_rows)
         base = {
             "run_id": spec.run_id, "workload": cfg.name, "optimizer": spec.optimizer, "seed": spec.seed,
             "config": cfg.to_dict(), "optimizer_settings": spec.optimizer_settings,
@@ -161,7 +166,7 @@ def train(spec: RunSpec, opts: RunOptions, ctx: DistContext) -> dict[str, Any]:
             "parameters": sum(p.numel() for p in raw_model.parameters()),
             **git_state(), "torch_version": torch.__version__, "python_version": sys.version.split()[0],
             "device": device_description(ctx.device, opts.threads), "world_size": ctx.world_size,
-            "threads": opts.threads, "command": command_line(), "csv": spec.csv_path(opts.out).name,
+            "threads": opts.threads, "command": opts.command, "csv": spec.csv_path(opts.out).name,
         }
         manifest = Manifest(manifest_path, base, resume_at)
         manifest.update(iterations_done=iteration)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The benchmark's main job.
+#   bash run_all.sh --quick   set up, run the quick preset (~10 min on 2 CPU cores), draw the figures
+#   bash run_all.sh --full    every CPU workload x every optimizer x 3 seeds; rerun to resume
+# Extra arguments go to `python -m experiments.suite` (e.g. --seeds 0, --optimizers sgd mlbfgs).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+started_at=$(date +%s.%N)
+
+usage() { echo "usage: bash run_all.sh --quick|--full [suite options]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+case "$1" in
+  --quick) preset=quick ;;
+  --full) preset=full ;;
+  -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+  *) usage ;;
+esac
+shift
+
+# 1. Python environment: .venv with the pinned requirements and the package.
+PY=.venv/bin/python
+if [ ! -x "$PY" ]; then
+  echo "[run_all] creating .venv"
+  python3 -m venv .venv
+  "$PY" -m pip install -r requirements.txt -e .
+elif ! "$PY" -c "import torch, torchvision, numpy, pandas, matplotlib, tqdm, mnist1d, transformers, mlbfgs" 2>/dev/null; then
+  echo "[run_all] .venv incomplete: installing requirements"
+  "$PY" -m pip install -r requirements.txt -e .
+fi
+
+# 2. Data: Fashion-MNIST from the Debian package (MNIST-1D is generated offline by the mnist1d package).
+FMNIST_DIR=/usr/share/datasets/fashion-mnist
+missing=()
+for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz; do
+  [ -f "$FMNIST_DIR/$f" ] || missing+=("$FMNIST_DIR/$f")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "[run_all] installing dataset-fashion-mnist"
+    apt-get update -q && apt-get install -y -q dataset-fashion-mnist
+  else
+    echo "[run_all] missing Fashion-MNIST files:" >&2
+    printf '  %s\n' "${missing[@]}" >&2
+    echo "[run_all] install them with: sudo apt-get install dataset-fashion-mnist" >&2
+    exit 1
+  fi
+fi
+
+# 3. The runs (finished ones are skipped, interrupted ones resume), then `python -m analysis`.
+"$PY" -m experiments.suite --preset "$preset" --started-at "$started_at" "$@"
