@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,31 +227,26 @@ def epoch_progress(runs: pd.DataFrame) -> pd.Series:
     return result
 
 
-def _find_key(obj: Any, key: str, path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            if k == key:
-                yield path + (str(k),), v
-            yield from _find_key(v, key, path + (str(k),))
-
-
 def manifest_beta(manifest: Mapping[str, Any]) -> float | None:
-    """The momentum coefficient ``beta`` of the optimizer config in a run manifest, if any.
+    """The momentum coefficient ``beta`` of the run's optimizer, read from its manifest.
 
-    Looked up first at the usual places (``optimizer_config.beta``, ``config.optimizer.beta``,
-    ``config.optimizer_config.beta``, ``config.beta``, ``beta``), then anywhere under a key that
-    contains "optim". Runs of ``slbfgs`` are beta = 0 whatever the manifest says.
+    Looked up in this order: ``optimizer_config.beta`` (the resolved config the runner records),
+    ``optimizer_settings.beta``, ``config.optimizer.beta``, ``config.optimizer_config.beta``,
+    ``config.optimizers.<optimizer>.beta`` (the workload's default), ``config.beta``, ``beta``.
+    Runs of ``slbfgs`` are beta = 0 whatever the manifest says. ``None`` when none is a number.
     """
-    if manifest.get("optimizer") in ZERO_BETA_OPTIMIZERS:
+    optimizer = manifest.get("optimizer")
+    if optimizer in ZERO_BETA_OPTIMIZERS:
         return 0.0
     candidates: list[Any] = [
         _get(manifest, "optimizer_config", "beta"),
+        _get(manifest, "optimizer_settings", "beta"),
         _get(manifest, "config", "optimizer", "beta"),
         _get(manifest, "config", "optimizer_config", "beta"),
+        _get(manifest, "config", "optimizers", str(optimizer), "beta"),
         _get(manifest, "config", "beta"),
         _get(manifest, "beta"),
     ]
-    candidates += [v for p, v in _find_key(manifest, "beta") if any("optim" in part for part in p[:-1])]
     for value in candidates:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
@@ -218,19 +217,24 @@ def plot_stability(
             labels = [beta_label(b) for b in betas]
             data = pairs.assign(label=pairs["beta"].map(beta_label))
             palette = {beta_label(b): beta_color(b) for b in betas}
-            sns.boxplot(
-                data=data,
-                x="label",
-                y="mu",
-                hue="label",
-                order=labels,
-                hue_order=labels,
-                palette=palette,
+            values = [data.loc[data["label"] == lab, "mu"].to_numpy(dtype=float) for lab in labels]
+            boxes = ax_box.boxplot(
+                [v[np.isfinite(v)] for v in values],
+                positions=range(len(labels)),
+                orientation="vertical",
                 whis=(5, 95),
-                fliersize=2,
-                legend=False,
-                ax=ax_box,
+                widths=0.6,
+                patch_artist=True,
+                showfliers=False,
+                medianprops={"color": "black"},
             )
+            for patch, lab in zip(boxes["boxes"], labels, strict=True):
+                patch.set_facecolor(palette[lab])
+                patch.set_alpha(0.75)
+            jitter = np.random.default_rng(0)  # fixed: the same figure gives the same bytes
+            for i, (v, lab) in enumerate(zip(values, labels, strict=True)):
+                xs = i + jitter.uniform(-0.22, 0.22, size=len(v))
+                ax_box.scatter(xs, v, s=5, color=palette[lab], alpha=0.5, linewidths=0, zorder=3)
             ax_box.set_yscale("symlog", linthresh=bounds[0])
             ax_mu.set_yscale("symlog", linthresh=bounds[0])
             ticks = []

@@ -34,9 +34,12 @@ REGEN = (
 
 NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
     "convergence.ipynb": [
-        ("md", "# Convergence\n\nTrain loss (EMA-smoothed) and test accuracy of every optimizer against "
-               "iterations, epochs, training seconds and gradient evaluations; line = mean over seeds, "
-               "band = min–max. mlbfgs is the thick red line. " + REGEN),
+        (
+            "md",
+            "# Convergence\n\nTrain loss (EMA-smoothed) and test accuracy of every optimizer against "
+            "iterations, epochs, training seconds and gradient evaluations; line = mean over seeds, "
+            "band = min–max. mlbfgs is the thick red line. " + REGEN,
+        ),
         ("code", SETUP),
         ("md", "## Curves per workload"),
         ("code", "nb.show_convergence(data)"),
@@ -44,21 +47,30 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", "nb.show_time_to_target(data)"),
     ],
     "stability.ipynb": [
-        ("md", "# Stability against the momentum coefficient beta\n\nmlbfgs with beta in {0.9, 0.99, 0.999} "
-               "and slbfgs (beta = 0): loss curves, the curvature ratio mu = s.y / s.s of every pair over "
-               "training and its distribution, and the share of rejected pairs. " + REGEN),
+        (
+            "md",
+            "# Stability against the momentum coefficient beta\n\nmlbfgs with beta in {0.9, 0.99, 0.999} "
+            "and slbfgs (beta = 0): loss curves, the curvature ratio mu = s.y / s.s of every pair over "
+            "training and its distribution, and the share of rejected pairs. " + REGEN,
+        ),
         ("code", SETUP),
         ("code", "nb.show_stability(data)"),
     ],
     "overhead.ipynb": [
-        ("md", "# Optimizer overhead\n\nMedian seconds per optimizer step and per training iteration, "
-               "relative to sgd, per model. " + REGEN),
+        (
+            "md",
+            "# Optimizer overhead\n\nMedian seconds per optimizer step and per training iteration, "
+            "relative to sgd, per model. " + REGEN,
+        ),
         ("code", SETUP),
         ("code", "nb.show_overhead(data)"),
     ],
     "distributed_scaling.ipynb": [
-        ("md", "# Distributed scaling\n\nPer-rank curvature memory and direction time of block-wise "
-               "distributed mlbfgs against the number of workers, with the 1/N ideal. " + REGEN),
+        (
+            "md",
+            "# Distributed scaling\n\nPer-rank curvature memory and direction time of block-wise "
+            "distributed mlbfgs against the number of workers, with the 1/N ideal. " + REGEN,
+        ),
         ("code", SETUP),
         ("code", "nb.show_scaling(data)"),
     ],

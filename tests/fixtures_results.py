@@ -24,6 +24,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -206,17 +207,31 @@ def write_run(
         w.writerow(RUN_HEADER)
         for row in rows:
             w.writerow([_fmt(v) for v in row])
-    opt_config: dict[str, object] = {"name": optimizer, "lr": 0.1}
+    opt_config: dict[str, object] = {"lr": 0.1, "weight_decay": 0.0}
+    settings: dict[str, object] = {"lr": 0.1}
     if optimizer == "mlbfgs":
         opt_config["beta"] = MAIN_BETA if beta is None else beta
+        if beta is not None:
+            settings["beta"] = beta
+    # The layout experiments/trainer.py writes: the resolved optimizer config at the top level, the
+    # workload config (whose per-optimizer defaults keep beta = 0.999 even for ablation runs) under "config".
     manifest = {
         "run_id": rid,
         "workload": workload,
         "optimizer": optimizer,
         "seed": seed,
-        "config": {"optimizer": opt_config, "epochs": EPOCHS, "batch_size": 32},
-        "command": f"python -m experiments.train --workload {workload} --optimizer {optimizer} --seed {seed}",
-        "commit": "0000000",
+        "config": {
+            "name": workload,
+            "epochs": EPOCHS,
+            "batch_size": 32,
+            "optimizers": {"sgd": {"lr": 0.1}, "mlbfgs": {"lr": 0.1, "beta": MAIN_BETA}},
+        },
+        "optimizer_settings": settings,
+        "optimizer_config": opt_config,
+        "iterations_per_epoch": ITERS_PER_EPOCH,
+        "status": "finished",
+        "command": f"python -m experiments.run --workload {workload} --optimizer {optimizer} --seed {seed}",
+        "git_commit": "0000000",
     }
     (directory / f"{rid}.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if optimizer in ("slbfgs", "mlbfgs"):
@@ -247,7 +262,7 @@ def write_curvature(path: Path, rid: str, beta: float, seed: int, last: int) -> 
         for t in range(PAIR_PERIOD, last + 1, PAIR_PERIOD):
             for block in ("block0", "block1"):
                 accepted = not (every and k % every == every - 1)
-                w.writerow([rid, t, block, repr(curvature_mu(beta, k + seed)), "true" if accepted else "false"])
+                w.writerow([rid, t, block, repr(curvature_mu(beta, k + seed)), "True" if accepted else "False"])
                 k += 1
 
 
@@ -274,6 +289,11 @@ def write_distributed(path: Path) -> None:
         for n, per_rank in DIST_BYTES.items():
             for rank, nbytes in enumerate(per_rank):
                 w.writerow(("resnet18", n, rank, DIST_TOTAL_BLOCKS // n, nbytes, repr(0.02 / n * (1 + 0.05 * rank))))
+
+
+def make_tree(tmp_path_factory: Any) -> Path:
+    """Write the tree into a fresh temporary folder (for module-scoped pytest fixtures)."""
+    return write_results_tree(tmp_path_factory.mktemp("results"))
 
 
 def write_results_tree(root: Path, *, runs: bool = True, overhead: bool = True, distributed: bool = True) -> Path:
