@@ -28,6 +28,14 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Average a tensor over ranks (a copy; identity when not distributed)."""
+        if not self.enabled:
+            return t
+        t = t.detach().clone()
+        dist.all_reduce(t)
+        return t / self.world_size
+
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over ranks (identity when not distributed)."""
         if not self.enabled:

@@ -106,6 +106,30 @@ class _CurvatureLog:
             self.log.close()
 
 
+class _RecordGather:
+    """Distributed runs: each rank sees the pairs of its own blocks only. Records wait on every rank
+    and are gathered to rank 0 at checkpoints and at the end (one collective each), in iteration order."""
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx = ctx
+        self.pending: list[tuple[int, dict[str, Any]]] = []
+
+    def add(self, iteration: int, records: list[dict[str, Any]]) -> None:
+        self.pending.extend((iteration, rec) for rec in records)
+
+    def gather(self, sink: _CurvatureLog | None, run_id: str) -> None:
+        local = [(it, {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in rec.items()})
+                 for it, rec in self.pending]
+        self.pending = []
+        parts: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(parts, local)
+        if sink is None:
+            return
+        merged = sorted((item for part in parts for item in part), key=lambda item: (item[0], item[1]["block"]))
+        for iteration, rec in merged:
+            sink.write(run_id, iteration, [rec])
+
+
 def train(spec: RunSpec, opts: RunOptions, ctx: DistContext) -> dict[str, Any]:
     """Run (or resume, or skip) one run; returns a small summary dict."""
     from baselines import build_optimizer
@@ -184,7 +208,11 @@ def train(spec: RunSpec, opts: RunOptions, ctx: DistContext) -> dict[str, Any]:
                            "lr": lr, "wall_s": round(wall, 6), "grad_evals": opt.grad_evals,
                            "test_loss": loss, "test_acc": acc, "eval_s": round(secs, 6)})
 
+    gatherer = _RecordGather(ctx) if ctx.enabled else None
+
     def save_checkpoint() -> None:
+        if gatherer is not None:
+            gatherer.gather(curv_log, spec.run_id)
         if run_log is not None:
             offsets["run"] = run_log.offset()
             offsets["curvature"] = curv_log.offset()
@@ -221,7 +249,7 @@ def train(spec: RunSpec, opts: RunOptions, ctx: DistContext) -> dict[str, Any]:
                 loss.backward()
                 return loss.detach()
 
-            loss = opt.step(closure)
+            loss = ctx.mean(opt.step(closure))  # the global batch's loss (each rank sees its shard)
             iteration += 1
             records = opt.curvature_records()
             if run_log is not None:
@@ -229,8 +257,10 @@ def train(spec: RunSpec, opts: RunOptions, ctx: DistContext) -> dict[str, Any]:
                 run_log.write({**ident, "kind": "train", "epoch": round(iteration / ipe, 6), "iteration": iteration,
                                "train_loss": loss, "lr": lr, "wall_s": round(wall_now, 6),
                                "grad_evals": opt.grad_evals})
-                if records:
+                if records and gatherer is None:
                     curv_log.write(spec.run_id, iteration, records)
+            if records and gatherer is not None:
+                gatherer.add(iteration, records)
             wall += time.perf_counter() - tick
             bar.update(1)
 
@@ -251,6 +281,8 @@ def train(spec: RunSpec, opts: RunOptions, ctx: DistContext) -> dict[str, Any]:
             if end:
                 break
     bar.close()
+    if gatherer is not None:
+        gatherer.gather(curv_log, spec.run_id)
 
     summary = {"run_id": spec.run_id, "status": "finished", "outcome": "diverged" if diverged else "completed",
                "iterations": iteration, "train_s": round(wall, 3), **last_eval}
