@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
 from analysis.select import MAIN_BETA, main_runs
-from analysis.style import line_style, new_figure, optimizer_color, sort_optimizers, styled
+from analysis.style import line_style, new_figure, optimizer_color, plain_log_ticks, sort_optimizers, styled
 
 #: Default EMA span as a fraction of a run's train rows (2%: 1,000 iterations -> span 20).
 SMOOTH_FRACTION = 0.02
@@ -139,6 +139,55 @@ def draw_band(
     return line
 
 
+#: The loss axes stop at this multiple of the largest initial loss (diverging curves leave the top).
+LOSS_CAP = 1.5
+
+#: gid of the markers at the end of a diverged curve.
+DIVERGED_GID = "diverged"
+
+
+def draw_loss(
+    ax: Axes,
+    band_frame: pd.DataFrame,
+    color: str,
+    style: dict[str, float],
+    band: Band = "minmax",
+    diverged: bool = False,
+) -> float | None:
+    """Draw a loss curve (:func:`draw_band`), marking its end with an X when a run ``diverged``;
+    returns the curve's first value (for :func:`finish_loss_axis`) or ``None`` when nothing is drawn."""
+    if draw_band(ax, band_frame, color, style, band) is None:
+        return None
+    full = band_frame[band_frame["complete"]]
+    if diverged:
+        (marker,) = ax.plot(
+            [full["x"].iloc[-1]], [full["mean"].iloc[-1]], marker="X", markersize=9, color=color, zorder=6
+        )
+        marker.set_gid(DIVERGED_GID)
+    return float(full["mean"].iloc[0])
+
+
+def finish_loss_axis(ax: Axes, log: bool, initial: Sequence[float | None]) -> None:
+    """Log scale with plain tick labels when ``log``; cap the top at :data:`LOSS_CAP` x the largest
+    initial loss so that one diverging curve does not flatten the others (its X marker is pulled
+    just inside the axis)."""
+    if log:
+        ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
+    finite = [v for v in initial if v is not None and np.isfinite(v) and (v > 0 or not log)]
+    if not finite:
+        return
+    top = LOSS_CAP * max(finite)
+    low, high = ax.get_ylim()
+    if high <= top:
+        return
+    ax.set_ylim(low, top)
+    inside = top / 1.08 if log else top - 0.03 * (top - low)
+    for line in ax.get_lines():
+        if line.get_gid() == DIVERGED_GID:
+            line.set_ydata(np.minimum(np.asarray(line.get_ydata(), dtype=float), inside))
+
+
 def diverged_runs(train: pd.DataFrame) -> set[str]:
     """Run ids whose train loss is non-finite at some iteration."""
     bad = train[~np.isfinite(train["train_loss"].to_numpy(dtype=float))]
@@ -171,17 +220,15 @@ def plot_curve_grid(
         loss_axes, acc_axes = axes[:ncols], axes[ncols:]
         log_loss = _positive(train["train_loss_smooth"]) if len(train) else False
         handles: list[Line2D] = []
+        initial: dict[int, list[float | None]] = {i: [] for i in range(ncols)}
         for name in groups:
             color, style = color_of(name), style_of(name)
             tr = train[train[group_col] == name]
             ev_g = ev[ev[group_col] == name]
             broken = diverged_runs(tr)
-            for ax, x in zip(loss_axes, x_axes, strict=True):
+            for i, (ax, x) in enumerate(zip(loss_axes, x_axes, strict=True)):
                 band_frame = seed_band(tr, x, "train_loss_smooth")
-                line = draw_band(ax, band_frame, color, style, band)
-                if line is not None and broken:
-                    last = band_frame[band_frame["complete"]].iloc[-1]
-                    ax.plot([last["x"]], [last["mean"]], marker="X", markersize=9, color=color, zorder=6)
+                initial[i].append(draw_loss(ax, band_frame, color, style, band, bool(broken)))
             for ax, x in zip(acc_axes, x_axes, strict=True):
                 draw_band(ax, seed_band(ev_g, x, "test_acc"), color, style, band)
             n_runs = tr["run_id"].nunique() or ev_g["run_id"].nunique()
@@ -189,12 +236,11 @@ def plot_curve_grid(
             if broken:
                 label += f", non-finite loss in {len(broken)}"
             handles.append(Line2D([], [], color=color, label=label, **style))
-        for ax, (x, xlabel) in zip(loss_axes, x_axes.items(), strict=True):
+        for i, (ax, (x, xlabel)) in enumerate(zip(loss_axes, x_axes.items(), strict=True)):
             ax.set_xlabel(xlabel)
             ax.set_ylabel("train loss (EMA-smoothed)")
             ax.set_title(f"train loss vs {_short(x)}")
-            if log_loss:
-                ax.set_yscale("log")
+            finish_loss_axis(ax, log_loss, initial[i])
         for ax, (x, xlabel) in zip(acc_axes, x_axes.items(), strict=True):
             ax.set_xlabel(xlabel)
             ax.set_ylabel("test accuracy (%)")

@@ -128,7 +128,9 @@ def plot_scaling(distributed: pd.DataFrame) -> Figure:
             pts = per_rank[per_rank["model"] == model]
             ax_mem.scatter(pts["world_size"], pts["curvature_bytes"] / MIB, s=14, color=color, alpha=0.5, zorder=3)
             ax_mem.plot(n, s["max_curvature_bytes"] / MIB, "o-", color=color, label=f"{model}: largest rank", zorder=4)
-            ax_mem.plot(n, s["mean_curvature_bytes"] / MIB, ":", color=color, label=f"{model}: mean over ranks")
+            ax_mem.plot(
+                n, s["mean_curvature_bytes"] / MIB, "s:", color=color, markersize=4, label=f"{model}: mean over ranks"
+            )
             ax_mem.plot(n, s["ideal_curvature_bytes"] / MIB, "--", color="0.4", label=f"{model}: ideal 1/N")
             ax_dir.plot(n, s["max_direction_seconds"] * 1e3, "o-", color=color, label=f"{model}: slowest rank")
             ax_dir.plot(n, s["ideal_direction_seconds"] * 1e3, "--", color="0.4", label=f"{model}: ideal 1/N")

@@ -13,7 +13,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
-from analysis.curves import SMOOTH_FRACTION, draw_band, evals, seed_band, smoothed_train
+from analysis.curves import (
+    SMOOTH_FRACTION,
+    diverged_runs,
+    draw_band,
+    draw_loss,
+    evals,
+    finish_loss_axis,
+    seed_band,
+    smoothed_train,
+)
 from analysis.load import run_info
 from analysis.select import ablation_runs
 from analysis.style import beta_color, beta_label, new_figure, styled
@@ -185,21 +194,18 @@ def plot_stability(
         fig, (ax_loss, ax_acc, ax_mu, ax_box) = new_figure(2, 2, 13, 9.5)
         style = {"linewidth": 2.0, "zorder": 4, "alpha": 1.0}
         handles = []
+        initial = []
         for beta in betas:
             color = beta_color(beta)
             tr = train[train["beta"] == beta]
             band = seed_band(tr, "iteration", "train_loss_smooth")
-            line = draw_band(ax_loss, band, color, style)
-            if line is not None and tr["train_loss"].pipe(lambda s: ~np.isfinite(s.to_numpy(dtype=float))).any():
-                last = band[band["complete"]].iloc[-1]
-                ax_loss.plot([last["x"]], [last["mean"]], marker="X", markersize=9, color=color, zorder=6)
+            initial.append(draw_loss(ax_loss, band, color, style, diverged=bool(diverged_runs(tr))))
             draw_band(ax_acc, seed_band(ev[ev["beta"] == beta], "iteration", "test_acc"), color, style)
             n = wl.loc[wl["beta"] == beta, "run_id"].nunique()
             handles.append(Line2D([], [], color=color, linewidth=2.0, label=f"{beta_label(beta)} ({n} seeds)"))
         positive = train["train_loss_smooth"].to_numpy(dtype=float)
         positive = positive[np.isfinite(positive)]
-        if len(positive) and (positive > 0).all():
-            ax_loss.set_yscale("log")
+        finish_loss_axis(ax_loss, bool(len(positive)) and bool((positive > 0).all()), initial)
         ax_loss.set(
             xlabel="iteration", ylabel="train loss (EMA-smoothed)", title="(a) train loss; × = loss became non-finite"
         )

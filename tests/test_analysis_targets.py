@@ -148,3 +148,27 @@ def test_rule_validation() -> None:
         TargetRule(metric="accuracy")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="fraction"):
         TargetRule(fraction=1.5)
+
+
+def test_reaching_includes_equality() -> None:
+    rows = []
+    for run_id, accs in (("a", [0.5, 0.8, 0.9]), ("b", [0.7, 0.79, 0.8])):
+        for k, acc in enumerate(accs, start=1):
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "workload": "w",
+                    "optimizer": "sgd",
+                    "seed": 0,
+                    "kind": "eval",
+                    "epoch": k,
+                    "iteration": 10 * k,
+                    "test_acc": acc,
+                    "wall_s": float(k),
+                    "grad_evals": 10 * k,
+                    "beta": np.nan,
+                }
+            )
+    table = time_to_target(pd.DataFrame(rows), TargetRule(value=0.8))
+    assert table["iterations"].iloc[0] == pytest.approx(25.0)  # a at 20, b at 30
+    assert table["seconds"].iloc[0] == pytest.approx(2.5)
