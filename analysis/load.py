@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,8 @@ class Results:
     curvature: pd.DataFrame | None
     overhead: pd.DataFrame | None
     distributed: pd.DataFrame | None
+    #: CSVs found in overhead/ or distributed/ that belong to another table (see :func:`belongs_to`).
+    ignored: list[str] = field(default_factory=list)
 
 
 def read_checked_csv(path: Path, columns: Sequence[str], numeric: Sequence[str] = ()) -> pd.DataFrame:
@@ -314,10 +316,33 @@ def _to_bool(values: pd.Series, path: Path) -> pd.Series:
     return text.map(mapping).astype(bool)
 
 
-def load_overhead(results: Path | str) -> pd.DataFrame | None:
-    """All ``results/overhead/*.csv`` in one DataFrame; ``measure`` must be step or iteration."""
+def belongs_to(path: Path, columns: Sequence[str]) -> bool:
+    """Whether the CSV at ``path`` is meant to follow the schema ``columns``: its header holds at least
+    half of them. Other CSVs sharing the folder (e.g. ``overhead/direction_kernel.csv``, another
+    benchmark's table) are ignored instead of failing validation; a file of the schema that misses a
+    column or two still fails with the missing columns named."""
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        return True  # let read_checked_csv report it
+    return 2 * len(set(columns) & set(header)) >= len(columns)
+
+
+def _schema_files(folder: Path, columns: Sequence[str], ignored: list[str] | None) -> list[Path]:
+    paths = []
+    for path in sorted(folder.glob("*.csv")):
+        if belongs_to(path, columns):
+            paths.append(path)
+        elif ignored is not None:
+            ignored.append(str(path))
+    return paths
+
+
+def load_overhead(results: Path | str, ignored: list[str] | None = None) -> pd.DataFrame | None:
+    """All overhead CSVs in ``results/overhead`` in one DataFrame; ``measure`` must be step or
+    iteration. CSVs of other tables in that folder are skipped (listed in ``ignored`` when given)."""
     frames = []
-    for path in sorted((Path(results) / "overhead").glob("*.csv")):
+    for path in _schema_files(Path(results) / "overhead", OVERHEAD_COLUMNS, ignored):
         df = read_checked_csv(path, OVERHEAD_COLUMNS, OVERHEAD_NUMERIC)
         unknown = sorted(set(df["measure"].dropna()) - set(OVERHEAD_MEASURES))
         if unknown:
@@ -327,10 +352,11 @@ def load_overhead(results: Path | str) -> pd.DataFrame | None:
     return _concat(frames)
 
 
-def load_distributed(results: Path | str) -> pd.DataFrame | None:
-    """All ``results/distributed/*.csv`` in one DataFrame (schema: :data:`DISTRIBUTED_COLUMNS`)."""
+def load_distributed(results: Path | str, ignored: list[str] | None = None) -> pd.DataFrame | None:
+    """All distributed-scaling CSVs in ``results/distributed`` in one DataFrame (schema:
+    :data:`DISTRIBUTED_COLUMNS`); CSVs of other tables there are skipped like in :func:`load_overhead`."""
     frames = []
-    for path in sorted((Path(results) / "distributed").glob("*.csv")):
+    for path in _schema_files(Path(results) / "distributed", DISTRIBUTED_COLUMNS, ignored):
         df = read_checked_csv(path, DISTRIBUTED_COLUMNS, DISTRIBUTED_NUMERIC)
         df["source"] = str(path)
         frames.append(df)
@@ -340,13 +366,15 @@ def load_distributed(results: Path | str) -> pd.DataFrame | None:
 def load_results(results: Path | str) -> Results:
     """Read every group of the results tree (see the module docstring)."""
     root = Path(results)
+    ignored: list[str] = []
     return Results(
         root=root,
         runs=load_runs(root),
         manifests=load_manifests(root),
         curvature=load_curvature(root),
-        overhead=load_overhead(root),
-        distributed=load_distributed(root),
+        overhead=load_overhead(root, ignored),
+        distributed=load_distributed(root, ignored),
+        ignored=ignored,
     )
 
 

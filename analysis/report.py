@@ -153,6 +153,10 @@ def generate(
     data = load_results(results)
     out = Path(out)
     report = Report()
+    for path in data.ignored:
+        line = f"ignoring {path}: not a table of this folder's schema (see DEVELOPERS.md)"
+        report.notices.append(line)
+        log(line)
     for group in GROUPS:
         group(data, out, opts, report, log)
     return report
