@@ -202,7 +202,11 @@ def plot_stability(
             initial.append(draw_loss(ax_loss, band, color, style, diverged=bool(diverged_runs(tr))))
             draw_band(ax_acc, seed_band(ev[ev["beta"] == beta], "iteration", "test_acc"), color, style)
             n = wl.loc[wl["beta"] == beta, "run_id"].nunique()
-            handles.append(Line2D([], [], color=color, linewidth=2.0, label=f"{beta_label(beta)} ({n} seeds)"))
+            handles.append(
+                Line2D(
+                    [], [], color=color, linewidth=2.0, label=f"{beta_label(beta)} ({n} seed{'s' if n != 1 else ''})"
+                )
+            )
         positive = train["train_loss_smooth"].to_numpy(dtype=float)
         positive = positive[np.isfinite(positive)]
         finish_loss_axis(ax_loss, bool(len(positive)) and bool((positive > 0).all()), initial)
@@ -218,7 +222,7 @@ def plot_stability(
                 cv = pairs[pairs["beta"] == beta]
                 acc = cv[cv["accepted"]]
                 rej = cv[~cv["accepted"]]
-                ax_mu.scatter(acc["iteration"], acc["mu"], s=6, color=beta_color(beta), alpha=0.6, linewidths=0)
+                ax_mu.scatter(acc["iteration"], acc["mu"], s=9, color=beta_color(beta), alpha=0.6, linewidths=0)
                 ax_mu.scatter(rej["iteration"], rej["mu"], s=18, color=beta_color(beta), marker="x", linewidths=1)
             labels = [beta_label(b) for b in betas]
             data = pairs.assign(label=pairs["beta"].map(beta_label))
