@@ -65,25 +65,38 @@ class CurvatureHistory:
         st["gamma"] = float(sy / yy)
         compact_matrix(gram, self.order(), st["gamma"], st["wf"])
 
-    def apply_(self, g: torch.Tensor) -> torch.Tensor:
-        """``g <- H g`` in place; returns ``p^T Wf p`` so that ``g.Hg = gamma g.g + p^T Wf p``.
-
-        The returned value is a 0-d tensor (no host synchronisation).
-        """
+    def apply_(self, g: torch.Tensor) -> None:
+        """``g <- H g`` in place, allocating nothing."""
         history, wf = self.state["history"], self.state["wf"]
         if history.dtype == g.dtype:
             apply_compact(history, wf, self.gamma, g, self._p, self._c)
         else:
             self._apply_low_precision(history, wf, g)
-        return torch.dot(self._p, self._c)
+
+    def add_quadratic_(self, out: torch.Tensor) -> None:
+        """``out += p^T Wf p`` of the last :meth:`apply_`, so that ``g.Hg = gamma g.g + p^T Wf p``."""
+        if self._low_precision is None:
+            out.addmv_(self._p.view(1, -1), self._c)
+        else:
+            _, _, p32, c32 = self._low_precision
+            p32.copy_(self._p)
+            c32.copy_(self._c)
+            out.addmv_(p32.view(1, -1), c32)
 
     def _apply_low_precision(self, history: torch.Tensor, wf: torch.Tensor, g: torch.Tensor) -> None:
-        # History in bf16/fp16 halves the bytes read; the products run in that dtype, g stays fp32.
+        # History in bf16/fp16 halves the bytes read; the products run in that dtype and g stays in
+        # its own dtype. Mixed-dtype arithmetic would allocate casts, so results are copied first.
         if self._low_precision is None:
-            self._low_precision = (torch.empty_like(g, dtype=history.dtype), torch.empty_like(g, dtype=history.dtype))
-        g_low, out_low = self._low_precision
+            self._low_precision = (
+                torch.empty_like(g, dtype=history.dtype),
+                torch.empty_like(g),
+                torch.empty(self._p.shape, dtype=g.dtype, device=g.device),
+                torch.empty(self._c.shape, dtype=g.dtype, device=g.device),
+            )
+        g_low, out, _, _ = self._low_precision
         g_low.copy_(g)
         torch.mv(history, g_low, out=self._p)
         torch.mv(wf, self._p, out=self._c)
-        torch.mv(history.t(), self._c, out=out_low)
-        g.mul_(self.gamma).add_(out_low)
+        torch.mv(history.t(), self._c, out=g_low)
+        out.copy_(g_low)
+        torch.add(out, g, alpha=self.gamma, out=g)

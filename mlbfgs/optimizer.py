@@ -284,14 +284,13 @@ class MLBFGS(Optimizer):
                 if form_pair:
                     self._form_pair(b, st, buf)
             history = buf.histories[b]
-            if kl:
-                gg = torch.dot(g, g)
+            if kl:  # g.d of this block into the rank's slot: gamma g.g + p^T Wf p, or g.g without pairs
+                gamma = history.gamma if history.num_pairs > 0 else 1.0
+                slot.addmv_(g.view(1, -1), g, alpha=gamma)
             if history.num_pairs > 0:
-                pwp = history.apply_(g)
+                history.apply_(g)
                 if kl:
-                    slot.add_(gg.mul_(history.gamma).add_(pwp))
-            elif kl:
-                slot.add_(gg)
+                    history.add_quadratic_(slot)
         self.sharding.all_gather(flat, self.layout)
 
         if active and cfg.direction_norm == "global":
@@ -300,14 +299,18 @@ class MLBFGS(Optimizer):
         elif kl:
             # nu = min(1, sqrt(kappa / g.d)); nu = 1 when g.d <= 0
             torch.sum(self.layout.all_slots(flat), dim=0, out=buf.scalar)
-            nu = buf.scalar.clamp_(min=1e-30).reciprocal_().mul_(cfg.kl_clip).sqrt_().clamp_(max=1.0)
+            buf.kl_clip.fill_(cfg.kl_clip)
+            nu = buf.scalar.clamp_(min=1e-30).reciprocal_().mul_(buf.kl_clip).sqrt_().clamp_(max=1.0)
             for rk in range(self.layout.world_size):
                 self.layout.slot_view(flat, rk).zero_()
             flat.mul_(nu)
 
-        for views, params, group, bufs in zip(buf.group_views, buf.group_params, self.param_groups, buf.group_momenta):
+        for views, params, group, bufs, mom in zip(
+            buf.group_views, buf.group_params, self.param_groups, buf.group_momenta, buf.momentum
+        ):
             if group["momentum"] != 0:
-                torch._foreach_mul_(bufs, group["momentum"])
+                mom.fill_(group["momentum"])  # a tensor factor: a Python scalar would allocate per tensor
+                torch._foreach_mul_(bufs, mom)
                 torch._foreach_add_(bufs, views)
                 torch._foreach_add_(params, bufs, alpha=-group["lr"])
             else:
@@ -373,6 +376,8 @@ class _StepBuffers:
         self.flat = torch.zeros(layout.numel, dtype=work, device=device)
         self.scalar = torch.zeros((), dtype=work, device=device)
         self.pair_dots = torch.zeros(3, dtype=work, device=device)
+        self.kl_clip = torch.zeros((), dtype=work, device=device)
+        self.momentum = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]
         self.params: list[torch.Tensor] = []
         self.flat_views: list[torch.Tensor] = []
         view_of: dict[int, torch.Tensor] = {}

@@ -50,12 +50,14 @@ def test_hg_matches_dense_bfgs(n: int, k: int, capacity: int) -> None:
     for _ in range(3):
         g = rng.standard_normal(n)
         hg = torch.from_numpy(g.copy())
-        pwp = hist.apply_(hg)
+        hist.apply_(hg)
+        pwp = torch.zeros(1, dtype=torch.float64)
+        hist.add_quadratic_(pwp)
         expected = h_dense @ g
         np.testing.assert_allclose(hg.numpy(), expected, rtol=1e-6, atol=1e-10 * np.abs(expected).max())
         assert g @ hg.numpy() > 0
         # g.Hg = gamma g.g + p^T Wf p (used by the KL rescaling)
-        assert float(hist.gamma * (g @ g) + pwp) == pytest.approx(g @ expected, rel=1e-8)
+        assert hist.gamma * (g @ g) + float(pwp) == pytest.approx(g @ expected, rel=1e-8)
 
 
 def test_secant_condition_for_newest_pair() -> None:
