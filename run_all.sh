@@ -2,17 +2,19 @@
 # The benchmark's main job.
 #   bash run_all.sh --quick   set up, run the quick preset (~10 min on 2 CPU cores), draw the figures
 #   bash run_all.sh --full    every CPU workload x every optimizer x 3 seeds; rerun to resume
+#   bash run_all.sh --tests   set up, then lint and run the test suite (what CI runs)
 # Extra arguments go to `python -m experiments.suite` (e.g. --seeds 0, --optimizers sgd mlbfgs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 started_at=$(date +%s.%N)
 
-usage() { echo "usage: bash run_all.sh --quick|--full [suite options]" >&2; exit 2; }
+usage() { echo "usage: bash run_all.sh --quick|--full|--tests [options]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 case "$1" in
   --quick) preset=quick ;;
   --full) preset=full ;;
-  -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+  --tests) preset=tests ;;
+  -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
   *) usage ;;
 esac
 shift
@@ -22,10 +24,10 @@ PY=.venv/bin/python
 if [ ! -x "$PY" ]; then
   echo "[run_all] creating .venv"
   python3 -m venv .venv
-  "$PY" -m pip install -r requirements.txt -e .
-elif ! "$PY" -c "import torch, torchvision, numpy, pandas, matplotlib, tqdm, mnist1d, transformers, mlbfgs" 2>/dev/null; then
+  "$PY" -m pip install --progress-bar off -r requirements.txt -e .
+elif ! "$PY" -c "import torch, torchvision, numpy, pandas, matplotlib, seaborn, tqdm, mnist1d, transformers, pytest, hypothesis, scipy, nbclient, ipykernel, ruff, mlbfgs" 2>/dev/null; then
   echo "[run_all] .venv incomplete: installing requirements"
-  "$PY" -m pip install -r requirements.txt -e .
+  "$PY" -m pip install --progress-bar off -r requirements.txt -e .
 fi
 
 # 2. Data: Fashion-MNIST from the Debian package (MNIST-1D is generated offline by the mnist1d package).
@@ -46,5 +48,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# 3. The runs (finished ones are skipped, interrupted ones resume), then `python -m analysis`.
+# 3a. The tests: lint, then pytest (extra arguments go to pytest).
+if [ "$preset" = tests ]; then
+  "$PY" -m ruff check .
+  set +e
+  "$PY" -m pytest -q "$@"
+  status=$?
+  set -e
+  [ "$status" -eq 5 ] && { echo "[run_all] pytest collected no tests" >&2; exit 1; }
+  exit "$status"
+fi
+
+# 3b. The runs (finished ones are skipped, interrupted ones resume), then `python -m analysis`.
 "$PY" -m experiments.suite --preset "$preset" --started-at "$started_at" "$@"
