@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import platform
 import shlex
 import subprocess
@@ -66,7 +67,7 @@ class Manifest:
         self._attempt_start = time.monotonic()
 
     def update(self, **fields: Any) -> None:
-        self.data.update(fields)
+        self.data.update({k: _finite_or_none(v) for k, v in fields.items()})
         attempt = self.data["attempts"][-1]
         attempt["elapsed_s"] = round(time.monotonic() - self._attempt_start, 3)
         attempt["last_update"] = now_iso()
@@ -75,3 +76,8 @@ class Manifest:
     def save(self) -> None:
         write_json(self.path, self.data)
 
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/inf: a diverged run's final loss is written as null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value

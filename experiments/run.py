@@ -25,6 +25,14 @@ from experiments.runspec import make_run_spec
 from experiments.trainer import RunOptions, progress_enabled, train
 
 
+def check_optimizer_settings(name: str, settings: dict) -> None:
+    """Fail before any data is loaded when the workload's settings do not fit the optimizer."""
+    from baselines import config_class
+    from baselines.config import make_config
+
+    make_config(config_class(name), name, settings)
+
+
 def default_threads(local_world_size: int) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, local_world_size))
@@ -70,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.optimizer not in available_optimizers():
             raise ValueError(f"optimizer must be one of {available_optimizers()}, got {args.optimizer!r}")
+        check_optimizer_settings(args.optimizer, spec.optimizer_settings)
         if args.flush_rows < 1:
             raise ValueError(f"flush-rows must be a positive integer, got {args.flush_rows}")
         if args.threads is not None and args.threads < 1:
@@ -87,9 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = train(spec, opts, ctx)
     except DatasetMissingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
