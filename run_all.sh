@@ -60,4 +60,9 @@ if [ "$preset" = tests ]; then
 fi
 
 # 3b. The runs (finished ones are skipped, interrupted ones resume), then `python -m analysis`.
-"$PY" -m experiments.suite --preset "$preset" --started-at "$started_at" "$@"
+if [ "$preset" = full ]; then
+  # learning-rate sweep, final runs at the chosen rates (3 seeds), beta ablation, then the analysis
+  "$PY" -m experiments.sweep --preset full --started-at "$started_at" "$@"
+else
+  "$PY" -m experiments.suite --preset "$preset" --started-at "$started_at" "$@"
+fi

@@ -31,6 +31,10 @@ class Preset:
     results: str = "results"  # run CSVs go to <results>/runs
     description: str = ""
     analysis_args: tuple[str, ...] = ()  # arguments of `python -m analysis` (default: --results <results>)
+    # learning-rate sweep before the final runs (experiments.sweep): {"seed", "grids": {optimizer: [lr, ...]}}
+    sweep: dict[str, Any] = field(default_factory=dict)
+    # beta ablation after them: [{"workload", "optimizer", "betas": [...]}]
+    ablation: tuple[dict[str, Any], ...] = ()
 
 
 def available_presets() -> list[str]:
@@ -59,4 +63,5 @@ def load_preset(name_or_path: str) -> Preset:
         runs.append(PresetRuns(optimizers=opts, **entry))
     raw["seeds"] = tuple(raw.get("seeds", (0,)))
     raw["analysis_args"] = tuple(raw.get("analysis_args", ()))
+    raw["ablation"] = tuple(raw.get("ablation", ()))
     return Preset(runs=tuple(runs), **raw)

@@ -87,6 +87,35 @@ def run_analysis(preset: Preset) -> dict[str, Any]:
     return {"command": cmd, "returncode": rc, "seconds": round(time.monotonic() - start, 3)}
 
 
+def execute(runs: list[PlannedRun], record: dict[str, Any], record_path: Path, dry_run: bool = False) -> int:
+    """Run ``runs`` in order, one subprocess each, skipping finished ones; return the number that failed.
+
+    ``record`` (written to ``record_path`` after every run) collects each run's status and seconds.
+    """
+    started = time.time()
+    failures = 0
+    for i, run in enumerate(runs, 1):
+        label = f"[suite {i}/{len(runs)}] {run.run_id}"
+        if is_finished(run.manifest):
+            print(f"{label}: finished, skipped", flush=True)
+            record["runs"].append({"run_id": run.run_id, "status": "skipped (finished)"})
+            continue
+        if dry_run:
+            print(f"{label}: would run python -m experiments.run {' '.join(run.args)}", flush=True)
+            continue
+        print(f"{label}: running", flush=True)
+        t0 = time.monotonic()
+        rc = subprocess.call([sys.executable, "-m", "experiments.run", *run.args])
+        secs = round(time.monotonic() - t0, 3)
+        status = "finished" if rc == 0 else f"failed (exit {rc})"
+        failures += rc != 0
+        print(f"{label}: {status} in {secs:.1f} s", flush=True)
+        record["runs"].append({"run_id": run.run_id, "status": status, "seconds": secs})
+        record["runs_s"] = round(time.time() - started, 3)
+        write_json(record_path, record)
+    return failures
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.suite", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,26 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {"preset": preset.name, "description": preset.description,
                               "start_time": now_iso(), **git_state(), "command": " ".join(sys.argv), "runs": []}
     record_path = Path(preset.results) / f"suite_{preset.name}.json"
-    failures = 0
-    for i, run in enumerate(runs, 1):
-        label = f"[suite {i}/{len(runs)}] {run.run_id}"
-        if is_finished(run.manifest):
-            print(f"{label}: finished, skipped", flush=True)
-            record["runs"].append({"run_id": run.run_id, "status": "skipped (finished)"})
-            continue
-        if args.dry_run:
-            print(f"{label}: would run python -m experiments.run {' '.join(run.args)}", flush=True)
-            continue
-        print(f"{label}: running", flush=True)
-        t0 = time.monotonic()
-        rc = subprocess.call([sys.executable, "-m", "experiments.run", *run.args])
-        secs = round(time.monotonic() - t0, 3)
-        status = "finished" if rc == 0 else f"failed (exit {rc})"
-        failures += rc != 0
-        print(f"{label}: {status} in {secs:.1f} s", flush=True)
-        record["runs"].append({"run_id": run.run_id, "status": status, "seconds": secs})
-        record["runs_s"] = round(time.time() - started, 3)
-        write_json(record_path, record)
+    failures = execute(runs, record, record_path, args.dry_run)
     if args.dry_run:
         return 0
     record["runs_s"] = round(time.time() - started, 3)
