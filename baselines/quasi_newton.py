@@ -4,7 +4,8 @@
 reference run script (yuehniu/mL-BFGS, run-SLIM.sh / train.py): lr 0.1, momentum 0.9,
 beta 0.999 (``--mm-p``/``--mm-g``), xi = pair_momentum 0.9 (``--mmm``), T = update_period 50,
 M = history_size 10, tau0 = damping 0.01 (``--lbfgs-damping``), curvature bounds (0.01, 1.5),
-the direction divided by its global norm (the block version). Weight decay defaults to 0 (the run
+one block per layer and the direction divided by its global norm (the block version, opt/slimblock.py;
+``blocks="model"`` gives their whole-model SLIM-QN). Weight decay defaults to 0 (the run
 script's 2e-4 is a workload setting).
 
 ``slbfgs``: the same optimizer with beta = 0 and pair_momentum = 0, i.e. pairs
@@ -37,7 +38,7 @@ class _QuasiNewtonCommon:
     update_period: int = 50
     damping: float = 0.01
     curvature_bounds: tuple[float, float] = (0.01, 1.5)
-    blocks: Any = "model"
+    blocks: Any = "layer"  # the authors' block version: one block per layer (BlockSlimQN)
     direction_norm: str = "global"
     kl_clip: float = 0.005
     history_dtype: torch.dtype | None = None
