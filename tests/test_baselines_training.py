@@ -55,7 +55,12 @@ def _student() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def data():
-    return _data()
+    # one intra-op thread: this small CNN gains little from more, and oversubscribed cores
+    # (parallel test runs) slow multi-threaded kernels down by an order of magnitude
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield _data()
+    torch.set_num_threads(threads)
 
 
 def test_every_optimizer_is_covered():
