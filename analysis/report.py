@@ -6,6 +6,7 @@ Output files (under ``out``):
 - ``time_to_target.md`` / ``.csv``               time-to-target table (runs)
 - ``stability_<workload>.png``, ``stability.md`` / ``.csv``   beta ablation (runs + curvature)
 - ``overhead.png``, ``overhead.md`` / ``.csv``   per-step / per-iteration cost (overhead)
+- ``direction_kernel.md`` / ``.csv``              direction time vs bandwidth bound (overhead)
 - ``distributed_scaling.png``, ``distributed_scaling.md`` / ``.csv``  (distributed)
 
 A group whose CSVs are absent is skipped with a one-line notice. Tables are byte-stable (fixed float
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.curves import SMOOTH_FRACTION, Band, convergence_figures
+from analysis.kernel import kernel_markdown, kernel_summary, load_kernel
 from analysis.load import Results, load_results
 from analysis.overhead import overhead_markdown, overhead_summary, plot_overhead
 from analysis.readme import relative_link, results_section, update_readme
@@ -119,6 +121,18 @@ def _overhead(data: Results, out: Path, opts: Options, report: Report, log: Call
     report.tables.append(("Optimizer overhead", md))
 
 
+def _kernel(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
+    frame = load_kernel(data.root)
+    if frame is None:
+        _skip(report, log, "direction kernel", f"no {data.root / 'overhead' / 'direction_kernel.csv'}")
+        return
+    summary = kernel_summary(frame)
+    md = kernel_markdown(summary)
+    report.written.append(write_text(out / "direction_kernel.md", md))
+    report.written.append(write_csv(out / "direction_kernel.csv", summary, "%.9f"))
+    report.tables.append(("mL-BFGS direction kernel", md))
+
+
 def _distributed(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
     if data.distributed is None:
         _skip(report, log, "distributed scaling", f"no CSVs under {data.root / 'distributed'}")
@@ -138,6 +152,7 @@ GROUPS: tuple[Callable[[Results, Path, Options, Report, Callable[[str], None]], 
     _convergence,
     _stability,
     _overhead,
+    _kernel,
     _distributed,
 )
 
