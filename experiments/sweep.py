@@ -5,11 +5,15 @@
 Workload by workload (in the preset's order):
 
 1. sweep: every (workload, optimizer) of the preset at every learning rate of the preset's
-   ``sweep.grids[optimizer]``, with seed ``sweep.seed``. The rate with the best final test accuracy
-   (ties: lower final training loss) is chosen; a run that diverged or failed ranks last. The table
-   of all rates goes to ``<results>/sweep/<preset>_lr.csv``, the choice to ``<preset>_best_lr.json``.
-2. final: every (workload, optimizer) at its chosen rate for every seed of the preset. A final run
-   with the sweep's seed is the very run of the sweep (same run id), so it is not repeated.
+   ``sweep.grids[optimizer]``, with seed ``sweep.seed``, into ``<results>/sweep/runs``. The rate with
+   the best final test accuracy (ties: lower final training loss) is chosen; a run that diverged or
+   failed ranks last. When the best rate is the largest (smallest) one tried, the grid is extended by
+   a factor 3 up (down) and the sweep continues, at most ``sweep.extend`` times (default 2), so a
+   chosen rate is not an artefact of the grid's edge. The table of all rates tried goes to
+   ``<results>/sweep/<preset>_lr.csv``, the choice to ``<preset>_best_lr.json``.
+2. final: every (workload, optimizer) at its chosen rate for every seed of the preset, into
+   ``<results>/runs`` (what the analysis reads). The run with the sweep's seed is the very run of
+   the sweep (same configuration and run id): its files are copied, not recomputed.
 3. ablation: for each ``{"workload", "optimizer", "betas"}`` entry, that optimizer at its chosen rate
    with ``beta`` set to each value, for every seed (the stability figure of the paper's main claim).
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.atomic import write_json
-from experiments.manifest import git_state, now_iso
+from experiments.manifest import git_state, is_finished, now_iso
 from experiments.presets import Preset, PresetRuns, load_preset
 from experiments.suite import PlannedRun, execute, plan, run_analysis
 
@@ -45,19 +50,31 @@ def _optimizers(entry: PresetRuns) -> list[str]:
     return available_optimizers() if entry.optimizers == "all" else list(entry.optimizers)
 
 
-def sweep_runs(preset: Preset, workloads: list[str] | None) -> list[tuple[str, str, float, PlannedRun]]:
-    grids = preset.sweep.get("grids", {})
+def sweep_preset(preset: Preset) -> Preset:
+    """Where sweep runs go: ``<results>/sweep/runs``, checkpoints apart from the final runs'."""
+    return replace(preset, name=f"{preset.name}-sweep", results=str(Path(preset.results) / "sweep"))
+
+
+SweptRun = tuple[str, str, float, PlannedRun]  # workload, optimizer, learning rate, the run
+
+
+def sweep_runs(preset: Preset, entry: PresetRuns, name: str, lrs: list[float]) -> list[SweptRun]:
     seed = int(preset.sweep.get("seed", 0))
     out = []
-    for entry in _entries(preset, workloads):
-        for name in _optimizers(entry):
-            if name not in grids:
-                raise ValueError(f"preset {preset.name}: sweep.grids has no learning rates for {name!r}")
-            for lr in grids[name]:
-                runs = replace(entry, optimizers=(name,), set={**entry.set, "optimizer.lr": lr})
-                (planned,) = plan(replace(preset, runs=(runs,)), seeds=[seed])
-                out.append((entry.workload, name, float(lr), planned))
+    for lr in lrs:
+        runs = replace(entry, optimizers=(name,), set={**entry.set, "optimizer.lr": lr})
+        (planned,) = plan(replace(sweep_preset(preset), runs=(runs,)), seeds=[seed])
+        out.append((entry.workload, name, float(lr), planned))
     return out
+
+
+def extend_grid(lrs: list[float], best: float) -> float | None:
+    """The next rate to try when ``best`` lies on the edge of ``lrs`` (None when it is inside)."""
+    if best == max(lrs):
+        return float(f"{best * 3:.6g}")
+    if best == min(lrs):
+        return float(f"{best / 3:.6g}")
+    return None
 
 
 def final_metrics(csv_path: Path) -> tuple[float, float]:
@@ -117,6 +134,19 @@ def final_runs(preset: Preset, chosen: dict[str, dict[str, float]], workloads: l
     return _seed_major(out)
 
 
+def reuse_sweep_runs(preset: Preset, runs: list[PlannedRun]) -> None:
+    """Copy the finished sweep run that is identical to a final run (same run id) into place."""
+    sweep_dir = Path(sweep_preset(preset).results) / "runs"
+    for run in runs:
+        source = sweep_dir / run.workload / run.manifest.name
+        if is_finished(source) and not is_finished(run.manifest):
+            run.manifest.parent.mkdir(parents=True, exist_ok=True)
+            for suffix in (".csv", ".curvature.csv", ".json"):  # the manifest last: it marks the run finished
+                src = source.with_name(run.run_id + suffix)
+                if src.is_file():
+                    shutil.copy2(src, run.manifest.with_name(run.run_id + suffix))
+
+
 def ablation_runs(preset: Preset, chosen: dict[str, dict[str, float]], workloads: list[str] | None) -> list[PlannedRun]:
     out = []
     base = {e.workload: e for e in preset.runs}
@@ -153,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         preset = load_preset(args.preset)
         if not preset.sweep.get("grids"):
             raise ValueError(f"preset {preset.name}: no 'sweep' section with learning-rate grids")
-        swept = sweep_runs(preset, args.workloads)
+        for entry in _entries(preset, args.workloads):
+            missing = [n for n in _optimizers(entry) if n not in preset.sweep["grids"]]
+            if missing:
+                raise ValueError(f"preset {preset.name}: sweep.grids has no learning rates for {missing}")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -163,17 +196,36 @@ def main(argv: list[str] | None = None) -> int:
                               "runs": []}
     record_path = Path(preset.results) / f"sweep_{preset.name}.json"
     failures = 0
+    swept: list[tuple[str, str, float, PlannedRun]] = []
+    grids = preset.sweep["grids"]
+    extend = int(preset.sweep.get("extend", 2))
     # workload by workload, so that the cheap workloads are complete before the long ones start
     for entry in _entries(preset, args.workloads):
-        mine = [s for s in swept if s[0] == entry.workload]
-        if "sweep" in args.stages:
-            failures += execute([r for *_, r in mine], record, record_path, args.dry_run)
+        tried = {name: [float(x) for x in grids[name]] for name in _optimizers(entry)}
+        todo = [s for name, lrs in tried.items() for s in sweep_runs(preset, entry, name, lrs)]
+        for round_ in range(extend + 1):
+            swept += todo
+            if "sweep" in args.stages:
+                failures += execute([r for *_, r in todo], record, record_path, args.dry_run)
+            if args.dry_run:
+                break
+            chosen = choose_rates(preset, [s for s in swept if s[3].manifest.is_file()])
+            todo = []
+            for name, lrs in tried.items():
+                best = chosen.get(entry.workload, {}).get(name)
+                nxt = extend_grid(lrs, best) if best is not None and round_ < extend else None
+                if nxt is not None and "sweep" in args.stages:
+                    lrs.append(nxt)
+                    todo += sweep_runs(preset, entry, name, [nxt])
+            if not todo:
+                break
         if args.dry_run:
             continue
-        chosen = choose_rates(preset, [s for s in swept if s[3].manifest.is_file()])
         print(f"[sweep] {entry.workload}: chosen learning rates {chosen.get(entry.workload)}", flush=True)
         if "final" in args.stages:
-            failures += execute(final_runs(preset, chosen, [entry.workload]), record, record_path)
+            finals = final_runs(preset, chosen, [entry.workload])
+            reuse_sweep_runs(preset, finals)
+            failures += execute(finals, record, record_path)
         if "ablation" in args.stages:
             failures += execute(ablation_runs(preset, chosen, [entry.workload]), record, record_path)
     if args.dry_run:
