@@ -63,10 +63,9 @@ def _optimizer_settings(spec: RunSpec, ctx: DistContext) -> dict[str, Any]:
     from baselines import config_class
 
     settings = dict(spec.optimizer_settings)
-    if ctx.enabled and spec.optimizer == "mlbfgs":
-        fields = getattr(config_class("mlbfgs"), "__dataclass_fields__", {})
-        if "process_group" in fields:
-            settings["process_group"] = dist.group.WORLD
+    # optimizers that distribute their curvature work (mlbfgs blocks, K-FAC inversions) take the group
+    if ctx.enabled and "process_group" in getattr(config_class(spec.optimizer), "__dataclass_fields__", {}):
+        settings["process_group"] = dist.group.WORLD
     return settings
 
 

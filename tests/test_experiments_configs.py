@@ -129,4 +129,4 @@ def test_presets_parse(name: str) -> None:
     else:
         assert {r.workload for r in runs} == {"fmnist-cnn", "fmnist-resnet", "mnist1d-mlp", "fmnist-vit"}
         assert {r.seed for r in runs} == {0, 1, 2}
-        assert {r.optimizer for r in runs} == set(available_optimizers())
+        assert {"sgd", "adam", "kfac", "slbfgs", "mlbfgs"} <= {r.optimizer for r in runs} <= set(available_optimizers())
