@@ -78,13 +78,14 @@ def test_python_dash_m_entry_point(results_tree: Path, tmp_path: Path) -> None:
         f"skipping convergence curves: no run CSVs under {root / 'runs'}",
         f"skipping time to target: no run CSVs under {root / 'runs'}",
         f"skipping stability: no run CSVs under {root / 'runs'}",
+        f"skipping direction kernel: no {root / 'overhead' / 'direction_kernel.csv'}",
     ]
 
 
 def test_every_group_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert out.count("skipping") == 5
+    assert out.count("skipping") == 6
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
