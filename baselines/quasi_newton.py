@@ -57,6 +57,19 @@ class _QuasiNewtonCommon:
         check_unit_interval("damping", self.damping)
         if isinstance(self.curvature_bounds, list):
             object.__setattr__(self, "curvature_bounds", tuple(self.curvature_bounds))
+        for name in ("history_dtype", "comm_dtype"):  # JSON configs name dtypes as strings
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, _dtype(name, value))
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(name: str, value: str) -> torch.dtype:
+    if value not in _DTYPES:
+        raise ValueError(f"{name}: expected one of {sorted(_DTYPES)} (or a torch.dtype), got {value!r}")
+    return _DTYPES[value]
 
 
 @dataclass(frozen=True)

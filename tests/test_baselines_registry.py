@@ -158,3 +158,17 @@ def test_sgd_is_not_normalised():
         steps.append(sum((p.detach() - b).norm() ** 2 for p, b in zip(model.parameters(), before, strict=True)))
     ratio = (steps[1] / steps[0]).sqrt().item()
     assert ratio == pytest.approx(10.0, rel=1e-4)
+
+
+def test_mlbfgs_history_dtype_by_name() -> None:
+    import torch
+
+    from baselines import build_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    opt = build_optimizer("mlbfgs", model, history_dtype="bfloat16")
+    assert opt.optimizer.config.history_dtype == torch.bfloat16
+    import pytest
+
+    with pytest.raises(ValueError, match="history_dtype"):
+        build_optimizer("mlbfgs", model, history_dtype="int8")
