@@ -18,18 +18,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mlbfgs import assign_blocks
+
 
 def assign_owners(costs: list[float], world_size: int) -> list[int]:
-    """Greedy LPT assignment: owner rank of each job (ties to the lowest rank, deterministic)."""
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    load = [0.0] * world_size
-    owners = [0] * len(costs)
-    for j in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
-        r = min(range(world_size), key=lambda r: (load[r], r))
-        owners[j] = r
-        load[r] += costs[j]
-    return owners
+    """Greedy LPT assignment: owner rank of each job (ties to the lowest rank, deterministic).
+
+    The same rule that shards mL-BFGS blocks (:func:`mlbfgs.assign_blocks`).
+    """
+    return assign_blocks(costs, world_size)
 
 
 def resolve_group(process_group: Any) -> tuple[Any, int, int] | None:

@@ -85,7 +85,7 @@ def layer_blocks(model: torch.nn.Module) -> list[list[torch.Tensor]]:
     return blocks
 
 
-def assign_blocks(sizes: Sequence[int], world_size: int) -> list[int]:
+def assign_blocks(sizes: Sequence[float], world_size: int) -> list[int]:
     """Owner rank of each block: greedy, largest block first, to the least-loaded rank.
 
     Ties go to the lower rank, so every process computes the same assignment.
