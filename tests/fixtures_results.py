@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments.csvlog import CURVATURE_COLUMNS, RUN_COLUMNS
+
 WORKLOADS: tuple[str, ...] = ("mnist1d_mlp", "cifar10_resnet18")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "kfac", "slbfgs", "mlbfgs")
 SEEDS: tuple[int, ...] = (0, 1)
@@ -94,23 +96,9 @@ DIST_BYTES: dict[int, tuple[int, ...]] = {
 }
 DIST_TOTAL_BLOCKS = 8
 
-RUN_HEADER = (
-    "run_id",
-    "workload",
-    "optimizer",
-    "seed",
-    "kind",
-    "epoch",
-    "iteration",
-    "train_loss",
-    "lr",
-    "wall_s",
-    "grad_evals",
-    "test_loss",
-    "test_acc",
-    "eval_s",
-)
-CURVATURE_HEADER = ("run_id", "iteration", "block", "mu", "accepted")
+# the exact columns the runner writes, so the analysis tests read what experiments produce
+RUN_HEADER = RUN_COLUMNS
+CURVATURE_HEADER = CURVATURE_COLUMNS
 
 
 def run_id(workload: str, optimizer: str, seed: int, beta: float | None = None) -> str:
