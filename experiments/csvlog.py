@@ -31,6 +31,7 @@ RUN_COLUMNS = (
     "test_loss",
     "test_acc",
     "eval_s",
+    "cpu_s",
 )
 CURVATURE_COLUMNS = ("run_id", "iteration", "block", "mu", "accepted")
 

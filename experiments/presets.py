@@ -28,7 +28,7 @@ class Preset:
     name: str
     runs: tuple[PresetRuns, ...]
     seeds: tuple[int, ...] = (0,)
-    results: str = "results"  # run CSVs go to <results>/runs
+    results: str = ""  # output folder (runs in <results>/runs); set by the command line, default runs/<name>
     description: str = ""
     analysis_args: tuple[str, ...] = ()  # arguments of `python -m analysis` (default: --results <results>)
     # learning-rate sweep before the final runs (experiments.sweep): {"seed", "grids": {optimizer: [lr, ...]}}
@@ -61,7 +61,9 @@ def load_preset(name_or_path: str) -> Preset:
                 raise ValueError(f"{path}: optimizers must be 'all' or a list of names, got {opts!r}")
             opts = tuple(opts)
         runs.append(PresetRuns(optimizers=opts, **entry))
+    if "results" in raw:
+        raise ValueError(f"{path}: 'results' is not a preset key: the output folder is given with --out")
     raw["seeds"] = tuple(raw.get("seeds", (0,)))
     raw["analysis_args"] = tuple(raw.get("analysis_args", ()))
     raw["ablation"] = tuple(raw.get("ablation", ()))
-    return Preset(runs=tuple(runs), **raw)
+    return Preset(runs=tuple(runs), results=str(Path("runs") / raw["name"]), **raw)

@@ -1,8 +1,14 @@
-"""Train one (workload, optimizer, seed) run; torchrun-aware; resumes from its last checkpoint.
+"""Train (workload, optimizer, seed) runs; torchrun-aware; resumes from the last checkpoint.
 
     python -m experiments.run --workload fmnist-cnn --optimizer sgd --seed 0 \
-        [--epochs N] [--max-iters N] [--out results/runs] [--set key=value ...]
+        [--epochs N] [--max-iters N] [--out runs/default] [--set key=value ...]
+    python -m experiments.run --workload fmnist-cnn --optimizer sgd adam mlbfgs   # lockstep
     torchrun --nproc_per_node 2 -m experiments.run --workload fmnist-cnn --optimizer mlbfgs
+
+One optimizer: the run trains alone in this process (separate mode). Several: they train in
+lockstep in this process (see experiments/lockstep.py), each with its own CSV, manifest and
+checkpoint, each iteration timed on the optimizer's own clock. Finished runs are skipped
+(``--force`` starts over); interrupted ones resume from their checkpoints.
 
 Exit status: 0 finished (or skipped: already finished), 2 bad arguments or missing data.
 """
@@ -11,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,9 +26,10 @@ import torch
 from experiments.config import available_workloads, parse_overrides
 from experiments.data.errors import DatasetMissingError
 from experiments.distributed import DEVICES, setup, teardown
+from experiments.lockstep import check_group, train_lockstep
 from experiments.manifest import command_line
 from experiments.runspec import make_run_spec
-from experiments.trainer import RunOptions, progress_enabled, train
+from experiments.trainer import DEFAULT_THREADS, RunOptions, progress_enabled, train
 
 
 def check_optimizer_settings(name: str, settings: dict) -> None:
@@ -33,29 +40,43 @@ def check_optimizer_settings(name: str, settings: dict) -> None:
     make_config(config_class(name), name, settings)
 
 
-def default_threads(local_world_size: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, local_world_size))
+def _add_run_arguments(p: argparse.ArgumentParser, group_mode: bool = False) -> None:
+    """The arguments that define one run (the rest say where and how the process runs)."""
+    p.add_argument("--workload", required=group_mode, help=f"one of {available_workloads()}")
+    if group_mode:
+        p.add_argument("--optimizer", required=True)
+    else:
+        p.add_argument("--optimizer", nargs="+", default=None, metavar="NAME",
+                       help="a name from baselines.available_optimizers(); several names train in lockstep "
+                            "in this process (same data and seed, each optimizer timed on its own)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="override the workload's epochs")
+    p.add_argument("--max-iters", type=int, default=None,
+                   help="stop after N iterations (the LR schedule then spans N iterations)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override a workload key: batch_size=64, data.train_subset=5000, optimizer.lr=0.05")
+    p.add_argument("--data-dir", default=None, help="dataset directory (sets data.dir)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints")
+
+
+RUN_KEYS = ("workload", "optimizer", "seed", "epochs", "max_iters", "overrides", "data_dir", "checkpoint_every")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workload", required=True, help=f"one of {available_workloads()}")
-    p.add_argument("--optimizer", required=True, help="a name from baselines.available_optimizers()")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None, help="override the workload's epochs")
-    p.add_argument("--max-iters", type=int, default=None,
-                   help="stop after N iterations (the LR schedule then spans N iterations)")
-    p.add_argument("--out", type=Path, default=Path("results/runs"), help="runs directory (CSV + manifest)")
-    p.add_argument("--checkpoint-dir", type=Path, default=Path("results/checkpoints"))
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override a workload key: batch_size=64, data.train_subset=5000, optimizer.lr=0.05")
-    p.add_argument("--data-dir", default=None, help="dataset directory (sets data.dir)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints")
+    _add_run_arguments(p)
+    p.add_argument("--group", default=None, metavar="JSON",
+                   help="several runs in lockstep, as a JSON list of per-run argument lists "
+                        "(--workload, --optimizer, --seed, --epochs, --max-iters, --set, --data-dir, "
+                        "--checkpoint-every); what `python -m experiments.suite` uses")
+    p.add_argument("--out", type=Path, default=Path("runs/default"), help="runs directory (CSV + manifest)")
+    p.add_argument("--checkpoint-dir", type=Path, default=None, help="default: <out>/checkpoints")
     p.add_argument("--flush-rows", type=int, default=64,
                    help="write CSV rows to disk every N rows (and at least every 2 s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores / local ranks)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"torch CPU threads per process (default: {DEFAULT_THREADS}, chosen by "
+                        "python -m experiments.bench_threads; results/threads/)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--force", action="store_true", help="start over even if finished or checkpointed")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the last checkpoint when finished")
@@ -63,45 +84,111 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_argv(ns: argparse.Namespace, optimizer: str) -> list[str]:
+    """The per-run arguments of one run, as `python -m experiments.run` takes them."""
+    out = ["--workload", ns.workload, "--optimizer", optimizer, "--seed", str(ns.seed)]
+    if ns.epochs is not None:
+        out += ["--epochs", str(ns.epochs)]
+    if ns.max_iters is not None:
+        out += ["--max-iters", str(ns.max_iters)]
+    if ns.data_dir is not None:
+        out += ["--data-dir", ns.data_dir]
+    if ns.checkpoint_every is not None:
+        out += ["--checkpoint-every", str(ns.checkpoint_every)]
+    if ns.overrides:
+        out += ["--set", *ns.overrides]
+    return out
+
+
+def _spec(ns: argparse.Namespace, optimizer: str):
+    overrides = parse_overrides(ns.overrides)
+    if ns.data_dir is not None:
+        overrides["data.dir"] = ns.data_dir
+    if ns.checkpoint_every is not None:
+        overrides["checkpoint_interval"] = ns.checkpoint_every
+    spec = make_run_spec(ns.workload, optimizer, ns.seed, overrides=overrides, epochs=ns.epochs,
+                         max_iters=ns.max_iters)
+    from baselines import available_optimizers
+
+    if optimizer not in available_optimizers():
+        raise ValueError(f"optimizer must be one of {available_optimizers()}, got {optimizer!r}")
+    check_optimizer_settings(optimizer, spec.optimizer_settings)
+    return spec
+
+
+def _group_runs(text: str) -> list[tuple[argparse.Namespace, str]]:
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--group must be a JSON list of argument lists: {err}") from err
+    if not isinstance(entries, list) or not entries or not all(
+        isinstance(e, list) and all(isinstance(a, str) for a in e) for e in entries
+    ):
+        raise ValueError("--group must be a non-empty JSON list of lists of strings")
+    parser = argparse.ArgumentParser(prog="--group entry", exit_on_error=False)
+    _add_run_arguments(parser, group_mode=True)
+    out = []
+    for entry in entries:
+        try:
+            ns = parser.parse_args(entry)
+        except (argparse.ArgumentError, SystemExit) as err:
+            raise ValueError(f"--group entry {entry}: {err}") from err
+        out.append((ns, ns.optimizer))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        overrides = parse_overrides(args.overrides)
-        if args.data_dir is not None:
-            overrides["data.dir"] = args.data_dir
-        if args.checkpoint_every is not None:
-            overrides["checkpoint_interval"] = args.checkpoint_every
-        spec = make_run_spec(args.workload, args.optimizer, args.seed, overrides=overrides,
-                             epochs=args.epochs, max_iters=args.max_iters)
-        from baselines import available_optimizers
-
-        if args.optimizer not in available_optimizers():
-            raise ValueError(f"optimizer must be one of {available_optimizers()}, got {args.optimizer!r}")
-        check_optimizer_settings(args.optimizer, spec.optimizer_settings)
+        if args.group is not None:
+            if args.workload is not None or args.optimizer is not None:
+                raise ValueError("give either --group or --workload/--optimizer, not both")
+            runs = _group_runs(args.group)
+        else:
+            if args.workload is None or not args.optimizer:
+                raise ValueError("--workload and --optimizer are required (or --group)")
+            runs = [(args, name) for name in args.optimizer]
+        specs = [_spec(ns, name) for ns, name in runs]
         if args.flush_rows < 1:
             raise ValueError(f"flush-rows must be a positive integer, got {args.flush_rows}")
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"threads must be a positive integer, got {args.threads}")
+        lockstep = len(specs) > 1
+        if lockstep:
+            check_group(specs)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    threads = args.threads or default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    threads = args.threads or DEFAULT_THREADS
     torch.set_num_threads(threads)
     ctx = setup(args.device)
-    opts = RunOptions(out=args.out, checkpoint_root=args.checkpoint_dir, threads=threads,
+    checkpoint_dir = args.checkpoint_dir or args.out / "checkpoints"
+    common = ["--out", str(args.out), "--checkpoint-dir", str(checkpoint_dir), "--threads", str(threads),
+              "--device", args.device, "--flush-rows", str(args.flush_rows)]
+    base = RunOptions(out=args.out, checkpoint_root=checkpoint_dir, threads=threads,
                       progress=progress_enabled() and not args.no_progress, force=args.force,
-                      keep_checkpoint=args.keep_checkpoint, command=command_line(argv), flush_rows=args.flush_rows)
+                      keep_checkpoint=args.keep_checkpoint, flush_rows=args.flush_rows,
+                      mode="lockstep" if lockstep else "separate",
+                      group=tuple(s.run_id for s in specs) if lockstep else (),
+                      group_command=command_line(argv) if lockstep else "")
     try:
-        summary = train(spec, opts, ctx)
+        if lockstep:
+            # each manifest records the command that reproduces its run alone (bit-identical losses)
+            commands = {s.run_id: command_line(_run_argv(ns, name) + common)
+                        for s, (ns, name) in zip(specs, runs, strict=True)}
+            summaries = train_lockstep(specs, base, ctx, commands)
+        else:
+            summaries = [train(specs[0], replace(base, command=command_line(argv)), ctx)]
     except DatasetMissingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         teardown(ctx)
     if ctx.is_main:
-        print(json.dumps(summary))
+        for summary in summaries:
+            print(json.dumps(summary))
     return 0
 
 

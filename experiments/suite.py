@@ -15,7 +15,7 @@ import importlib.util
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +31,25 @@ class PlannedRun:
     optimizer: str
     seed: int
     run_id: str
-    args: tuple[str, ...]  # arguments of ``python -m experiments.run``
+    args: tuple[str, ...]  # the per-run arguments of ``python -m experiments.run``
     manifest: Path
+    data_key: str = ""  # runs with equal (workload, seed, data_key) can share a lockstep process
+
+    @property
+    def group_key(self) -> tuple[str, int, str]:
+        return (self.workload, self.seed, self.data_key)
 
 
 def plan(preset: Preset, seeds: list[int] | None = None, workloads: list[str] | None = None,
-         optimizers: list[str] | None = None, threads: int | None = None) -> list[PlannedRun]:
+         optimizers: list[str] | None = None) -> list[PlannedRun]:
+    """The runs of ``preset`` (seed-major: every optimizer gets a first seed before any a second), with
+    their files under ``<preset.results>/runs``."""
+    import json
+
     from baselines import available_optimizers
 
     registered = available_optimizers()
     runs_dir = Path(preset.results) / "runs"
-    checkpoints = Path("results/checkpoints") / preset.name
     out = []
     for seed in seeds if seeds is not None else preset.seeds:
         for entry in preset.runs:
@@ -55,18 +63,16 @@ def plan(preset: Preset, seeds: list[int] | None = None, workloads: list[str] | 
                     continue
                 spec = make_run_spec(entry.workload, name, seed, overrides=entry.set, epochs=entry.epochs,
                                      max_iters=entry.max_iters)
-                args = ["--workload", entry.workload, "--optimizer", name, "--seed", str(seed),
-                        "--out", str(runs_dir), "--checkpoint-dir", str(checkpoints), "--no-progress"]
+                args = ["--workload", entry.workload, "--optimizer", name, "--seed", str(seed)]
                 if entry.epochs is not None:
                     args += ["--epochs", str(entry.epochs)]
                 if entry.max_iters is not None:
                     args += ["--max-iters", str(entry.max_iters)]
-                if threads is not None:
-                    args += ["--threads", str(threads)]
-                for key, value in entry.set.items():
-                    args += ["--set", f"{key}={_cli_value(value)}"]
+                if entry.set:
+                    args += ["--set", *(f"{key}={_cli_value(value)}" for key, value in entry.set.items())]
+                data_key = json.dumps(spec.workload.to_dict()["data"], sort_keys=True)
                 out.append(PlannedRun(entry.workload, name, seed, spec.run_id, tuple(args),
-                                      spec.manifest_path(runs_dir)))
+                                      spec.manifest_path(runs_dir), data_key))
     return out
 
 
@@ -80,40 +86,123 @@ def run_analysis(preset: Preset) -> dict[str, Any]:
     if importlib.util.find_spec("analysis") is None or importlib.util.find_spec("analysis.__main__") is None:
         print("[suite] no runnable `analysis` package: skipping the figures", flush=True)
         return {"status": "skipped (analysis not importable)"}
-    cmd = [sys.executable, "-m", "analysis", *(preset.analysis_args or ("--results", preset.results))]
+    results = Path(preset.results)
+    cmd = [sys.executable, "-m", "analysis",
+           *(preset.analysis_args or ("--results", str(results), "--out", str(results / "figures")))]
     print(f"[suite] {' '.join(cmd)}", flush=True)
     start = time.monotonic()
     rc = subprocess.call(cmd)
     return {"command": cmd, "returncode": rc, "seconds": round(time.monotonic() - start, 3)}
 
 
-def execute(runs: list[PlannedRun], record: dict[str, Any], record_path: Path, dry_run: bool = False) -> int:
-    """Run ``runs`` in order, one subprocess each, skipping finished ones; return the number that failed.
+@dataclass(frozen=True)
+class ExecOptions:
+    """How ``execute`` runs the planned runs."""
 
-    ``record`` (written to ``record_path`` after every run) collects each run's status and seconds.
+    results: Path  # runs go to <results>/runs, checkpoints to <results>/checkpoints
+    mode: str = "lockstep"  # "lockstep": one process per (workload, seed); "separate": one per run
+    threads: int | None = None
+    force: bool = False
+    dry_run: bool = False
+
+
+MODES = ("lockstep", "separate")
+
+
+def groups(runs: list[PlannedRun], mode: str) -> list[list[PlannedRun]]:
+    """Processes to start, in order: one run each (separate), or the runs sharing workload, seed and
+    data, in the order of their first run (lockstep)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if mode == "separate":
+        return [[r] for r in runs]
+    out: dict[tuple[str, int, str], list[PlannedRun]] = {}
+    for run in runs:
+        out.setdefault(run.group_key, []).append(run)
+    return list(out.values())
+
+
+def _command(group: list[PlannedRun], opts: ExecOptions) -> list[str]:
+    import json
+
+    common = ["--out", str(opts.results / "runs"), "--checkpoint-dir", str(opts.results / "checkpoints"),
+              "--no-progress"]
+    if opts.threads is not None:
+        common += ["--threads", str(opts.threads)]
+    if opts.force:
+        common += ["--force"]
+    if len(group) == 1:
+        return [sys.executable, "-m", "experiments.run", *group[0].args, *common]
+    return [sys.executable, "-m", "experiments.run", "--group", json.dumps([list(r.args) for r in group]), *common]
+
+
+def execute(runs: list[PlannedRun], record: dict[str, Any], record_path: Path, opts: ExecOptions) -> int:
+    """Run ``runs`` (lockstep groups or one process each), skipping finished ones unless forced; return
+    the number of runs that failed.
+
+    ``record`` (written to ``record_path`` after every process) collects each run's status and seconds.
     """
     started = time.time()
     failures = 0
-    for i, run in enumerate(runs, 1):
-        label = f"[suite {i}/{len(runs)}] {run.run_id}"
+    todo = runs if opts.force else []
+    for run in [] if opts.force else runs:
         if is_finished(run.manifest):
-            print(f"{label}: finished, skipped", flush=True)
+            print(f"[suite] {run.run_id}: finished, skipped", flush=True)
             record["runs"].append({"run_id": run.run_id, "status": "skipped (finished)"})
+        else:
+            todo.append(run)
+    batches = groups(todo, opts.mode)
+    for i, group in enumerate(batches, 1):
+        ids = ", ".join(r.run_id for r in group)
+        label = f"[suite {i}/{len(batches)}]" + (" lockstep" if len(group) > 1 else "")
+        cmd = _command(group, opts)
+        if opts.dry_run:
+            print(f"{label} {ids}: would run {' '.join(cmd[1:])}", flush=True)
             continue
-        if dry_run:
-            print(f"{label}: would run python -m experiments.run {' '.join(run.args)}", flush=True)
-            continue
-        print(f"{label}: running", flush=True)
+        print(f"{label} {ids}: running", flush=True)
         t0 = time.monotonic()
-        rc = subprocess.call([sys.executable, "-m", "experiments.run", *run.args])
+        rc = subprocess.call(cmd)
         secs = round(time.monotonic() - t0, 3)
-        status = "finished" if rc == 0 else f"failed (exit {rc})"
-        failures += rc != 0
-        print(f"{label}: {status} in {secs:.1f} s", flush=True)
-        record["runs"].append({"run_id": run.run_id, "status": status, "seconds": secs})
+        for run in group:
+            ok = rc == 0 and is_finished(run.manifest)
+            status = "finished" if ok else f"failed (exit {rc})"
+            failures += not ok
+            record["runs"].append({"run_id": run.run_id, "status": status, "process_seconds": secs,
+                                   "mode": opts.mode, "group_size": len(group)})
+        print(f"{label} {ids}: {'finished' if rc == 0 else f'failed (exit {rc})'} in {secs:.1f} s", flush=True)
         record["runs_s"] = round(time.time() - started, 3)
         write_json(record_path, record)
     return failures
+
+
+def add_execution_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by the suite and the staged sweep: where runs go and how processes are laid out."""
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder: runs in <out>/runs, checkpoints in <out>/checkpoints, figures in "
+                        "<out>/figures (default: runs/<preset>, ignored by git)")
+    p.add_argument("--mode", choices=MODES, default="lockstep",
+                   help="lockstep (default): the optimizers of one (workload, seed) train in one process, "
+                        "an iteration each in turn, each timed on its own; separate: one process per run")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: the runner's, see python -m experiments.run --help)")
+    p.add_argument("--force", action="store_true", help="retrain finished runs and discard checkpoints")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
+    p.add_argument("--no-analysis", action="store_true", help="do not call `python -m analysis` at the end")
+    p.add_argument("--started-at", type=float, default=None,
+                   help="unix time the calling script started (run_all.sh), for the total time")
+
+
+def resolve_preset(name: str, out: Path | None, threads: int | None) -> Preset:
+    """Load a preset and point it at its output folder; ValueError for bad values."""
+    preset = load_preset(name)
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads}")
+    return replace(preset, results=str(out if out is not None else Path("runs") / preset.name))
+
+
+def exec_options(preset: Preset, args: argparse.Namespace) -> ExecOptions:
+    return ExecOptions(results=Path(preset.results), mode=args.mode, threads=args.threads, force=args.force,
+                       dry_run=args.dry_run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,24 +212,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     p.add_argument("--workloads", nargs="+", default=None, help="only these workloads of the preset")
     p.add_argument("--optimizers", nargs="+", default=None, help="only these optimizers of the preset")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
-    p.add_argument("--no-analysis", action="store_true", help="do not call `python -m analysis` at the end")
-    p.add_argument("--started-at", type=float, default=None,
-                   help="unix time the calling script started (run_all.sh), for the total time")
+    add_execution_arguments(p)
     args = p.parse_args(argv)
     try:
-        preset = load_preset(args.preset)
-        runs = plan(preset, args.seeds, args.workloads, args.optimizers, args.threads)
+        preset = resolve_preset(args.preset, args.out, args.threads)
+        runs = plan(preset, args.seeds, args.workloads, args.optimizers)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     started = time.time()
-    record: dict[str, Any] = {"preset": preset.name, "description": preset.description,
-                              "start_time": now_iso(), **git_state(), "command": " ".join(sys.argv), "runs": []}
+    print(f"[suite] preset {preset.name}: {len(runs)} runs, {args.mode} mode, output in {preset.results}/", flush=True)
+    record: dict[str, Any] = {"preset": preset.name, "description": preset.description, "mode": args.mode,
+                              "threads": args.threads, "start_time": now_iso(), **git_state(),
+                              "command": " ".join(["python -m experiments.suite", *(argv or sys.argv[1:])]),
+                              "runs": []}
     record_path = Path(preset.results) / f"suite_{preset.name}.json"
-    failures = execute(runs, record, record_path, args.dry_run)
+    failures = execute(runs, record, record_path, exec_options(preset, args))
     if args.dry_run:
         return 0
     record["runs_s"] = round(time.time() - started, 3)
@@ -153,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     write_json(record_path, record)
     print(f"[suite] {len(runs)} runs, {failures} failed, {record['suite_s']:.1f} s; record: {record_path}")
     return 1 if failures else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,8 +34,16 @@ from typing import Any
 
 from experiments.atomic import write_json
 from experiments.manifest import git_state, is_finished, now_iso
-from experiments.presets import Preset, PresetRuns, load_preset
-from experiments.suite import PlannedRun, execute, plan, run_analysis
+from experiments.presets import Preset, PresetRuns
+from experiments.suite import (
+    PlannedRun,
+    add_execution_arguments,
+    exec_options,
+    execute,
+    plan,
+    resolve_preset,
+    run_analysis,
+)
 
 STAGES = ("sweep", "final", "ablation")
 
@@ -175,12 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="full")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--workloads", nargs="+", default=None)
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--no-analysis", action="store_true")
-    p.add_argument("--started-at", type=float, default=None)
+    add_execution_arguments(p)
     args = p.parse_args(argv)
     try:
-        preset = load_preset(args.preset)
+        preset = resolve_preset(args.preset, args.out, args.threads)
         if not preset.sweep.get("grids"):
             raise ValueError(f"preset {preset.name}: no 'sweep' section with learning-rate grids")
         for entry in _entries(preset, args.workloads):
@@ -191,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.time()
-    record: dict[str, Any] = {"preset": preset.name, "start_time": now_iso(), **git_state(),
+    opts = exec_options(preset, args)
+    sweep_opts = replace(opts, results=Path(sweep_preset(preset).results))
+    print(f"[sweep] preset {preset.name}, {args.mode} mode, output in {preset.results}/", flush=True)
+    record: dict[str, Any] = {"preset": preset.name, "mode": args.mode, "start_time": now_iso(), **git_state(),
                               "command": " ".join(["python -m experiments.sweep", *(argv or sys.argv[1:])]),
                               "runs": []}
     record_path = Path(preset.results) / f"sweep_{preset.name}.json"
@@ -206,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(extend + 1):
             swept += todo
             if "sweep" in args.stages:
-                failures += execute([r for *_, r in todo], record, record_path, args.dry_run)
+                failures += execute([r for *_, r in todo], record, record_path, sweep_opts)
             if args.dry_run:
                 break
             chosen = choose_rates(preset, [s for s in swept if s[3].manifest.is_file()])
@@ -225,9 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         if "final" in args.stages:
             finals = final_runs(preset, chosen, [entry.workload])
             reuse_sweep_runs(preset, finals)
-            failures += execute(finals, record, record_path)
+            failures += execute(finals, record, record_path, opts)
         if "ablation" in args.stages:
-            failures += execute(ablation_runs(preset, chosen, [entry.workload]), record, record_path)
+            failures += execute(ablation_runs(preset, chosen, [entry.workload]), record, record_path, opts)
     if args.dry_run:
         return 0
     record["analysis"] = {"status": "disabled"} if args.no_analysis else run_analysis(preset)

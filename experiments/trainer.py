@@ -1,9 +1,14 @@
-"""The training loop of one run: resumable, logged to CSV, driven through ``TrainingOptimizer.step``.
+"""One run as an object that advances one iteration at a time: resumable, logged to CSV, timed on its own.
 
-Order within an iteration t (1-based after the step): set the LR for step t-1, step, log the train
-row; then, outside the training clock, evaluate (every ``eval_interval`` and at the end) and
-checkpoint (every ``checkpoint_interval``, at epoch ends). The data position is a function of the
-iteration, so a checkpoint at iteration t resumes with the batch of iteration t+1.
+Order within an iteration t (1-based after the step), inside the run's clock: fetch the batch, set the
+LR for step t-1, step, log the train row. Then, outside the clock, evaluate (every ``eval_interval``
+and at the end) and checkpoint (every ``checkpoint_interval``, at epoch ends). The data position is a
+function of the iteration, so a checkpoint at iteration t resumes with the batch of iteration t+1.
+
+The clock of a run is its own: ``wall_s`` sums the wall seconds of its iterations and ``cpu_s`` the
+process CPU seconds spent in them (all threads), so several runs can share one process
+(:mod:`experiments.lockstep`) and each still reports only its own time. :func:`train` drives one run
+alone (the separate-process mode, and every torchrun run).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import nn
 from experiments.checkpoint import CheckpointStore, rng_state, set_rng_state
 from experiments.csvlog import CURVATURE_COLUMNS, RUN_COLUMNS, CsvLog
 from experiments.data import build_data
+from experiments.data.base import DataSource
 from experiments.data.sampling import iterations_per_epoch
 from experiments.distributed import DistContext
 from experiments.evaluate import evaluate
@@ -33,19 +39,25 @@ from experiments.models import build_model
 from experiments.runspec import RunSpec
 from experiments.schedule import LRSchedule
 
+# Torch CPU threads per process unless told otherwise: measured, not assumed, by
+# `python -m experiments.bench_threads` (results/threads/), idle and beside other work.
+DEFAULT_THREADS = 1
 NONFINITE_CHECK_EVERY = 25  # iterations between cross-rank divergence checks (distributed runs only)
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    out: Path = Path("results/runs")
-    checkpoint_root: Path = Path("results/checkpoints")
+    out: Path = Path("runs/default")
+    checkpoint_root: Path = Path("runs/default/checkpoints")
     threads: int = 1
     progress: bool = False
     force: bool = False  # discard a finished manifest / existing checkpoint and start over
     keep_checkpoint: bool = False  # keep the last checkpoint of a finished run
-    command: str = ""  # the command line, for the manifest
+    command: str = ""  # the command line that reproduces the run alone, for the manifest
     flush_rows: int = 64  # CSV rows buffered before a write (rows are also written every 2 s)
+    mode: str = "separate"  # "separate" (one run per process) or "lockstep" (recorded in the manifest)
+    group: tuple[str, ...] = ()  # run ids trained in the same lockstep process
+    group_command: str = ""  # the command of that lockstep process
 
 
 def progress_enabled() -> bool:
@@ -53,7 +65,7 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true", "yes")
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -129,170 +141,237 @@ class _RecordGather:
             sink.write(run_id, iteration, [rec])
 
 
-def train(spec: RunSpec, opts: RunOptions, ctx: DistContext) -> dict[str, Any]:
-    """Run (or resume, or skip) one run; returns a small summary dict."""
-    from baselines import build_optimizer
-
-    cfg = spec.workload
-    manifest_path = spec.manifest_path(opts.out)
-    store = CheckpointStore(spec.checkpoint_dir(opts.checkpoint_root), ctx.rank, ctx.world_size)
-    if opts.force:
-        ctx.barrier()
-        store.clear()
-        ctx.barrier()
-    elif is_finished(manifest_path):
+def skip_finished(spec: RunSpec, opts: RunOptions) -> dict[str, Any] | None:
+    """The summary of a finished run that is not forced to start over (None: the run must train)."""
+    if not opts.force and is_finished(spec.manifest_path(opts.out)):
         return {"run_id": spec.run_id, "status": "skipped (finished)"}
+    return None
 
-    _seed_everything(spec.seed)
-    data = build_data(cfg.data, ctx.device)
-    raw_model = build_model(cfg.model, data.input_shape, data.num_classes).to(ctx.device)
-    model: nn.Module = raw_model
-    if ctx.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            raw_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
-        )
-    ipe = iterations_per_epoch(data.num_train, cfg.batch_size, ctx.world_size)
-    total = cfg.epochs * ipe if spec.max_iters is None else min(cfg.epochs * ipe, spec.max_iters)
-    eval_interval = cfg.eval_interval or ipe
-    opt = build_optimizer(spec.optimizer, raw_model, **_optimizer_settings(spec, ctx))
-    schedule = LRSchedule(opt.optimizer, cfg.schedule, total)
 
-    iteration, wall, offsets = 0, 0.0, {"run": None, "curvature": None}
-    resume_at = store.latest_iteration()
-    if resume_at is not None and ctx.is_main and not spec.csv_path(opts.out).exists():
-        print(f"[{spec.run_id}] checkpoint without its CSV: starting over", file=sys.stderr)
-        resume_at = None
-    if resume_at is not None:
-        payload = store.load(resume_at, ctx.device)
-        if payload["run_id"] != spec.run_id or payload["total_iters"] != total:
-            raise ValueError(
-                f"checkpoint in {store.dir} belongs to a different run (run id {payload['run_id']}, "
-                f"{payload['total_iters']} iterations); use --force to start over"
+class Run:
+    """The state of one run: model, optimizer, schedule, logs, clocks, checkpoint store.
+
+    Construct it with the global RNGs in the state a fresh process reaches after seeding and loading
+    the data (what :func:`train` does); it builds the model and optimizer from them, or restores its
+    last checkpoint. Then :meth:`start`, :meth:`advance` until :attr:`done`, :meth:`finish`.
+    """
+
+    def __init__(self, spec: RunSpec, opts: RunOptions, ctx: DistContext, data: DataSource) -> None:
+        from baselines import build_optimizer
+
+        self.spec, self.opts, self.ctx, self.data = spec, opts, ctx, data
+        cfg = spec.workload
+        self.store = CheckpointStore(spec.checkpoint_dir(opts.checkpoint_root), ctx.rank, ctx.world_size)
+        if opts.force:
+            ctx.barrier()
+            self.store.clear()
+            ctx.barrier()
+        self.raw_model = build_model(cfg.model, data.input_shape, data.num_classes).to(ctx.device)
+        self.model: nn.Module = self.raw_model
+        if ctx.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.raw_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
             )
-        raw_model.load_state_dict(payload["model"])
-        opt.load_state_dict(payload["optimizer"])
-        set_rng_state(payload["rng"], ctx.device)
-        iteration, wall, offsets = payload["iteration"], payload["wall_s"], payload["offsets"]
+        self.ipe = iterations_per_epoch(data.num_train, cfg.batch_size, ctx.world_size)
+        total = cfg.epochs * self.ipe
+        self.total = total if spec.max_iters is None else min(total, spec.max_iters)
+        self.eval_interval = cfg.eval_interval or self.ipe
+        self.opt = build_optimizer(spec.optimizer, self.raw_model, **_optimizer_settings(spec, ctx))
+        self.schedule = LRSchedule(self.opt.optimizer, cfg.schedule, self.total)
 
-    run_log = curv_log = manifest = None
-    if ctx.is_main:
-        run_log = CsvLog(spec.csv_path(opts.out), RUN_COLUMNS, resume_offset=offsets["run"],
-                         max_rows=opts.flush_rows)
-        curv_log = _CurvatureLog(spec.curvature_path(opts.out), offsets["curvature"], resume_at is not None,
-                                 opts.flush_rows)
+        self.iteration, self.wall, self.cpu = 0, 0.0, 0.0
+        self.offsets: dict[str, int | None] = {"run": None, "curvature": None}
+        resume_at = self.store.latest_iteration()
+        if resume_at is not None and ctx.is_main and not spec.csv_path(opts.out).exists():
+            print(f"[{spec.run_id}] checkpoint without its CSV: starting over", file=sys.stderr)
+            resume_at = None
+        if resume_at is not None:
+            payload = self.store.load(resume_at, ctx.device)
+            if payload["run_id"] != spec.run_id or payload["total_iters"] != self.total:
+                raise ValueError(
+                    f"checkpoint in {self.store.dir} belongs to a different run (run id {payload['run_id']}, "
+                    f"{payload['total_iters']} iterations); use --force to start over"
+                )
+            self.raw_model.load_state_dict(payload["model"])
+            self.opt.load_state_dict(payload["optimizer"])
+            set_rng_state(payload["rng"], ctx.device)
+            self.iteration, self.wall, self.offsets = payload["iteration"], payload["wall_s"], payload["offsets"]
+            self.cpu = payload.get("cpu_s", 0.0)
+        self.resumed_from = resume_at
+
+        self.run_log: CsvLog | None = None
+        self.curv_log: _CurvatureLog | None = None
+        self.manifest: Manifest | None = None
+        if ctx.is_main:
+            self._open_logs(resume_at)
+        self.ident = {"run_id": spec.run_id, "workload": cfg.name, "optimizer": spec.optimizer, "seed": spec.seed}
+        self.lr = self.schedule.apply(max(self.iteration - 1, 0))
+        self.last_eval: dict[str, float] = {}
+        self.gatherer = _RecordGather(ctx) if ctx.enabled else None
+        self.diverged = False
+        self._batches = None
+        self._sync = ctx.device.type == "cuda"  # CUDA work is asynchronous: wait for it inside the clock
+
+    def _open_logs(self, resume_at: int | None) -> None:
+        spec, opts, ctx, cfg = self.spec, self.opts, self.ctx, self.spec.workload
+        self.run_log = CsvLog(spec.csv_path(opts.out), RUN_COLUMNS, resume_offset=self.offsets["run"],
+                              max_rows=opts.flush_rows)
+        self.curv_log = _CurvatureLog(spec.curvature_path(opts.out), self.offsets["curvature"],
+                                      resume_at is not None, opts.flush_rows)
         base = {
             "run_id": spec.run_id, "workload": cfg.name, "optimizer": spec.optimizer, "seed": spec.seed,
             "config": cfg.to_dict(), "optimizer_settings": spec.optimizer_settings,
             "optimizer_config": _resolved_optimizer_config(spec),
-            "overrides": spec.overrides, "max_iters": spec.max_iters, "total_iters": total,
-            "iterations_per_epoch": ipe, "num_train": data.num_train, "num_test": data.num_test,
-            "parameters": sum(p.numel() for p in raw_model.parameters()),
+            "overrides": spec.overrides, "max_iters": spec.max_iters, "total_iters": self.total,
+            "iterations_per_epoch": self.ipe, "num_train": self.data.num_train, "num_test": self.data.num_test,
+            "parameters": sum(p.numel() for p in self.raw_model.parameters()),
             **git_state(), "torch_version": torch.__version__, "python_version": sys.version.split()[0],
             "device": device_description(ctx.device, opts.threads), "world_size": ctx.world_size,
-            "threads": opts.threads, "command": opts.command, "csv": spec.csv_path(opts.out).name,
+            "threads": opts.threads, "mode": opts.mode, "command": opts.command,
+            "csv": spec.csv_path(opts.out).name,
         }
-        manifest = Manifest(manifest_path, base, resume_at)
-        manifest.update(iterations_done=iteration)
-        manifest.save()
+        if opts.mode == "lockstep":
+            base["lockstep"] = {"group": list(opts.group), "command": opts.group_command}
+        self.manifest = Manifest(spec.manifest_path(opts.out), base, resume_at)
+        self.manifest.update(iterations_done=self.iteration)
+        self.manifest.save()
 
-    ident = {"run_id": spec.run_id, "workload": cfg.name, "optimizer": spec.optimizer, "seed": spec.seed}
-    lr = schedule.apply(max(iteration - 1, 0))
-    last_eval: dict[str, float] = {}
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.total or self.diverged
 
-    def log_eval() -> None:
-        loss, acc, secs = evaluate(raw_model, data, cfg.eval_batch_size, ctx)
-        last_eval.update(test_loss=loss, test_acc=acc)
-        if run_log is not None:
-            run_log.write({**ident, "kind": "eval", "epoch": round(iteration / ipe, 6), "iteration": iteration,
-                           "lr": lr, "wall_s": round(wall, 6), "grad_evals": opt.grad_evals,
-                           "test_loss": loss, "test_acc": acc, "eval_s": round(secs, 6)})
+    def _batch_stream(self):
+        """Batches from the current iteration on, across epochs (the data order is a function of it)."""
+        cfg, ctx = self.spec.workload, self.ctx
+        position = self.iteration
+        while True:
+            epoch, start = divmod(position, self.ipe)
+            yield from self.data.train_batches(seed=self.spec.seed, epoch=epoch, start=start,
+                                               batch_size=cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size)
+            position = (epoch + 1) * self.ipe
 
-    gatherer = _RecordGather(ctx) if ctx.enabled else None
+    def _evaluate(self) -> None:
+        loss, acc, secs = evaluate(self.raw_model, self.data, self.spec.workload.eval_batch_size, self.ctx)
+        self.last_eval.update(test_loss=loss, test_acc=acc)
+        if self.run_log is not None:
+            self.run_log.write({**self.ident, "kind": "eval", "epoch": round(self.iteration / self.ipe, 6),
+                                "iteration": self.iteration, "lr": self.lr, "wall_s": round(self.wall, 6),
+                                "cpu_s": round(self.cpu, 6), "grad_evals": self.opt.grad_evals,
+                                "test_loss": loss, "test_acc": acc, "eval_s": round(secs, 6)})
 
-    def save_checkpoint() -> None:
-        if gatherer is not None:
-            gatherer.gather(curv_log, spec.run_id)
-        if run_log is not None:
-            offsets["run"] = run_log.offset()
-            offsets["curvature"] = curv_log.offset()
-        payload = {"run_id": spec.run_id, "iteration": iteration, "total_iters": total, "wall_s": wall,
-                   "model": raw_model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(ctx.device),
-                   "offsets": dict(offsets), "saved_at": now_iso()}
-        store.save(iteration, payload, ctx.barrier)
-        if manifest is not None:
-            manifest.update(iterations_done=iteration, train_s=round(wall, 3))
-            manifest.save()
+    def _checkpoint(self) -> None:
+        if self.gatherer is not None:
+            self.gatherer.gather(self.curv_log, self.spec.run_id)
+        if self.run_log is not None:
+            self.offsets["run"] = self.run_log.offset()
+            self.offsets["curvature"] = self.curv_log.offset()
+        payload = {"run_id": self.spec.run_id, "iteration": self.iteration, "total_iters": self.total,
+                   "wall_s": self.wall, "cpu_s": self.cpu, "model": self.raw_model.state_dict(),
+                   "optimizer": self.opt.state_dict(), "rng": rng_state(self.ctx.device),
+                   "offsets": dict(self.offsets), "saved_at": now_iso()}
+        self.store.save(self.iteration, payload, self.ctx.barrier)
+        if self.manifest is not None:
+            self.manifest.update(iterations_done=self.iteration, train_s=round(self.wall, 3), cpu_s=round(self.cpu, 3))
+            self.manifest.save()
 
-    if iteration == 0:
-        log_eval()
+    def start(self) -> None:
+        """The evaluation at iteration 0 of a new run (outside the clock); puts the model in train mode."""
+        if self.iteration == 0:
+            self._evaluate()
+        self.raw_model.train()
 
+    def advance(self) -> None:
+        """One training iteration inside the run's clock, then evaluation and checkpoint outside it."""
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        if self._batches is None:
+            self._batches = self._batch_stream()
+        x, y = next(self._batches)
+        self.lr = self.schedule.apply(self.iteration)
+        raw_model, model = self.raw_model, self.model
+
+        def closure(backward: bool = True) -> torch.Tensor:
+            if not backward:
+                return F.cross_entropy(raw_model(x), y)
+            raw_model.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss.detach()
+
+        loss = self.ctx.mean(self.opt.step(closure))  # the global batch's loss (each rank sees its shard)
+        self.iteration += 1
+        iteration = self.iteration
+        records = self.opt.curvature_records()
+        if self._sync:
+            torch.cuda.synchronize(self.ctx.device)
+        if self.run_log is not None:
+            self.run_log.write({**self.ident, "kind": "train", "epoch": round(iteration / self.ipe, 6),
+                                "iteration": iteration, "train_loss": loss, "lr": self.lr,
+                                "wall_s": round(self.wall + (time.perf_counter() - wall0), 6),
+                                "cpu_s": round(self.cpu + (time.process_time() - cpu0), 6),
+                                "grad_evals": self.opt.grad_evals})
+            if records and self.gatherer is None:
+                self.curv_log.write(self.spec.run_id, iteration, records)
+        if records and self.gatherer is not None:
+            self.gatherer.add(iteration, records)
+        self.wall += time.perf_counter() - wall0
+        self.cpu += time.process_time() - cpu0
+
+        if self.spec.workload.stop_on_nonfinite:
+            if self.ctx.enabled:
+                if iteration % NONFINITE_CHECK_EVERY == 0 or iteration == self.total:
+                    self.diverged = self.ctx.sum([0.0 if bool(torch.isfinite(loss)) else 1.0])[0] > 0
+            else:
+                self.diverged = self.run_log.nonfinite_seen or (
+                    iteration == self.total and not bool(torch.isfinite(loss)))
+        end = self.done
+        if end or iteration % self.eval_interval == 0:
+            self._evaluate()
+        if not end and (iteration % self.spec.workload.checkpoint_interval == 0 or iteration % self.ipe == 0):
+            self._checkpoint()
+
+    def finish(self) -> dict[str, Any]:
+        """Close the logs, mark the manifest finished, drop the checkpoint; returns the run's summary."""
+        if self.gatherer is not None:
+            self.gatherer.gather(self.curv_log, self.spec.run_id)
+        summary = {"run_id": self.spec.run_id, "status": "finished",
+                   "outcome": "diverged" if self.diverged else "completed", "iterations": self.iteration,
+                   "train_s": round(self.wall, 3), "cpu_s": round(self.cpu, 3), **self.last_eval}
+        if self.ctx.is_main:
+            self.run_log.close()
+            self.curv_log.close()
+            self.manifest.update(status="finished", end_time=now_iso(), iterations_done=self.iteration,
+                                 train_s=round(self.wall, 3), cpu_s=round(self.cpu, 3), outcome=summary["outcome"],
+                                 grad_evals=self.opt.grad_evals,
+                                 final_test_loss=self.last_eval.get("test_loss"),
+                                 final_test_acc=self.last_eval.get("test_acc"))
+            self.manifest.save()
+        self.ctx.barrier()
+        if not self.opts.keep_checkpoint:
+            self.store.clear()
+        return summary
+
+
+def load_data(spec: RunSpec, ctx: DistContext) -> DataSource:
+    """Seed every RNG with the run's seed, then load its data: the state every run starts from."""
+    seed_everything(spec.seed)
+    return build_data(spec.workload.data, ctx.device)
+
+
+def train(spec: RunSpec, opts: RunOptions, ctx: DistContext) -> dict[str, Any]:
+    """Run (or resume, or skip) one run alone in this process; returns a small summary dict."""
+    skipped = skip_finished(spec, opts)
+    if skipped is not None:
+        return skipped
+    run = Run(spec, opts, ctx, load_data(spec, ctx))
+    run.start()
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=iteration, desc=spec.run_id, disable=not (opts.progress and ctx.is_main),
-               dynamic_ncols=True, leave=False)
-    diverged = False
-    raw_model.train()
-    tick = time.perf_counter()
-    while iteration < total and not diverged:
-        epoch, start = divmod(iteration, ipe)
-        batches = data.train_batches(seed=spec.seed, epoch=epoch, start=start, batch_size=cfg.batch_size,
-                                     rank=ctx.rank, world_size=ctx.world_size)
-        for x, y in batches:
-            lr = schedule.apply(iteration)
-
-            def closure(backward: bool = True, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
-                if not backward:
-                    return F.cross_entropy(raw_model(x), y)
-                raw_model.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                return loss.detach()
-
-            loss = ctx.mean(opt.step(closure))  # the global batch's loss (each rank sees its shard)
-            iteration += 1
-            records = opt.curvature_records()
-            if run_log is not None:
-                wall_now = wall + (time.perf_counter() - tick)
-                run_log.write({**ident, "kind": "train", "epoch": round(iteration / ipe, 6), "iteration": iteration,
-                               "train_loss": loss, "lr": lr, "wall_s": round(wall_now, 6),
-                               "grad_evals": opt.grad_evals})
-                if records and gatherer is None:
-                    curv_log.write(spec.run_id, iteration, records)
-            if records and gatherer is not None:
-                gatherer.add(iteration, records)
-            wall += time.perf_counter() - tick
+    with tqdm(total=run.total, initial=run.iteration, desc=spec.run_id, dynamic_ncols=True, leave=False,
+              disable=not (opts.progress and ctx.is_main)) as bar:
+        while not run.done:
+            run.advance()
             bar.update(1)
+            if run.last_eval and not bar.disable:
+                bar.set_postfix(test_acc=f"{run.last_eval['test_acc']:.4f}", refresh=False)
+    return run.finish()
 
-            if cfg.stop_on_nonfinite:
-                if ctx.enabled:
-                    if iteration % NONFINITE_CHECK_EVERY == 0 or iteration == total:
-                        diverged = ctx.sum([0.0 if bool(torch.isfinite(loss)) else 1.0])[0] > 0
-                else:
-                    diverged = run_log.nonfinite_seen or (iteration == total and not bool(torch.isfinite(loss)))
-            end = iteration == total or diverged
-            if end or iteration % eval_interval == 0:
-                log_eval()
-                if bar.disable is False:
-                    bar.set_postfix(test_acc=f"{last_eval['test_acc']:.4f}")
-            if not end and (iteration % cfg.checkpoint_interval == 0 or iteration % ipe == 0):
-                save_checkpoint()
-            tick = time.perf_counter()
-            if end:
-                break
-    bar.close()
-    if gatherer is not None:
-        gatherer.gather(curv_log, spec.run_id)
-
-    summary = {"run_id": spec.run_id, "status": "finished", "outcome": "diverged" if diverged else "completed",
-               "iterations": iteration, "train_s": round(wall, 3), **last_eval}
-    if ctx.is_main:
-        run_log.close()
-        curv_log.close()
-        manifest.update(status="finished", end_time=now_iso(), iterations_done=iteration, train_s=round(wall, 3),
-                        outcome=summary["outcome"], grad_evals=opt.grad_evals, final_test_loss=last_eval.get(
-                            "test_loss"), final_test_acc=last_eval.get("test_acc"))
-        manifest.save()
-    ctx.barrier()
-    if not opts.keep_checkpoint:
-        store.clear()
-    return summary

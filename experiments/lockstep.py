@@ -1,0 +1,106 @@
+"""Lockstep: several runs of one (workload, seed) trained in one process, one iteration each in turn.
+
+Why: seconds measured by separate processes at different moments measure the machine's load as much
+as the optimizer. In lockstep every run advances one iteration, then the next run does, on the same
+batch sequence; each run's iteration (batch, forward, backward, step, log) is timed on its own clock
+(:class:`experiments.trainer.Run`). Whatever load the machine carries at a given moment, every run
+feels it alike, so the ratios of their seconds hold.
+
+What each run keeps to itself: its model, optimizer, checkpoint and files (one CSV and manifest per
+run, as in separate mode), and its RNG streams: the global torch/python/numpy generators (dropout,
+initialisation) are swapped in before its turn and saved after it. A run is built from the same RNG
+state a fresh process reaches after seeding and loading the data, so its losses are bit-identical to
+the same run trained alone with the same thread count; interleaving changes the clock and nothing
+else (tested).
+
+Kill and resume: every run checkpoints on its own schedule; on restart each resumes from its own
+checkpoint and the runs behind catch up first (the runs with the fewest iterations move each round).
+Finished runs are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from experiments.checkpoint import rng_state, set_rng_state
+from experiments.distributed import DistContext
+from experiments.runspec import RunSpec
+from experiments.trainer import Run, RunOptions, load_data, skip_finished
+
+
+def check_group(specs: list[RunSpec]) -> None:
+    """A lockstep group shares its data: same seed, same data config, distinct run ids."""
+    if not specs:
+        raise ValueError("a lockstep group needs at least one run")
+    first = specs[0]
+    for spec in specs[1:]:
+        if spec.seed != first.seed:
+            raise ValueError(f"lockstep runs must share the seed: {first.run_id} has {first.seed}, "
+                             f"{spec.run_id} has {spec.seed}")
+        if spec.workload.data != first.workload.data:
+            raise ValueError(f"lockstep runs must share the data config: {first.run_id} and {spec.run_id} differ "
+                             f"({first.workload.data} vs {spec.workload.data})")
+    ids = [s.run_id for s in specs]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"a lockstep group lists the same run twice: {duplicates}")
+
+
+def train_lockstep(specs: list[RunSpec], opts: RunOptions, ctx: DistContext,
+                   commands: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Train ``specs`` in lockstep in this process (skipping finished ones); one summary per spec, in order.
+
+    ``commands`` maps a run id to the command that reproduces the run alone (for its manifest).
+
+    Raises ValueError for a distributed context (torchrun runs one optimizer per launch) or a group
+    whose runs do not share seed and data.
+    """
+    if ctx.enabled:
+        raise ValueError("lockstep runs several optimizers in one process; under torchrun give one --optimizer")
+    check_group(specs)
+    summaries: dict[str, dict[str, Any]] = {}
+    pending = []
+    for spec in specs:
+        skipped = skip_finished(spec, opts)
+        if skipped is not None:
+            summaries[spec.run_id] = skipped
+        else:
+            pending.append(spec)
+    if pending:
+        data = load_data(pending[0], ctx)
+        start_state = rng_state(ctx.device)  # a fresh process's RNGs after seeding and loading the data
+        runs: list[Run] = []
+        streams: dict[str, Any] = {}
+        for spec in pending:
+            set_rng_state(start_state, ctx.device)
+            run_opts = replace(opts, command=(commands or {}).get(spec.run_id, opts.command))
+            run = Run(spec, run_opts, ctx, data)
+            run.start()
+            streams[spec.run_id] = rng_state(ctx.device)
+            runs.append(run)
+        _drive(runs, streams, opts, ctx)
+        for run in runs:
+            summaries[run.spec.run_id] = run.finish()
+    return [summaries[s.run_id] for s in specs]
+
+
+def _drive(runs: list[Run], streams: dict[str, Any], opts: RunOptions, ctx: DistContext) -> None:
+    from tqdm import tqdm
+
+    first = runs[0].spec
+    total = sum(r.total for r in runs)
+    desc = f"{first.workload.name} s{first.seed} lockstep x{len(runs)}"
+    with tqdm(total=total, initial=sum(r.iteration for r in runs), desc=desc, dynamic_ncols=True, leave=False,
+              disable=not opts.progress) as bar:
+        active = [r for r in runs if not r.done]
+        while active:
+            behind = min(r.iteration for r in active)  # after a resume, the runs behind catch up first
+            for run in active:
+                if run.iteration != behind:
+                    continue
+                set_rng_state(streams[run.spec.run_id], ctx.device)
+                run.advance()
+                streams[run.spec.run_id] = rng_state(ctx.device)
+                bar.update(1)
+            active = [r for r in active if not r.done]
