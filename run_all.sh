@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark's main job.
-#   bash run_all.sh --quick   set up, run the quick preset (~10 min on 2 CPU cores), draw the figures
-#   bash run_all.sh --full    every CPU workload x every optimizer x 3 seeds; rerun to resume
+#   bash run_all.sh --quick   set up, train the quick comparison into runs/quick/, draw the figures
+#   bash run_all.sh --full    every CPU workload x every optimizer x 3 seeds into runs/full/; rerun to resume
 #   bash run_all.sh --tests   set up, then lint and run the test suite (what CI runs)
-# Extra arguments go to `python -m experiments.suite` (e.g. --seeds 0, --optimizers sgd mlbfgs).
+# Extra arguments go to `python -m experiments.suite` / `experiments.sweep` (e.g. --force, --out DIR,
+# --mode separate, --seeds 0, --optimizers sgd mlbfgs) or, with --tests, to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 started_at=$(date +%s.%N)

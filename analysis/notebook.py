@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from analysis.curves import Band, convergence_figures
+from analysis.fairness import fairness_markdown, fairness_summary, load_fairness, plot_fairness
 from analysis.load import Results
 from analysis.overhead import overhead_markdown, overhead_summary, plot_overhead
 from analysis.scaling import plot_scaling, scaling_markdown, scaling_summary
@@ -92,3 +93,14 @@ def show_scaling(data: Results) -> None:
         return
     _display(plot_scaling(data.distributed))
     _markdown(scaling_markdown(scaling_summary(data.distributed)))
+
+
+def show_fairness(data: Results) -> None:
+    """Fairness figure and table: seconds ratios to sgd, idle vs loaded, lockstep vs separate."""
+    runs = load_fairness(data.root)
+    if runs is None:
+        _markdown("_No fairness runs (python -m experiments.bench_fairness)._")
+        return
+    summary = fairness_summary(runs)
+    _display(plot_fairness(summary))
+    _markdown(fairness_markdown(summary))

@@ -8,6 +8,9 @@ Output files (under ``out``):
 - ``overhead.png``, ``overhead.md`` / ``.csv``   per-step / per-iteration cost (overhead)
 - ``direction_kernel.md`` / ``.csv``              direction time vs bandwidth bound (overhead)
 - ``distributed_scaling.png``, ``distributed_scaling.md`` / ``.csv``  (distributed)
+- ``fairness.png``, ``fairness.md`` / ``.csv``   seconds ratios idle vs loaded, lockstep vs separate (fairness)
+- ``threads.md`` / ``.csv``                       seconds per iteration by thread count and load (threads)
+- ``runner.md`` / ``.csv``                        the runner's iteration vs a bare loop, start-up (runner)
 
 A group whose CSVs are absent is skipped with a one-line notice. Tables are byte-stable (fixed float
 formats, sorted rows, no timestamps); PNGs carry no software/version metadata.
@@ -21,16 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.curves import SMOOTH_FRACTION, Band, convergence_figures
+from analysis.fairness import fairness_markdown, fairness_summary, load_fairness, plot_fairness
 from analysis.kernel import kernel_markdown, kernel_summary, load_kernel
 from analysis.load import Results, load_results
 from analysis.overhead import overhead_markdown, overhead_summary, plot_overhead
 from analysis.readme import relative_link, results_section, update_readme
+from analysis.runner import load_runner, runner_markdown, runner_summary
 from analysis.scaling import plot_scaling, scaling_markdown, scaling_summary
 from analysis.select import MAIN_BETA
 from analysis.stability import DEFAULT_BOUNDS, stability_figures, stability_markdown, stability_summary
 from analysis.style import safe_name, save_figure
 from analysis.tables import write_csv, write_text
 from analysis.targets import TargetRule, time_to_target, time_to_target_csv_frame, time_to_target_markdown
+from analysis.threads import load_threads, threads_markdown, threads_summary
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,45 @@ def _distributed(data: Results, out: Path, opts: Options, report: Report, log: C
     report.tables.append(("Distributed scaling", md))
 
 
+def _fairness(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
+    runs = load_fairness(data.root)
+    if runs is None:
+        _skip(report, log, "fairness", f"no run CSVs under {data.root / 'fairness'}/<mode>-<condition>/runs")
+        return
+    summary = fairness_summary(runs)
+    path = save_figure(plot_fairness(summary), out / "fairness.png")
+    report.figures["fairness"] = {"": path}
+    report.written.append(path)
+    md = fairness_markdown(summary)
+    report.written.append(write_text(out / "fairness.md", md))
+    report.written.append(write_csv(out / "fairness.csv", summary, "%.9f"))
+    report.tables.append(("Fairness of the training clock", md))
+
+
+def _runner(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
+    runs, startup = load_runner(data.root)
+    if runs is None:
+        _skip(report, log, "runner overhead", f"no {data.root / 'runner' / 'runner.csv'}")
+        return
+    summary = runner_summary(runs)
+    md = runner_markdown(summary, startup)
+    report.written.append(write_text(out / "runner.md", md))
+    report.written.append(write_csv(out / "runner.csv", summary, "%.9f"))
+    report.tables.append(("Runner overhead", md))
+
+
+def _threads(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
+    frame = load_threads(data.root)
+    if frame is None:
+        _skip(report, log, "threads", f"no {data.root / 'threads' / 'threads.csv'}")
+        return
+    summary = threads_summary(frame)
+    md = threads_markdown(summary)
+    report.written.append(write_text(out / "threads.md", md))
+    report.written.append(write_csv(out / "threads.csv", summary, "%.9f"))
+    report.tables.append(("Threads per process", md))
+
+
 #: Figure groups in the order they are generated.
 GROUPS: tuple[Callable[[Results, Path, Options, Report, Callable[[str], None]], None], ...] = (
     _convergence,
@@ -154,6 +199,9 @@ GROUPS: tuple[Callable[[Results, Path, Options, Report, Callable[[str], None]], 
     _overhead,
     _kernel,
     _distributed,
+    _fairness,
+    _threads,
+    _runner,
 )
 
 

@@ -37,12 +37,19 @@ CURVATURE_COLUMNS = ("run_id", "iteration", "block", "mu", "accepted")
 
 
 def _format(value: Any) -> str:
+    """One CSV cell: '' for None, shortest round-trip repr for floats (NumPy scalars included), True/False
+    for booleans, quoted text where it holds a comma, quote or newline."""
     if value is None:
         return ""
-    if isinstance(value, bool):
+    kind = type(value)
+    if kind is float:
+        return float.__repr__(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is bool:
         return "True" if value else "False"
     if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else repr(value))
+        return float.__repr__(float(value))
     text = str(value)
     if any(c in text for c in ',"\n'):
         text = '"' + text.replace('"', '""') + '"'
@@ -62,6 +69,7 @@ class CsvLog:
         """Start a new file (header only), or with ``resume_offset`` truncate an existing one to it."""
         self.path = Path(path)
         self.columns = tuple(columns)
+        self._column_set = frozenset(self.columns)
         self.max_rows, self.max_seconds = max_rows, max_seconds
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_offset is None:
@@ -77,7 +85,7 @@ class CsvLog:
         self.nonfinite_seen = False  # a non-finite float was written (e.g. a diverged loss)
 
     def write(self, row: dict[str, Any]) -> None:
-        unknown = set(row) - set(self.columns)
+        unknown = row.keys() - self._column_set
         if unknown:
             raise ValueError(f"row has columns {sorted(unknown)} not in {list(self.columns)}")
         self._rows.append([row.get(c) for c in self.columns])
@@ -88,22 +96,31 @@ class CsvLog:
         slots = [(i, j) for i, r in enumerate(self._rows) for j, v in enumerate(r) if isinstance(v, torch.Tensor)]
         if not slots:
             return
-        tensors = [self._rows[i][j] for i, j in slots]
-        values = torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).cpu().tolist()
+        tensors = [self._rows[i][j].detach().reshape(()) for i, j in slots]
+        first = tensors[0]
+        if all(t.dtype == first.dtype and t.device == first.device for t in tensors):
+            # the common case (one loss per row): one stack, one copy to the host; tolist gives Python
+            # floats holding the exact values, as a float64 cast would
+            values = torch.stack(tensors).tolist()
+        else:
+            values = torch.stack([t.to(torch.float64) for t in tensors]).cpu().tolist()
         for (i, j), t, v in zip(slots, tensors, values, strict=True):
             if t.dtype == torch.bool:
                 v = bool(v)
             elif not t.dtype.is_floating_point:
                 v = int(v)
+            elif type(v) is not float:
+                v = float(v)
             self._rows[i][j] = v
 
     def flush(self, fsync: bool = False) -> None:
         if self._rows:
             self._materialise()
-            for row in self._rows:
-                if any(isinstance(v, float) and not math.isfinite(v) for v in row):
-                    self.nonfinite_seen = True
-            self._file.write("".join(",".join(_format(v) for v in row) + "\n" for row in self._rows))
+            lines = [",".join([_format(v) for v in row]) for row in self._rows]
+            if not self.nonfinite_seen:
+                self.nonfinite_seen = any(isinstance(v, float) and not math.isfinite(v)
+                                          for row in self._rows for v in row)
+            self._file.write("\n".join(lines) + "\n")
             self._rows.clear()
         self._file.flush()
         if fsync:

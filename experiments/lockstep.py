@@ -2,13 +2,19 @@
 
 Why: seconds measured by separate processes at different moments measure the machine's load as much
 as the optimizer. In lockstep every run advances one iteration, then the next run does, on the same
-batch sequence; each run's iteration (batch, forward, backward, step, log) is timed on its own clock
+batch sequence; each run's iteration (batch, forward, backward, step) is timed on its own clock
 (:class:`experiments.trainer.Run`). Whatever load the machine carries at a given moment, every run
 feels it alike, so the ratios of their seconds hold.
 
 What each run keeps to itself: its model, optimizer, checkpoint and files (one CSV and manifest per
-run, as in separate mode), and its RNG streams: the global torch/python/numpy generators (dropout,
-initialisation) are swapped in before its turn and saved after it. A run is built from the same RNG
+run, as in separate mode), and its RNG streams. Every random draw of training comes from torch
+generators (initialisation, dropout; the data order and augmentation use their own seeded torch
+generators), and the global torch generator (CUDA's too on a GPU) is swapped in before a run's turn
+and saved after it, a few microseconds. Python's ``random`` and NumPy's global generator cost 0.1-0.3
+ms to save and restore, more than an MNIST-1D iteration, and nothing draws from them after the data
+are loaded, so they are not swapped per turn: instead lockstep checks every ``HOST_RNG_CHECK_EVERY``
+turns and at the end that they are still in the state every run started from, and raises naming the
+runs when one drew from them (use ``--mode separate`` for such code). A run is built from the same RNG
 state a fresh process reaches after seeding and loading the data, so its losses are bit-identical to
 the same run trained alone with the same thread count; interleaving changes the clock and nothing
 else (tested).
@@ -20,13 +26,45 @@ Finished runs are skipped.
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
+import torch
 
 from experiments.checkpoint import rng_state, set_rng_state
 from experiments.distributed import DistContext
 from experiments.runspec import RunSpec
 from experiments.trainer import Run, RunOptions, load_data, skip_finished
+
+HOST_RNG_CHECK_EVERY = 256  # turns between checks that nothing drew from Python's or NumPy's global RNG
+
+
+def torch_rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The global torch generator's state (and the CUDA device's on a GPU): what a turn swaps."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_torch_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def host_rng_state() -> tuple[Any, Any]:
+    """Python's and NumPy's global generator states (compared, not swapped, in lockstep)."""
+    return random.getstate(), np.random.get_state()
+
+
+def same_host_rng_state(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
+    (py_a, np_a), (py_b, np_b) = a, b
+    return py_a == py_b and np_a[0] == np_b[0] and np.array_equal(np_a[1], np_b[1]) and tuple(np_a[2:]) == tuple(
+        np_b[2:])
+
+
+class HostRngDrawError(RuntimeError):
+    """A lockstep run drew from Python's ``random`` or NumPy's global generator during training."""
 
 
 def check_group(specs: list[RunSpec]) -> None:
@@ -72,20 +110,26 @@ def train_lockstep(specs: list[RunSpec], opts: RunOptions, ctx: DistContext,
         start_state = rng_state(ctx.device)  # a fresh process's RNGs after seeding and loading the data
         runs: list[Run] = []
         streams: dict[str, Any] = {}
+        host = None
         for spec in pending:
             set_rng_state(start_state, ctx.device)
             run_opts = replace(opts, command=(commands or {}).get(spec.run_id, opts.command))
             run = Run(spec, run_opts, ctx, data)
             run.start()
-            streams[spec.run_id] = rng_state(ctx.device)
+            streams[spec.run_id] = torch_rng_state(ctx.device)
+            if host is None:
+                host = host_rng_state()
+            elif not same_host_rng_state(host, host_rng_state()):
+                raise HostRngDrawError(f"{spec.run_id}: Python's or NumPy's global RNG is not in the state of the "
+                                       "group's other runs (a resumed run that drew from them?); use --mode separate")
             runs.append(run)
-        _drive(runs, streams, opts, ctx)
+        _drive(runs, streams, host, opts, ctx)
         for run in runs:
             summaries[run.spec.run_id] = run.finish()
     return [summaries[s.run_id] for s in specs]
 
 
-def _drive(runs: list[Run], streams: dict[str, Any], opts: RunOptions, ctx: DistContext) -> None:
+def _drive(runs: list[Run], streams: dict[str, Any], host: Any, opts: RunOptions, ctx: DistContext) -> None:
     from tqdm import tqdm
 
     first = runs[0].spec
@@ -94,13 +138,28 @@ def _drive(runs: list[Run], streams: dict[str, Any], opts: RunOptions, ctx: Dist
     with tqdm(total=total, initial=sum(r.iteration for r in runs), desc=desc, dynamic_ncols=True, leave=False,
               disable=not opts.progress) as bar:
         active = [r for r in runs if not r.done]
+        turns = 0
         while active:
             behind = min(r.iteration for r in active)  # after a resume, the runs behind catch up first
             for run in active:
                 if run.iteration != behind:
                     continue
-                set_rng_state(streams[run.spec.run_id], ctx.device)
+                set_torch_rng_state(streams[run.spec.run_id], ctx.device)
                 run.advance()
-                streams[run.spec.run_id] = rng_state(ctx.device)
+                streams[run.spec.run_id] = torch_rng_state(ctx.device)
                 bar.update(1)
+                turns += 1
+                if turns % HOST_RNG_CHECK_EVERY == 0:
+                    _check_host(host, active, behind)
             active = [r for r in active if not r.done]
+        _check_host(host, runs, None)
+
+
+def _check_host(host: Any, runs: list[Run], iteration: int | None) -> None:
+    if not same_host_rng_state(host, host_rng_state()):
+        where = "by the end" if iteration is None else f"around iteration {iteration}"
+        raise HostRngDrawError(
+            f"one of {[r.spec.run_id for r in runs]} drew from Python's `random` or NumPy's global RNG {where}; "
+            "lockstep swaps only torch's generators per turn, so their streams would mix: use --mode separate, "
+            "or draw from a torch.Generator"
+        )

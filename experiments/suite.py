@@ -1,11 +1,18 @@
-"""Run a preset's (workload x optimizer x seed) grid, one subprocess per run, then the analysis.
+"""Run a preset's (workload x optimizer x seed) grid, then the analysis.
 
-    python -m experiments.suite --preset quick|full [--seeds 0 1 2] [--workloads ...] [--optimizers ...]
+    python -m experiments.suite --preset quick|full [--out DIR] [--mode lockstep|separate] [--force]
+                                [--seeds 0 1 2] [--workloads ...] [--optimizers ...] [--dry-run]
 
-Finished runs (manifest status finished) are skipped, unfinished ones resume from their checkpoint,
-so rerunning after an interruption continues where it stopped. Order: seed, workload, optimizer,
-so that every optimizer has a first seed before any gets a second. A failing run is reported and
-the grid goes on; the exit status is 1 when any run failed.
+Output: ``--out DIR`` (default ``runs/<preset>``, ignored by git): runs in ``DIR/runs``, checkpoints in
+``DIR/checkpoints``, figures in ``DIR/figures``, the record ``DIR/suite_<preset>.json``.
+
+Processes: in ``lockstep`` mode (the default) one subprocess per (workload, seed) trains all its
+optimizers, an iteration each in turn, each timed on its own clock (``experiments/lockstep.py``); in
+``separate`` mode one subprocess per run. Finished runs (manifest status finished) are skipped unless
+``--force``; unfinished ones resume from their checkpoints, so rerunning after an interruption
+continues where it stopped. Order: seed, workload, optimizer, so that every optimizer has a first
+seed before any gets a second. A failing process is reported and the grid goes on; the exit status
+is 1 when any run failed.
 """
 
 from __future__ import annotations
@@ -144,9 +151,9 @@ def execute(runs: list[PlannedRun], record: dict[str, Any], record_path: Path, o
     """
     started = time.time()
     failures = 0
-    todo = runs if opts.force else []
-    for run in [] if opts.force else runs:
-        if is_finished(run.manifest):
+    todo = []
+    for run in runs:
+        if not opts.force and is_finished(run.manifest):
             print(f"[suite] {run.run_id}: finished, skipped", flush=True)
             record["runs"].append({"run_id": run.run_id, "status": "skipped (finished)"})
         else:

@@ -1,8 +1,9 @@
 """One run as an object that advances one iteration at a time: resumable, logged to CSV, timed on its own.
 
 Order within an iteration t (1-based after the step), inside the run's clock: fetch the batch, set the
-LR for step t-1, step, log the train row. Then, outside the clock, evaluate (every ``eval_interval``
-and at the end) and checkpoint (every ``checkpoint_interval``, at epoch ends). The data position is a
+LR for step t-1, step. Then, outside the clock: log the train row, evaluate (every ``eval_interval``
+and at the end) and checkpoint (every ``checkpoint_interval``, and at an epoch end when 30 s passed
+since the last checkpoint). The data position is a
 function of the iteration, so a checkpoint at iteration t resumes with the batch of iteration t+1.
 
 The clock of a run is its own: ``wall_s`` sums the wall seconds of its iterations and ``cpu_s`` the
@@ -42,7 +43,10 @@ from experiments.schedule import LRSchedule
 # Torch CPU threads per process unless told otherwise: measured, not assumed, by
 # `python -m experiments.bench_threads` (results/threads/), idle and beside other work.
 DEFAULT_THREADS = 1
-NONFINITE_CHECK_EVERY = 25  # iterations between cross-rank divergence checks (distributed runs only)
+NONFINITE_CHECK_EVERY = 25
+# an epoch end also checkpoints when this much time passed since the last save (tiny epochs would
+# otherwise spend more time saving than training)
+EPOCH_CHECKPOINT_SECONDS = 30.0  # iterations between cross-rank divergence checks (distributed runs only)
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,8 @@ class Run:
         self.gatherer = _RecordGather(ctx) if ctx.enabled else None
         self.diverged = False
         self._batches = None
+        self._params = list(self.raw_model.parameters())
+        self._saved_at = time.monotonic()
         self._sync = ctx.device.type == "cuda"  # CUDA work is asynchronous: wait for it inside the clock
 
     def _open_logs(self, resume_at: int | None) -> None:
@@ -270,6 +276,7 @@ class Run:
                    "optimizer": self.opt.state_dict(), "rng": rng_state(self.ctx.device),
                    "offsets": dict(self.offsets), "saved_at": now_iso()}
         self.store.save(self.iteration, payload, self.ctx.barrier)
+        self._saved_at = time.monotonic()
         if self.manifest is not None:
             self.manifest.update(iterations_done=self.iteration, train_s=round(self.wall, 3), cpu_s=round(self.cpu, 3))
             self.manifest.save()
@@ -287,12 +294,13 @@ class Run:
             self._batches = self._batch_stream()
         x, y = next(self._batches)
         self.lr = self.schedule.apply(self.iteration)
-        raw_model, model = self.raw_model, self.model
+        raw_model, model, params = self.raw_model, self.model, self._params
 
         def closure(backward: bool = True) -> torch.Tensor:
             if not backward:
                 return F.cross_entropy(raw_model(x), y)
-            raw_model.zero_grad(set_to_none=True)
+            for p in params:  # Module.zero_grad(set_to_none=True) without walking the module tree each time
+                p.grad = None
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             return loss.detach()
@@ -303,18 +311,19 @@ class Run:
         records = self.opt.curvature_records()
         if self._sync:
             torch.cuda.synchronize(self.ctx.device)
+        # the clocks stop here, before logging; the CPU clock is a system call, read twice per iteration
+        cpu1, wall1 = time.process_time(), time.perf_counter()
+        self.wall += wall1 - wall0
+        self.cpu += cpu1 - cpu0
         if self.run_log is not None:
             self.run_log.write({**self.ident, "kind": "train", "epoch": round(iteration / self.ipe, 6),
                                 "iteration": iteration, "train_loss": loss, "lr": self.lr,
-                                "wall_s": round(self.wall + (time.perf_counter() - wall0), 6),
-                                "cpu_s": round(self.cpu + (time.process_time() - cpu0), 6),
+                                "wall_s": round(self.wall, 6), "cpu_s": round(self.cpu, 6),
                                 "grad_evals": self.opt.grad_evals})
             if records and self.gatherer is None:
                 self.curv_log.write(self.spec.run_id, iteration, records)
         if records and self.gatherer is not None:
             self.gatherer.add(iteration, records)
-        self.wall += time.perf_counter() - wall0
-        self.cpu += time.process_time() - cpu0
 
         if self.spec.workload.stop_on_nonfinite:
             if self.ctx.enabled:
@@ -326,7 +335,8 @@ class Run:
         end = self.done
         if end or iteration % self.eval_interval == 0:
             self._evaluate()
-        if not end and (iteration % self.spec.workload.checkpoint_interval == 0 or iteration % self.ipe == 0):
+        if not end and (iteration % self.spec.workload.checkpoint_interval == 0 or (
+                iteration % self.ipe == 0 and time.monotonic() - self._saved_at >= EPOCH_CHECKPOINT_SECONDS)):
             self._checkpoint()
 
     def finish(self) -> dict[str, Any]:

@@ -64,6 +64,12 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ),
         ("code", SETUP),
         ("code", "nb.show_overhead(data)"),
+        (
+            "md",
+            "## Is the training clock fair?\n\nSeconds per iteration relative to sgd, the quick comparison "
+            "trained in lockstep and in separate processes, on an idle machine and beside two busy processes.",
+        ),
+        ("code", "nb.show_fairness(data)"),
     ],
     "distributed_scaling.ipynb": [
         (

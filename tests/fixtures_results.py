@@ -138,15 +138,20 @@ def write_run(
     acc: tuple[float, ...],
     beta: float | None = None,
     tau: float | None = None,
+    seconds_per_iter: float | None = None,
 ) -> str:
     """Write one run CSV + manifest (+ curvature CSV for slbfgs/mlbfgs) and return its run id."""
     rid = run_id(workload, optimizer, seed, None if beta in (None, MAIN_BETA) else beta)
     rng = np.random.default_rng(seed + 17)
+
+    def clock(t: int) -> float:
+        return wall_s(optimizer, seed, t) if seconds_per_iter is None else t * seconds_per_iter
+
     tau = LOSS_TAU[optimizer] if tau is None else tau
     total = EPOCHS * ITERS_PER_EPOCH
     rows: list[tuple] = []
     ge = GRAD_EVALS_PER_STEP[optimizer]
-    rows.append((rid, workload, optimizer, seed, "eval", 0, 0, None, 0.1, 0.0, 0, 2.3, 0.1, 0.05))
+    rows.append((rid, workload, optimizer, seed, "eval", 0, 0, None, 0.1, 0.0, 0, 2.3, 0.1, 0.05, 0.0))
     for t in range(1, total + 1):
         epoch = (t - 1) // ITERS_PER_EPOCH
         lr = 0.05 * (1 + math.cos(math.pi * (t - 1) / total))
@@ -162,11 +167,12 @@ def write_run(
                 t,
                 loss,
                 lr,
-                wall_s(optimizer, seed, t),
+                clock(t),
                 t * ge,
                 None,
                 None,
                 None,
+                0.9 * clock(t),
             )
         )
         if t % ITERS_PER_EPOCH == 0:
@@ -182,11 +188,12 @@ def write_run(
                     t,
                     None,
                     lr,
-                    wall_s(optimizer, seed, t),
+                    clock(t),
                     t * ge,
                     2.3 * (1 - a),
                     a,
                     0.05,
+                    0.9 * clock(t),
                 )
             )
     directory.mkdir(parents=True, exist_ok=True)
@@ -284,7 +291,8 @@ def make_tree(tmp_path_factory: Any) -> Path:
     return write_results_tree(tmp_path_factory.mktemp("results"))
 
 
-def write_results_tree(root: Path, *, runs: bool = True, overhead: bool = True, distributed: bool = True) -> Path:
+def write_results_tree(root: Path, *, runs: bool = True, overhead: bool = True, distributed: bool = True,
+                       fairness: bool = True) -> Path:
     """Write the whole synthetic tree under ``root`` (groups can be left out) and return ``root``."""
     root = Path(root)
     if runs:
@@ -308,4 +316,13 @@ def write_results_tree(root: Path, *, runs: bool = True, overhead: bool = True, 
         write_overhead(root / "overhead" / "overhead.csv")
     if distributed:
         write_distributed(root / "distributed" / "scaling.csv")
+    if fairness:
+        # the quick comparison in both modes and conditions: lockstep ratios hold, separate ones drift
+        factors = (("lockstep", {"sgd": 2.0, "mlbfgs": 2.0}), ("separate", {"sgd": 3.0, "mlbfgs": 1.2}))
+        for mode, loaded_factor in factors:
+            for condition in ("idle", "loaded"):
+                for optimizer in ("sgd", "mlbfgs"):
+                    per_iter = SECONDS_PER_ITER[optimizer] * (loaded_factor[optimizer] if condition == "loaded" else 1)
+                    write_run(root / "fairness" / f"{mode}-{condition}" / "runs" / WORKLOADS[0], WORKLOADS[0],
+                              optimizer, 0, ACC[WORKLOADS[0]][optimizer][0], seconds_per_iter=per_iter)
     return root

@@ -27,6 +27,9 @@ EXPECTED = {
     "distributed_scaling.png",
     "distributed_scaling.md",
     "distributed_scaling.csv",
+    "fairness.png",
+    "fairness.md",
+    "fairness.csv",
 }
 
 README_HEAD = "# mlbfgs\n\nSome introduction that must stay.\n\n## Results\n\n"
@@ -79,13 +82,15 @@ def test_python_dash_m_entry_point(results_tree: Path, tmp_path: Path) -> None:
         f"skipping time to target: no run CSVs under {root / 'runs'}",
         f"skipping stability: no run CSVs under {root / 'runs'}",
         f"skipping direction kernel: no {root / 'overhead' / 'direction_kernel.csv'}",
+        f"skipping threads: no {root / 'threads' / 'threads.csv'}",
+        f"skipping runner overhead: no {root / 'runner' / 'runner.csv'}",
     ]
 
 
 def test_every_group_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert out.count("skipping") == 6
+    assert out.count("skipping") == 9
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -48,12 +48,14 @@ def test_notebook_executes(name: str, results_tree: Path, kernel_dir: Path, monk
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
-    expected_figures = {"convergence.ipynb": 2, "stability.ipynb": 2}.get(name, 1)
+    expected_figures = {"convergence.ipynb": 2, "stability.ipynb": 2, "overhead.ipynb": 2}.get(name, 1)
     assert len(pngs) == expected_figures
     markdown = "\n".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
     assert str(results_tree) in markdown  # it read the fixture tree, not ../results
     if name == "convergence.ipynb":
         assert "| mlbfgs | 2/2 | 62.5 |" in markdown
+    if name == "overhead.ipynb":  # the fairness table of the fixture: lockstep ratios hold, separate ones drift
+        assert "lockstep: 1/1 ratios within 10%" in markdown and "separate: 0/1 ratios within 10%" in markdown
 
 
 def _load_builder():

@@ -16,7 +16,7 @@ from experiments.runspec import make_run_spec
 
 SCHEMA = [
     "run_id", "workload", "optimizer", "seed", "kind", "epoch", "iteration", "train_loss", "lr", "wall_s",
-    "grad_evals", "test_loss", "test_acc", "eval_s",
+    "grad_evals", "test_loss", "test_acc", "eval_s", "cpu_s",
 ]  # DEVELOPERS.md, written out independently of the code under test
 TINY = ["data.train_subset=1280", "data.test_subset=200", "eval_interval=8", "batch_size=64"]
 

@@ -1,0 +1,230 @@
+"""What the runner costs: its iteration against a bare PyTorch loop, and the start-up of a run.
+
+    python -m experiments.bench_runner [--workloads mnist1d-mlp fmnist-cnn] [--optimizers sgd mlbfgs]
+                                       [--repeats 15] [--iters 50] [--out results/runner]
+
+Per iteration. For each (workload, optimizer), on the workload's real data (the quick preset's
+subsets), three contestants train the same model from the same initial weights with the same
+optimizer settings:
+
+- ``bare``: a hand-written loop: a seeded permutation per epoch, ``x = transform(X[idx])``,
+  ``zero_grad``, forward, cross-entropy, ``backward``, ``step`` of the torch optimizer itself
+  (``torch.optim.SGD`` / ``mlbfgs.MLBFGS``), nothing logged;
+- ``runner``: :meth:`experiments.trainer.Run.advance` (batch, LR schedule, the registry's optimizer
+  behind its counting closure, curvature records, both clocks), writing to a temporary folder, as its
+  own training clock reports it (``wall_s``: what the CSV says an iteration cost);
+- ``runner_total``: the same calls timed from outside, which adds the CSV row and the checkpoints it
+  writes (every ``checkpoint_interval`` iterations and at epoch ends 30 s apart; evaluations are moved
+  past the end);
+- ``lockstep``: a second such run timed from outside, plus what the lockstep driver adds per turn
+  (swapping the torch RNG streams).
+
+In each repeat every contestant times ``--iters`` iterations in turn (order rotated), so drifts of the
+machine hit all alike; rows ``workload, optimizer, contestant, repeat, seconds`` (per iteration) go to
+``<out>/runner.csv``. Overhead = median(runner) / median(bare) - 1.
+
+Start-up: the seconds of ``python -c "import experiments.run"`` (a fresh interpreter), of loading
+the data (:func:`experiments.trainer.load_data`), and of building the run (model, optimizer, files,
+the evaluation at iteration 0), ``--startup-repeats`` times each; rows
+``workload, stage, repeat, seconds`` in ``<out>/startup.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from experiments.bench_common import git_commit
+from experiments.distributed import DistContext
+from experiments.lockstep import set_torch_rng_state, torch_rng_state
+from experiments.presets import load_preset
+from experiments.runspec import RunSpec, make_run_spec
+from experiments.trainer import Run, RunOptions, load_data
+
+RUN_COLUMNS = ("workload", "optimizer", "contestant", "repeat", "seconds")
+STARTUP_COLUMNS = ("workload", "stage", "repeat", "seconds")
+CONTESTANTS = ("bare", "runner", "runner_total", "lockstep")
+
+
+def quick_spec(workload: str, optimizer: str, total: int) -> RunSpec:
+    """The quick preset's run of ``workload``, ``total`` iterations long, with no evaluation or
+    checkpoint before the end."""
+    entry = next(e for e in load_preset("quick").runs if e.workload == workload)
+    overrides = {**entry.set, "eval_interval": total, "checkpoint_interval": total, "epochs": 10_000}
+    return make_run_spec(workload, optimizer, 0, overrides=overrides, max_iters=total)
+
+
+def bare_optimizer(optimizer: str, model: torch.nn.Module, settings: dict[str, Any]) -> torch.optim.Optimizer:
+    """The torch optimizer a hand-written loop would construct with the run's settings."""
+    if optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), **settings)
+    if optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), **settings)
+    if optimizer == "mlbfgs":
+        from baselines.registry import build_optimizer
+
+        return build_optimizer("mlbfgs", model, **settings).optimizer  # the MLBFGS itself, with its blocks
+    raise ValueError(f"optimizer must be one of ['sgd', 'adam', 'mlbfgs'], got {optimizer!r}")
+
+
+class BareLoop:
+    """The loop a user writes by hand over in-memory tensors."""
+
+    def __init__(self, run: Run) -> None:
+        from experiments.models import build_model
+
+        data, cfg = run.data, run.spec.workload
+        self.model = build_model(cfg.model, data.input_shape, data.num_classes)
+        self.model.load_state_dict(run.raw_model.state_dict())
+        self.model.train()
+        settings = {**run.spec.optimizer_settings}
+        self.opt = bare_optimizer(run.spec.optimizer, self.model, settings)
+        self.x, self.y, self.transform = data.x_train, data.y_train, data.transform
+        self.batch_size, self.n = cfg.batch_size, data.num_train
+        self.gen = torch.Generator().manual_seed(0)
+        self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+
+    def iteration(self) -> None:
+        if self.pos + self.batch_size > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        x = self.x[idx]
+        if self.transform is not None:
+            x = self.transform(x)
+        self.opt.zero_grad(set_to_none=True)
+        F.cross_entropy(self.model(x), self.y[idx]).backward()
+        self.opt.step()
+
+
+def bench_iterations(workload: str, optimizer: str, repeats: int, iters: int, tmp: Path) -> list[dict]:
+    total = (repeats + 1) * iters * 2 + 10
+    spec = quick_spec(workload, optimizer, total)
+    ctx = DistContext()
+    opts = RunOptions(out=tmp / "runs", checkpoint_root=tmp / "ck", threads=torch.get_num_threads())
+    data = load_data(spec, ctx)
+    runner = Run(spec, opts, ctx, data)
+    runner.start()
+    bare = BareLoop(runner)
+    # the lockstep contestant: a second run of the same spec in another folder, its RNG swapped per turn
+    other = Run(spec, replace(opts, out=tmp / "runs2", checkpoint_root=tmp / "ck2"), ctx, data)
+    other.start()
+    stream = torch_rng_state(ctx.device)
+
+    def lockstep_turn() -> None:
+        nonlocal stream
+        set_torch_rng_state(stream, ctx.device)
+        other.advance()
+        stream = torch_rng_state(ctx.device)
+
+    steps = {"bare": bare.iteration, "runner": runner.advance, "lockstep": lockstep_turn}
+    for fn in steps.values():  # warm-up
+        for _ in range(iters):
+            fn()
+    rows = []
+    for rep in range(repeats):
+        order = list(steps)[rep % 3:] + list(steps)[: rep % 3]
+        for name in order:
+            fn = steps[name]
+            clock = runner.wall
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            seconds = (time.perf_counter() - start) / iters
+            row = {"workload": workload, "optimizer": optimizer, "repeat": rep}
+            if name == "runner":
+                rows.append({**row, "contestant": "runner", "seconds": (runner.wall - clock) / iters})
+                name = "runner_total"
+            rows.append({**row, "contestant": name, "seconds": seconds})
+    for r in (runner, other):
+        r.run_log.close()
+    return rows
+
+
+def bench_startup(workload: str, repeats: int, tmp: Path) -> list[dict]:
+    rows = []
+    for rep in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import experiments.run"], check=True)
+        rows.append({"workload": workload, "stage": "imports", "repeat": rep, "seconds": time.perf_counter() - start})
+        spec = quick_spec(workload, "sgd", 10)
+        start = time.perf_counter()
+        data = load_data(spec, DistContext())
+        rows.append({"workload": workload, "stage": "data", "repeat": rep, "seconds": time.perf_counter() - start})
+        opts = RunOptions(out=tmp / f"s{rep}", checkpoint_root=tmp / f"sck{rep}")
+        start = time.perf_counter()
+        run = Run(spec, opts, DistContext(), data)
+        run.start()
+        rows.append({"workload": workload, "stage": "run setup", "repeat": rep,
+                     "seconds": time.perf_counter() - start})
+        run.run_log.close()
+    return rows
+
+
+def _write(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.bench_runner", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workloads", nargs="+", default=["mnist1d-mlp", "fmnist-cnn"],
+                   choices=["mnist1d-mlp", "fmnist-cnn"])
+    p.add_argument("--optimizers", nargs="+", default=["sgd", "mlbfgs"], choices=["sgd", "adam", "mlbfgs"])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--iters", type=int, default=50, help="iterations per timed turn")
+    p.add_argument("--startup-repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("results/runner"))
+    args = p.parse_args(argv)
+    if min(args.repeats, args.iters, args.startup_repeats, args.threads) < 1:
+        print("error: repeats, iters, startup-repeats and threads must be positive integers", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    rows: list[dict] = []
+    startup: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload in args.workloads:
+            for optimizer in args.optimizers:
+                # fmnist-cnn iterations cost ~100x mnist1d-mlp's: fewer per turn keep the run short
+                iters = args.iters if workload == "mnist1d-mlp" else max(1, args.iters // 10)
+                folder = Path(tmp) / f"{workload}-{optimizer}"
+                got = bench_iterations(workload, optimizer, args.repeats, iters, folder)
+                rows += got
+                med = {c: statistics.median(r["seconds"] for r in got if r["contestant"] == c) for c in CONTESTANTS}
+                print(f"{workload:12s} {optimizer:7s} bare {med['bare'] * 1e3:8.3f} ms/iteration; "
+                      + "; ".join(f"{c} {med[c] * 1e3:8.3f} ms ({(med[c] / med['bare'] - 1) * 100:+.1f} %)"
+                                  for c in CONTESTANTS[1:]), flush=True)
+            startup += bench_startup(workload, args.startup_repeats, Path(tmp) / f"startup-{workload}")
+            for stage in ("imports", "data", "run setup"):
+                med = statistics.median(r["seconds"] for r in startup if r["workload"] == workload
+                                        and r["stage"] == stage)
+                print(f"{workload:12s} start-up {stage:9s} {med:7.3f} s", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write(args.out / "runner.csv", RUN_COLUMNS, rows)
+    _write(args.out / "startup.csv", STARTUP_COLUMNS, startup)
+    manifest = {"command": "python -m experiments.bench_runner " + " ".join(argv or sys.argv[1:]),
+                "git_commit": git_commit(), "torch_version": torch.__version__, "machine": platform.machine(),
+                "threads": args.threads, "repeats": args.repeats, "iters": args.iters}
+    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The suite driver: output outside results/, lockstep groups, skip finished runs, --force, separate mode."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from experiments import suite
+from experiments.presets import load_preset
+from experiments.suite import groups, plan, resolve_preset
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_PRESET = {
+    "name": "tiny",
+    "description": "two optimizers on MNIST-1D for a few iterations",
+    "seeds": [0],
+    "runs": [{"workload": "mnist1d-mlp", "optimizers": ["sgd", "adam"], "max_iters": 12,
+              "set": {"eval_interval": 5}}],
+}
+
+
+@pytest.fixture()
+def preset_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_PRESET))
+    return path
+
+
+def test_default_output_is_ignored_by_git_and_outside_results() -> None:
+    for name in ("quick", "full"):
+        preset = resolve_preset(name, None, None)
+        assert Path(preset.results) == Path("runs") / name
+        for run in plan(preset):
+            assert run.manifest.parts[:3] == ("runs", name, "runs")
+    probe = subprocess.run(["git", "check-ignore", "-q", "runs/quick/runs/x/y.csv"], cwd=REPO)
+    assert probe.returncode == 0  # git ignores the main job's output
+    assert Path(resolve_preset("quick", Path("/tmp/x"), None).results) == Path("/tmp/x")
+
+
+def test_preset_may_not_name_an_output_folder(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({**TINY_PRESET, "results": "results"}))
+    with pytest.raises(ValueError, match="--out"):
+        load_preset(str(path))
+
+
+def test_lockstep_groups_share_workload_seed_and_data() -> None:
+    runs = plan(load_preset("quick"), seeds=[0, 1])
+    lock = groups(runs, "lockstep")
+    assert [len(g) for g in lock] == [5, 5, 5, 5]
+    for g in lock:
+        assert len({(r.workload, r.seed, r.data_key) for r in g}) == 1
+    assert [len(g) for g in groups(runs, "separate")] == [1] * 20
+    with pytest.raises(ValueError, match="mode must be one of"):
+        groups(runs, "parallel")
+
+
+def _losses(root: Path) -> dict[str, list[tuple[str, str]]]:
+    out = {}
+    for path in sorted((root / "runs" / "mnist1d-mlp").glob("*.csv")):
+        with open(path, newline="") as f:
+            out[path.name] = [(r["iteration"], r["train_loss"] or r["test_loss"]) for r in csv.DictReader(f)]
+    return out
+
+
+def test_suite_trains_skips_forces_and_modes_agree(tmp_path: Path, preset_file: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    base = ["--preset", str(preset_file), "--out", str(out), "--no-analysis", "--threads", "1"]
+    assert suite.main(base) == 0
+    text = capsys.readouterr().out
+    assert "lockstep" in text and "running" in text
+    first = _losses(out)
+    assert len(first) == 2 and all(len(v) == 12 + 4 for v in first.values())  # 12 train + evals 0, 5, 10, 12
+    record = json.loads((out / "suite_tiny.json").read_text())
+    assert [r["status"] for r in record["runs"]] == ["finished", "finished"]
+    assert {r["group_size"] for r in record["runs"]} == {2}
+
+    assert suite.main(base) == 0  # rerun: nothing trains
+    text = capsys.readouterr().out
+    assert text.count("finished, skipped") == 2 and "running" not in text
+
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs" / "mnist1d-mlp").glob("*.csv")}
+    assert suite.main([*base, "--force"]) == 0
+    assert "running" in capsys.readouterr().out
+    assert all(p.stat().st_mtime_ns != stamp[p.name] for p in (out / "runs" / "mnist1d-mlp").glob("*.csv"))
+    assert _losses(out) == first
+
+    sep = tmp_path / "sep"
+    assert suite.main(["--preset", str(preset_file), "--out", str(sep), "--no-analysis", "--threads", "1",
+                       "--mode", "separate"]) == 0
+    assert _losses(sep) == first  # interleaving changes the clock and nothing else
+    manifests = [json.loads(p.read_text()) for p in (sep / "runs" / "mnist1d-mlp").glob("*.json")]
+    assert {m["mode"] for m in manifests} == {"separate"}
