@@ -11,6 +11,7 @@ Output files (under ``out``):
 - ``fairness.png``, ``fairness.md`` / ``.csv``   seconds ratios idle vs loaded, lockstep vs separate (fairness)
 - ``threads.md`` / ``.csv``                       seconds per iteration by thread count and load (threads)
 - ``runner.md`` / ``.csv``                        the runner's iteration vs a bare loop, start-up (runner)
+- ``authors_variants.png``, ``.md`` / ``.csv``    ours vs the authors' code, one difference at a time (authors)
 
 A group whose CSVs are absent is skipped with a one-line notice. Tables are byte-stable (fixed float
 formats, sorted rows, no timestamps); PNGs carry no software/version metadata.
@@ -37,6 +38,7 @@ from analysis.style import safe_name, save_figure
 from analysis.tables import write_csv, write_text
 from analysis.targets import TargetRule, time_to_target, time_to_target_csv_frame, time_to_target_markdown
 from analysis.threads import load_threads, threads_markdown, threads_summary
+from analysis.variants import load_variant_runs, plot_variants, variant_markdown, variant_summary
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,21 @@ def _runner(data: Results, out: Path, opts: Options, report: Report, log: Callab
     report.tables.append(("Runner overhead", md))
 
 
+def _variants(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
+    runs = load_variant_runs(data.root)
+    if runs is None:
+        _skip(report, log, "ours vs the authors' code", f"no finished runs under {data.root / 'authors' / 'runs'}")
+        return
+    summary = variant_summary(runs)
+    path = save_figure(plot_variants(runs, summary), out / "authors_variants.png")
+    report.figures["authors"] = {"": path}
+    report.written.append(path)
+    md = variant_markdown(summary)
+    report.written.append(write_text(out / "authors_variants.md", md))
+    report.written.append(write_csv(out / "authors_variants.csv", summary, "%.6f"))
+    report.tables.append(("Ours against the authors' code", md))
+
+
 def _threads(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
     frame = load_threads(data.root)
     if frame is None:
@@ -202,6 +219,7 @@ GROUPS: tuple[Callable[[Results, Path, Options, Report, Callable[[str], None]], 
     _fairness,
     _threads,
     _runner,
+    _variants,
 )
 
 

@@ -2,7 +2,8 @@
 written by ``python -m experiments.bench_runner``).
 
 Per (workload, optimizer): the median seconds per iteration of each contestant over interleaved
-repeats and its overhead against ``bare`` (median / bare's median - 1). Start-up: the median seconds
+repeats, and its overhead against ``bare``: the median over repeats of the paired ratio (contestant /
+bare in the same repeat) minus 1, so that drifts of the machine between repeats cancel. Start-up: the median seconds
 of each stage per workload.
 """
 
@@ -37,9 +38,12 @@ def runner_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """Median seconds per iteration per (workload, optimizer, contestant) and the overhead vs bare."""
     med = runs.groupby(["workload", "optimizer", "contestant"])["seconds"].agg(
         repeats="count", median_s="median").reset_index()
-    bare = med[med["contestant"] == "bare"].set_index(["workload", "optimizer"])["median_s"]
-    keys = pd.MultiIndex.from_frame(med[["workload", "optimizer"]])
-    med["overhead"] = med["median_s"].to_numpy() / bare.reindex(keys).to_numpy() - 1.0
+    bare = runs[runs["contestant"] == "bare"].set_index(["workload", "optimizer", "repeat"])["seconds"]
+    paired = runs.assign(ratio=runs["seconds"].to_numpy() / bare.reindex(
+        pd.MultiIndex.from_frame(runs[["workload", "optimizer", "repeat"]])).to_numpy())
+    ratio = paired.groupby(["workload", "optimizer", "contestant"])["ratio"].median()
+    keys = pd.MultiIndex.from_frame(med[["workload", "optimizer", "contestant"]])
+    med["overhead"] = ratio.reindex(keys).to_numpy() - 1.0
     med["_c"] = med["contestant"].map({c: i for i, c in enumerate(CONTESTANTS)}).fillna(len(CONTESTANTS))
     med["_o"] = med["optimizer"].map(optimizer_sort_key)
     med = med.sort_values(["workload", "_o", "_c"], kind="stable").drop(columns=["_c", "_o"])
@@ -53,7 +57,7 @@ def runner_markdown(summary: pd.DataFrame, startup: pd.DataFrame | None) -> str:
         "(index the tensors, forward, backward, the torch optimizer's step); 'runner': the runner's "
         "iteration as its own clock logs it (wall_s); 'runner_total': the same timed from outside, with the "
         "CSV row and the checkpoints it writes; 'lockstep': plus swapping the RNG streams between runs. "
-        "Overhead = median / bare's median - 1.\n"
+        "Overhead = median over repeats of (contestant / bare in the same repeat) - 1.\n"
     )
     header = ["workload", "optimizer", *(f"{c} (ms)" for c in CONTESTANTS), "runner overhead",
               "runner_total overhead", "lockstep overhead"]

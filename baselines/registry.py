@@ -58,6 +58,14 @@ _ENTRIES: dict[str, OptimizerEntry] = {
         OptimizerEntry(
             "mlbfgs", "quasi_newton", "MLBFGSConfig", "build_mlbfgs", "momentum L-BFGS (Niu et al. 2023)"
         ),
+        OptimizerEntry(
+            "mlbfgs_authors", "mlbfgs_authors", "MLBFGSAuthorsConfig", "build_mlbfgs_authors",
+            "the authors' block mL-BFGS reproduced behaviour for behaviour (BlockSlimQN, opt/slimblock.py)",
+        ),
+        OptimizerEntry(
+            "slimqn_authors", "mlbfgs_authors", "SlimQNAuthorsConfig", "build_slimqn_authors",
+            "the authors' whole-model mL-BFGS reproduced (SlimQN, opt/slim.py)",
+        ),
     )
 }
 

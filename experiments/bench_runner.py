@@ -21,7 +21,7 @@ optimizer settings:
 
 In each repeat every contestant times ``--iters`` iterations in turn (order rotated), so drifts of the
 machine hit all alike; rows ``workload, optimizer, contestant, repeat, seconds`` (per iteration) go to
-``<out>/runner.csv``. Overhead = median(runner) / median(bare) - 1.
+``<out>/runner.csv``. Overhead = median over repeats of runner / bare in the same repeat, minus 1.
 
 Start-up: the seconds of ``python -c "import experiments.run"`` (a fresh interpreter), of loading
 the data (:func:`experiments.trainer.load_data`), and of building the run (model, optimizer, files,
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", nargs="+", default=["mnist1d-mlp", "fmnist-cnn"],
                    choices=["mnist1d-mlp", "fmnist-cnn"])
     p.add_argument("--optimizers", nargs="+", default=["sgd", "mlbfgs"], choices=["sgd", "adam", "mlbfgs"])
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--iters", type=int, default=50, help="iterations per timed turn")
     p.add_argument("--startup-repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
@@ -203,14 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         for workload in args.workloads:
             for optimizer in args.optimizers:
                 # fmnist-cnn iterations cost ~100x mnist1d-mlp's: fewer per turn keep the run short
-                iters = args.iters if workload == "mnist1d-mlp" else max(1, args.iters // 10)
+                iters = args.iters if workload == "mnist1d-mlp" else max(1, args.iters // 5)
                 folder = Path(tmp) / f"{workload}-{optimizer}"
                 got = bench_iterations(workload, optimizer, args.repeats, iters, folder)
                 rows += got
                 med = {c: statistics.median(r["seconds"] for r in got if r["contestant"] == c) for c in CONTESTANTS}
+                bare = {r["repeat"]: r["seconds"] for r in got if r["contestant"] == "bare"}
+                over = {c: statistics.median(r["seconds"] / bare[r["repeat"]] for r in got if r["contestant"] == c) - 1
+                        for c in CONTESTANTS}
                 print(f"{workload:12s} {optimizer:7s} bare {med['bare'] * 1e3:8.3f} ms/iteration; "
-                      + "; ".join(f"{c} {med[c] * 1e3:8.3f} ms ({(med[c] / med['bare'] - 1) * 100:+.1f} %)"
-                                  for c in CONTESTANTS[1:]), flush=True)
+                      + "; ".join(f"{c} {med[c] * 1e3:8.3f} ms ({over[c] * 100:+.1f} %)" for c in CONTESTANTS[1:]),
+                      flush=True)
             startup += bench_startup(workload, args.startup_repeats, Path(tmp) / f"startup-{workload}")
             for stage in ("imports", "data", "run setup"):
                 med = statistics.median(r["seconds"] for r in startup if r["workload"] == workload

@@ -7,6 +7,7 @@ file back to it, so rows written after the last checkpoint are never duplicated.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import time
@@ -36,26 +37,6 @@ RUN_COLUMNS = (
 CURVATURE_COLUMNS = ("run_id", "iteration", "block", "mu", "accepted")
 
 
-def _format(value: Any) -> str:
-    """One CSV cell: '' for None, shortest round-trip repr for floats (NumPy scalars included), True/False
-    for booleans, quoted text where it holds a comma, quote or newline."""
-    if value is None:
-        return ""
-    kind = type(value)
-    if kind is float:
-        return float.__repr__(value)
-    if kind is int:
-        return int.__repr__(value)
-    if kind is bool:
-        return "True" if value else "False"
-    if isinstance(value, float):
-        return float.__repr__(float(value))
-    text = str(value)
-    if any(c in text for c in ',"\n'):
-        text = '"' + text.replace('"', '""') + '"'
-    return text
-
-
 class CsvLog:
     def __init__(
         self,
@@ -74,12 +55,16 @@ class CsvLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_offset is None:
             self._file = open(self.path, "w", newline="")
-            self._file.write(",".join(self.columns) + "\n")
-            self._file.flush()
         else:
             self._file = open(self.path, "r+", newline="")
             self._file.truncate(resume_offset)
             self._file.seek(resume_offset)
+        # the csv module formats cells in C: '' for None, str() for numbers (shortest round-trip floats,
+        # 'nan', 'inf'), True/False, quotes only where a cell needs them
+        self._writer = csv.writer(self._file, lineterminator="\n")
+        if resume_offset is None:
+            self._writer.writerow(self.columns)
+            self._file.flush()
         self._rows: list[list[Any]] = []
         self._last_flush = time.monotonic()
         self.nonfinite_seen = False  # a non-finite float was written (e.g. a diverged loss)
@@ -92,18 +77,27 @@ class CsvLog:
         if len(self._rows) >= self.max_rows or time.monotonic() - self._last_flush >= self.max_seconds:
             self.flush()
 
+    def write_values(self, values: list[Any]) -> None:
+        """Append one row given as values in column order (the runner's per-iteration fast path)."""
+        if len(values) != len(self.columns):
+            raise ValueError(f"row has {len(values)} values for {len(self.columns)} columns {list(self.columns)}")
+        self._rows.append(values)
+        if len(self._rows) >= self.max_rows or time.monotonic() - self._last_flush >= self.max_seconds:
+            self.flush()
+
     def _materialise(self) -> None:
         slots = [(i, j) for i, r in enumerate(self._rows) for j, v in enumerate(r) if isinstance(v, torch.Tensor)]
         if not slots:
             return
-        tensors = [self._rows[i][j].detach().reshape(()) for i, j in slots]
+        tensors = [self._rows[i][j] for i, j in slots]
         first = tensors[0]
-        if all(t.dtype == first.dtype and t.device == first.device for t in tensors):
-            # the common case (one loss per row): one stack, one copy to the host; tolist gives Python
-            # floats holding the exact values, as a float64 cast would
-            values = torch.stack(tensors).tolist()
-        else:
-            values = torch.stack([t.to(torch.float64) for t in tensors]).cpu().tolist()
+        with torch.no_grad():
+            if all(t.dim() == 0 and t.dtype == first.dtype and t.device == first.device for t in tensors):
+                # the common case (one loss per row): one stack, one copy to the host; tolist gives Python
+                # floats holding the exact values, as a float64 cast would
+                values = torch.stack(tensors).tolist()
+            else:
+                values = torch.stack([t.reshape(()).to(torch.float64) for t in tensors]).cpu().tolist()
         for (i, j), t, v in zip(slots, tensors, values, strict=True):
             if t.dtype == torch.bool:
                 v = bool(v)
@@ -116,11 +110,10 @@ class CsvLog:
     def flush(self, fsync: bool = False) -> None:
         if self._rows:
             self._materialise()
-            lines = [",".join([_format(v) for v in row]) for row in self._rows]
             if not self.nonfinite_seen:
                 self.nonfinite_seen = any(isinstance(v, float) and not math.isfinite(v)
                                           for row in self._rows for v in row)
-            self._file.write("\n".join(lines) + "\n")
+            self._writer.writerows(self._rows)
             self._rows.clear()
         self._file.flush()
         if fsync:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ class PresetRuns:
     epochs: int | None = None
     max_iters: int | None = None
     set: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] | None = None  # this workload's seeds (default: the preset's)
+    trial_fraction: float = 1.0  # tuning trials run this fraction of the epochs (experiments/tuning.py)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class Preset:
     sweep: dict[str, Any] = field(default_factory=dict)
     # beta ablation after them: [{"workload", "optimizer", "betas": [...]}]
     ablation: tuple[dict[str, Any], ...] = ()
+    # external tuning (experiments.tune): {"trials", "seed", "search_seed", "spaces": {optimizer: space}}
+    tuning: dict[str, Any] = field(default_factory=dict)
 
 
 def available_presets() -> list[str]:
@@ -60,6 +64,12 @@ def load_preset(name_or_path: str) -> Preset:
             if isinstance(opts, str) or not all(isinstance(o, str) for o in opts):
                 raise ValueError(f"{path}: optimizers must be 'all' or a list of names, got {opts!r}")
             opts = tuple(opts)
+        if "seeds" in entry:
+            entry["seeds"] = tuple(entry["seeds"])
+        unknown = sorted(set(entry) - {f.name for f in fields(PresetRuns)})
+        if unknown:
+            raise ValueError(f"{path}: unknown run entry key(s) {unknown}; allowed: "
+                             f"{sorted(f.name for f in fields(PresetRuns))}")
         runs.append(PresetRuns(optimizers=opts, **entry))
     if "results" in raw:
         raise ValueError(f"{path}: 'results' is not a preset key: the output folder is given with --out")

@@ -58,9 +58,13 @@ def plan(preset: Preset, seeds: list[int] | None = None, workloads: list[str] | 
     registered = available_optimizers()
     runs_dir = Path(preset.results) / "runs"
     out = []
-    for seed in seeds if seeds is not None else preset.seeds:
+    entry_seeds = {s for e in preset.runs for s in e.seeds or ()}
+    every_seed = seeds if seeds is not None else sorted({*preset.seeds, *entry_seeds})
+    for seed in every_seed:
         for entry in preset.runs:
             if workloads and entry.workload not in workloads:
+                continue
+            if seeds is None and seed not in (entry.seeds or preset.seeds):
                 continue
             names = registered if entry.optimizers == "all" else list(entry.optimizers)
             for name in names:
@@ -111,6 +115,7 @@ class ExecOptions:
     threads: int | None = None
     force: bool = False
     dry_run: bool = False
+    jobs: int = 1  # processes at a time (each with its own torch threads)
 
 
 MODES = ("lockstep", "separate")
@@ -159,26 +164,47 @@ def execute(runs: list[PlannedRun], record: dict[str, Any], record_path: Path, o
         else:
             todo.append(run)
     batches = groups(todo, opts.mode)
-    for i, group in enumerate(batches, 1):
-        ids = ", ".join(r.run_id for r in group)
-        label = f"[suite {i}/{len(batches)}]" + (" lockstep" if len(group) > 1 else "")
-        cmd = _command(group, opts)
-        if opts.dry_run:
-            print(f"{label} {ids}: would run {' '.join(cmd[1:])}", flush=True)
-            continue
-        print(f"{label} {ids}: running", flush=True)
-        t0 = time.monotonic()
-        rc = subprocess.call(cmd)
+    labels = [f"[suite {i}/{len(batches)}]" + (" lockstep" if len(g) > 1 else "") for i, g in enumerate(batches, 1)]
+    if opts.dry_run:
+        for label, group in zip(labels, batches, strict=True):
+            cmd = _command(group, opts)
+            print(f"{label} {', '.join(r.run_id for r in group)}: would run {' '.join(cmd[1:])}", flush=True)
+        return 0
+    running: list[tuple[subprocess.Popen, float, str, list[PlannedRun]]] = []
+    pending = list(zip(labels, batches, strict=True))
+
+    def reap(proc: subprocess.Popen, t0: float, label: str, group: list[PlannedRun]) -> int:
+        rc = proc.wait()
         secs = round(time.monotonic() - t0, 3)
+        failed = 0
         for run in group:
             ok = rc == 0 and is_finished(run.manifest)
-            status = "finished" if ok else f"failed (exit {rc})"
-            failures += not ok
-            record["runs"].append({"run_id": run.run_id, "status": status, "process_seconds": secs,
-                                   "mode": opts.mode, "group_size": len(group)})
+            failed += not ok
+            record["runs"].append({"run_id": run.run_id, "status": "finished" if ok else f"failed (exit {rc})",
+                                   "process_seconds": secs, "mode": opts.mode, "group_size": len(group)})
+        ids = ", ".join(r.run_id for r in group)
         print(f"{label} {ids}: {'finished' if rc == 0 else f'failed (exit {rc})'} in {secs:.1f} s", flush=True)
         record["runs_s"] = round(time.time() - started, 3)
         write_json(record_path, record)
+        return failed
+
+    try:
+        while pending or running:
+            while pending and len(running) < opts.jobs:
+                label, group = pending.pop(0)
+                print(f"{label} {', '.join(r.run_id for r in group)}: running", flush=True)
+                running.append((subprocess.Popen(_command(group, opts)), time.monotonic(), label, group))
+            done = next((item for item in running if item[0].poll() is not None), None)
+            if done is None:
+                time.sleep(0.2)
+                continue
+            running.remove(done)
+            failures += reap(*done)
+    finally:  # interrupted: stop the children (their checkpoints let the next invocation resume)
+        for proc, *_ in running:
+            proc.terminate()
+        for proc, *_ in running:
+            proc.wait()
     return failures
 
 
@@ -192,6 +218,8 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
                         "an iteration each in turn, each timed on its own; separate: one process per run")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: the runner's, see python -m experiments.run --help)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="processes at a time (default 1; 2 single-thread processes use 2 cores)")
     p.add_argument("--force", action="store_true", help="retrain finished runs and discard checkpoints")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     p.add_argument("--no-analysis", action="store_true", help="do not call `python -m analysis` at the end")
@@ -208,8 +236,10 @@ def resolve_preset(name: str, out: Path | None, threads: int | None) -> Preset:
 
 
 def exec_options(preset: Preset, args: argparse.Namespace) -> ExecOptions:
+    if args.jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {args.jobs}")
     return ExecOptions(results=Path(preset.results), mode=args.mode, threads=args.threads, force=args.force,
-                       dry_run=args.dry_run)
+                       dry_run=args.dry_run, jobs=args.jobs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,18 +254,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preset = resolve_preset(args.preset, args.out, args.threads)
         runs = plan(preset, args.seeds, args.workloads, args.optimizers)
+        opts = exec_options(preset, args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     started = time.time()
     print(f"[suite] preset {preset.name}: {len(runs)} runs, {args.mode} mode, output in {preset.results}/", flush=True)
+    from experiments.trainer import DEFAULT_THREADS
+
     record: dict[str, Any] = {"preset": preset.name, "description": preset.description, "mode": args.mode,
-                              "threads": args.threads, "start_time": now_iso(), **git_state(),
+                              "threads": args.threads or DEFAULT_THREADS, "start_time": now_iso(), **git_state(),
                               "command": " ".join(["python -m experiments.suite", *(argv or sys.argv[1:])]),
                               "runs": []}
     record_path = Path(preset.results) / f"suite_{preset.name}.json"
-    failures = execute(runs, record, record_path, exec_options(preset, args))
+    failures = execute(runs, record, record_path, opts)
     if args.dry_run:
         return 0
     record["runs_s"] = round(time.time() - started, 3)

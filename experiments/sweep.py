@@ -144,9 +144,14 @@ def final_runs(preset: Preset, chosen: dict[str, dict[str, float]], workloads: l
 
 def reuse_sweep_runs(preset: Preset, runs: list[PlannedRun]) -> None:
     """Copy the finished sweep run that is identical to a final run (same run id) into place."""
-    sweep_dir = Path(sweep_preset(preset).results) / "runs"
+    reuse_runs(Path(sweep_preset(preset).results) / "runs", runs)
+
+
+def reuse_runs(source_dir: Path, runs: list[PlannedRun]) -> None:
+    """Copy each finished run of ``source_dir`` (a runs folder) that is identical to one of ``runs``
+    (same run id) into place, unless that one is finished already."""
     for run in runs:
-        source = sweep_dir / run.workload / run.manifest.name
+        source = source_dir / run.workload / run.manifest.name
         if is_finished(source) and not is_finished(run.manifest):
             run.manifest.parent.mkdir(parents=True, exist_ok=True)
             for suffix in (".csv", ".curvature.csv", ".json"):  # the manifest last: it marks the run finished
@@ -187,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         preset = resolve_preset(args.preset, args.out, args.threads)
+        opts = exec_options(preset, args)
         if not preset.sweep.get("grids"):
             raise ValueError(f"preset {preset.name}: no 'sweep' section with learning-rate grids")
         for entry in _entries(preset, args.workloads):
@@ -197,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.time()
-    opts = exec_options(preset, args)
     sweep_opts = replace(opts, results=Path(sweep_preset(preset).results))
     print(f"[sweep] preset {preset.name}, {args.mode} mode, output in {preset.results}/", flush=True)
     record: dict[str, Any] = {"preset": preset.name, "mode": args.mode, "start_time": now_iso(), **git_state(),

@@ -40,6 +40,12 @@ from experiments.models import build_model
 from experiments.runspec import RunSpec
 from experiments.schedule import LRSchedule
 
+# the order of a train row (write_values); checked against the CSV schema at import
+_TRAIN_ROW = ("run_id", "workload", "optimizer", "seed", "kind", "epoch", "iteration", "train_loss", "lr", "wall_s",
+              "grad_evals", "test_loss", "test_acc", "eval_s", "cpu_s")
+if _TRAIN_ROW != RUN_COLUMNS:
+    raise ImportError(f"experiments.trainer writes train rows as {_TRAIN_ROW}, the schema is {RUN_COLUMNS}")
+
 # Torch CPU threads per process unless told otherwise: measured, not assumed, by
 # `python -m experiments.bench_threads` (results/threads/), idle and beside other work.
 DEFAULT_THREADS = 1
@@ -214,6 +220,8 @@ class Run:
         self.gatherer = _RecordGather(ctx) if ctx.enabled else None
         self.diverged = False
         self._batches = None
+        self._ident_cells = [spec.run_id, cfg.name, spec.optimizer, spec.seed]
+        self._host_loss = ctx.device.type == "cpu"
         self._params = list(self.raw_model.parameters())
         self._saved_at = time.monotonic()
         self._sync = ctx.device.type == "cuda"  # CUDA work is asynchronous: wait for it inside the clock
@@ -316,10 +324,12 @@ class Run:
         self.wall += wall1 - wall0
         self.cpu += cpu1 - cpu0
         if self.run_log is not None:
-            self.run_log.write({**self.ident, "kind": "train", "epoch": round(iteration / self.ipe, 6),
-                                "iteration": iteration, "train_loss": loss, "lr": self.lr,
-                                "wall_s": round(self.wall, 6), "cpu_s": round(self.cpu, 6),
-                                "grad_evals": self.opt.grad_evals})
+            # on the CPU the loss is read at once (nothing to wait for); on a GPU it stays a tensor until
+            # the log flushes (one device sync per flush instead of one per step)
+            value = loss.item() if self._host_loss else loss
+            self.run_log.write_values([*self._ident_cells, "train", round(iteration / self.ipe, 6), iteration, value,
+                                       self.lr, round(self.wall, 6), self.opt.grad_evals, None, None, None,
+                                       round(self.cpu, 6)])
             if records and self.gatherer is None:
                 self.curv_log.write(self.spec.run_id, iteration, records)
         if records and self.gatherer is not None:

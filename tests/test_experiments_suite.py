@@ -92,7 +92,7 @@ def test_suite_trains_skips_forces_and_modes_agree(tmp_path: Path, preset_file: 
 
     sep = tmp_path / "sep"
     assert suite.main(["--preset", str(preset_file), "--out", str(sep), "--no-analysis", "--threads", "1",
-                       "--mode", "separate"]) == 0
+                       "--mode", "separate", "--jobs", "2"]) == 0  # two processes at a time
     assert _losses(sep) == first  # interleaving changes the clock and nothing else
     manifests = [json.loads(p.read_text()) for p in (sep / "runs" / "mnist1d-mlp").glob("*.json")]
     assert {m["mode"] for m in manifests} == {"separate"}

@@ -1,0 +1,448 @@
+"""The authors' reference mL-BFGS reproduced behaviour for behaviour, with each behaviour switchable to ours.
+
+Two registry names:
+
+- ``mlbfgs_authors``: the block version, ``BlockSlimQN`` (yuehniu/mL-BFGS, opt/slimblock.py), as
+  run-SLIM.sh runs it (beta 0.999 for both averages, xi 0.9, T 50, M 10, damping 0.01).
+- ``slimqn_authors``: the whole-model version, ``SlimQN`` (opt/slim.py).
+
+What the block version does at step k (1-based), per block b, with theta the parameters before the
+step and g the mini-batch gradient (notation of the spec, ``shared/spec/mlbfgs.md``):
+
+1. ``P <- beta P + theta``: a sum with no (1 - beta), starting at P = theta_1, so s carries a growing
+   multiple of theta early on (G is a sum too; its restart below keeps y's windows alike)  [behaviour 1]
+2. ``G <- beta G + (1 + lambda) g`` (weight decay as lambda * g, starting at (1 + lambda) g_1) [3]
+3. when ``k % T == 0``: the first time the anchors P0 = P, G0 = G are stored; afterwards a pair
+   ``s = P - P0``, ``y = G - G0`` is formed and the anchors move; then G restarts at the current
+   (1 + lambda) g (so y and s cover different windows). The first pair is thus formed at k = 2T and
+   used by the same step.                                                                [2, 4]
+4. pair momentum: ``s <- (1 - xi) s + xi s_prev``, ``y <- (1 - xi) y + xi y_hat_prev`` with the
+   previous *stored* (damped) y_hat.                                                     [5]
+5. damping: mu = s.y / (s.s + 1e-12); phi = (1 - sL)/(1 - mu) below sL, (sH - 1)/(mu - 1) above sH,
+   else 1; phi <- min(phi, 1 - damping) (so every pair is damped by at least ``damping``);
+   y_hat = phi y + (1 - phi) s; rho = s.y_hat; gamma = rho / (y_hat.y_hat + 1e-12). No pair is rejected.
+6. once a pair exists: per block ``d_b = H_b (g_b + lambda theta_b)`` by the two-loop recursion; every
+   parameter's update direction is then its d (block parameters) or its raw g (parameters outside
+   every block: no weight decay, no preconditioning) divided by sqrt(sum_b d_b.d_b).
+   Before the first pair: plain SGD on g + lambda theta, not normalised.
+7. SGD momentum: buf <- momentum buf + direction; theta <- theta - lr buf.
+
+Blocks ("authors" partition, behaviour 6): ResNet-18 style models: every parameter except the stem
+(first layer and the normalisation right after it) and the classifier (last layer) in one block;
+torchvision ResNet-50 (Bottleneck stages): one block per stage (``layer1``..``layer4``), stem and fc
+outside; ViT / DeiT: one block of everything. Our other models follow the ResNet-18 rule.
+
+The whole-model version differs: one block of all parameters; normalised averages
+``P <- beta P + (1 - beta) theta`` (same for G, no weight decay in G, no restart, no pair momentum);
+mu and the two-loop use eps 1e-5; bounds (0.01, 1.0); a pair with s.y_hat < 1e-4 is dropped (after
+the full ring already dropped its oldest pair, so the ring shrinks); the direction is
+``nu d`` with ``nu = min(1, sqrt(kappa / (g.d)))``, g the raw gradient (kappa = 1 in run-SLIM.sh;
+g.d < 0 raises ValueError, as ``math.sqrt`` does there).
+
+``AuthorsBehaviour`` switches each behaviour of the block version to ours (the ablation of the
+differences): ``averages="mean"`` (both averages normalised), ``restart_grad_average=False``, ``grad_decay="theta"``,
+``timing="ours"`` (anchors at step 1, pairs at steps 1 + kT), ``pair_momentum_on="raw"``.
+
+This is a reproduction for comparisons, written for clarity: it concatenates block vectors every
+step and runs the two-loop recursion, where ``mlbfgs.MLBFGS`` preallocates and uses the compact form.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import TrainingOptimizer, trainable_parameters
+from .config import check_int, check_nonneg, check_unit_interval
+
+BLOCK_EPS = 1e-12  # opt/slimblock.py: epsilon
+MODEL_EPS = 1e-5  # opt/slim.py: epsilon
+AUTHORS_KEY = "authors"  # key of the optimizer's own state in ``optimizer.state``
+
+
+@dataclass(frozen=True)
+class AuthorsBehaviour:
+    """The block version's behaviours; each field's first allowed value is the authors', the second ours."""
+
+    averages: str = "sum"  # "sum": P <- beta P + theta (G alike); "mean": P <- beta P + (1 - beta) theta
+    restart_grad_average: bool = True  # G restarts at the current gradient after each pair
+    grad_decay: str = "gradient"  # weight decay in G: "gradient" (lambda g) or "theta" (lambda theta)
+    timing: str = "authors"  # "authors": anchors at T, pairs at kT; "ours": anchors at 1, pairs at 1 + kT
+    pair_momentum_on: str = "damped"  # y mixes the previous "damped" y_hat or the previous "raw" y
+
+    def __post_init__(self) -> None:
+        allowed = {"averages": ("sum", "mean"), "grad_decay": ("gradient", "theta"),
+                   "timing": ("authors", "ours"), "pair_momentum_on": ("damped", "raw")}
+        for name, values in allowed.items():
+            if getattr(self, name) not in values:
+                raise ValueError(f"{name} must be one of {list(values)}, got {getattr(self, name)!r}")
+        if not isinstance(self.restart_grad_average, bool):
+            raise ValueError(f"restart_grad_average must be a bool, got {self.restart_grad_average!r}")
+
+
+def authors_damping(s: torch.Tensor, y: torch.Tensor, bounds: tuple[float, float], damping: float,
+                    eps: float) -> tuple[torch.Tensor, float]:
+    """(y_hat, mu): the reference's damping (opt/slimblock.py ``__get_dg``), mu = s.y / (s.s + eps).
+
+    phi = (1 - sL) / (1 - mu) if mu < sL; (sH - 1) / (mu - 1) if mu > sH; else 1; then
+    phi = min(phi, 1 - damping) and y_hat = phi y + (1 - phi) s.
+    """
+    low, high = bounds
+    mu = float(torch.dot(s, y) / (torch.dot(s, s) + eps))
+    phi = 1.0
+    if mu < low:
+        phi = (1.0 - low) / (1.0 - mu)
+    elif mu > high:
+        phi = (high - 1.0) / (mu - 1.0)
+    phi = min(phi, 1.0 - damping)
+    return phi * y + (1.0 - phi) * s, mu
+
+
+def authors_two_loop(g: torch.Tensor, S: list[torch.Tensor], Y: list[torch.Tensor], rho: list[float],
+                     gamma: float, eps: float = 0.0) -> torch.Tensor:
+    """H g by the two-loop recursion as the reference writes it (rho_i = s_i.y_i, H0 = gamma I; the
+    whole-model version adds ``eps`` to every rho_i). Shapes: g and every s_i, y_i are (n,)."""
+    q = g.clone()
+    alphas = []
+    for s, y, r in zip(reversed(S), reversed(Y), reversed(rho), strict=True):
+        a = float(torch.dot(s, q)) / (r + eps)
+        alphas.append(a)
+        q.add_(y, alpha=-a)
+    q.mul_(gamma)
+    for s, y, r, a in zip(S, Y, rho, reversed(alphas), strict=True):
+        b = float(torch.dot(y, q)) / (r + eps)
+        q.add_(s, alpha=a - b)
+    return q
+
+
+def _leaf_modules_with_params(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+
+
+def authors_blocks(model: nn.Module) -> tuple[list[list[nn.Parameter]], list[nn.Parameter]]:
+    """(blocks, outside): the authors' partition (opt/../model_utils get_pblocks*) for ``model``.
+
+    ViT/DeiT (a module with ``config.patch_size`` or class name containing "ViT"/"Deit"): one block.
+    torchvision ResNets with Bottleneck stages: one block per ``layer1..layer4``, the rest outside.
+    Otherwise (ResNet-18 rule): the stem (first leaf module with parameters and the normalisation
+    layers right after it) and the classifier (last leaf module) outside, everything else one block.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    name = type(model).__name__.lower()
+    if "vit" in name or "deit" in name or hasattr(getattr(model, "config", None), "patch_size"):
+        return [params], []
+    stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
+    if all(isinstance(s, nn.Module) for s in stages) and any(
+            type(m).__name__ == "Bottleneck" for s in stages for m in s.modules()):
+        blocks = [[p for p in s.parameters() if p.requires_grad] for s in stages]
+        inside = {id(p) for b in blocks for p in b}
+        return blocks, [p for p in params if id(p) not in inside]
+    leaves = _leaf_modules_with_params(model)
+    if len(leaves) < 3:
+        return [params], []
+    stem = [leaves[0]]
+    for m in leaves[1:]:
+        if not isinstance(m, _NORMS):
+            break
+        stem.append(m)
+    excluded = {id(p) for m in [*stem, leaves[-1]] for p in m.parameters(recurse=False)}
+    block = [p for p in params if id(p) not in excluded]
+    return ([block] if block else []), [p for p in params if id(p) in excluded]
+
+
+class AuthorsMLBFGS(torch.optim.Optimizer):
+    """The reference block version (``variant="block"``) or whole-model version (``variant="model"``).
+
+    Args:
+        params: every trainable parameter (one param group).
+        blocks: lists of parameters, each a block (``variant="block"``); parameters of ``params`` in no
+            block are "outside" (raw gradient, normalised by the blocks' direction norm).
+        lr, momentum, weight_decay: SGD with momentum on the direction (weight decay lambda, see above).
+        beta: decay of both averages (run-SLIM.sh passes the same ``--mm-p`` and ``--mm-g``).
+        pair_momentum: xi (``--mmm``; block version only).
+        update_period: T; history_size: M; damping: tau0.
+        bounds: (sigma_L, sigma_H): (0.01, 1.5) in the block version, (0.01, 1.0) in the model version.
+        kl_clip: kappa of the model version's nu (``--grad-clip``, 1 in run-SLIM.sh).
+        rho_min: the model version drops a pair with s.y_hat below it (1e-4).
+        behaviour: switches of the block version's behaviours to ours (:class:`AuthorsBehaviour`).
+
+    Raises ValueError for invalid settings (naming the argument) and, in the model version, when
+    g.d < 0 (the reference's ``math.sqrt`` of a negative number).
+    """
+
+    def __init__(self, params: Any, blocks: list[list[nn.Parameter]] | None = None, *, variant: str = "block",
+                 lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, beta: float = 0.999,
+                 pair_momentum: float = 0.9, update_period: int = 50, history_size: int = 10,
+                 damping: float = 0.01, bounds: tuple[float, float] | None = None, kl_clip: float = 1.0,
+                 rho_min: float = 1e-4, behaviour: AuthorsBehaviour | None = None) -> None:
+        if variant not in ("block", "model"):
+            raise ValueError(f"variant must be one of ['block', 'model'], got {variant!r}")
+        check_nonneg("lr", lr)
+        check_unit_interval("momentum", momentum)
+        check_nonneg("weight_decay", weight_decay)
+        check_unit_interval("beta", beta)
+        check_unit_interval("pair_momentum", pair_momentum)
+        check_int("update_period", update_period)
+        check_int("history_size", history_size)
+        check_unit_interval("damping", damping)
+        bounds = tuple(bounds) if bounds is not None else ((0.01, 1.5) if variant == "block" else (0.01, 1.0))
+        if len(bounds) != 2 or not 0 <= bounds[0] < 1 <= bounds[1]:
+            raise ValueError(f"bounds must be (sigma_L, sigma_H) with 0 <= sigma_L < 1 <= sigma_H, got {bounds}")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        if len(self.param_groups) != 1:
+            raise ValueError("the reference optimizer takes one parameter group")
+        all_params = self.param_groups[0]["params"]
+        if variant == "model":
+            blocks = [list(all_params)]
+        elif blocks is None:
+            raise ValueError("blocks is required for variant 'block' (see authors_blocks)")
+        known = {id(p) for p in all_params}
+        seen: set[int] = set()
+        for block in blocks:
+            for p in block:
+                if id(p) not in known or id(p) in seen:
+                    raise ValueError("blocks must list distinct parameters of params")
+                seen.add(id(p))
+        self.variant = variant
+        self.blocks = [list(b) for b in blocks if b]
+        self.outside = [p for p in all_params if id(p) not in seen]
+        self.hyper = {"beta": beta, "pair_momentum": pair_momentum, "update_period": update_period,
+                      "history_size": history_size, "damping": damping, "bounds": bounds, "kl_clip": kl_clip,
+                      "rho_min": rho_min}
+        self.behaviour = behaviour or AuthorsBehaviour()
+        self.last_pairs: list[dict[str, Any]] = []
+
+    # -- state (all of it in optimizer.state, so state_dict / load_state_dict resume) ----------------
+    def _state(self) -> dict[str, Any]:
+        if AUTHORS_KEY not in self.state:
+            self.state[AUTHORS_KEY] = {"step": 0, "started": False, "blocks": [
+                {"P": None, "G": None, "P0": None, "G0": None, "S": [], "Y": [], "rho": [], "gamma": 1.0,
+                 "y_prev_raw": None} for _ in self.blocks]}
+        return self.state[AUTHORS_KEY]
+
+    @staticmethod
+    def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def _pair_step(self, k: int) -> tuple[bool, bool]:
+        """(anchor-only step, pair step) at step k."""
+        period = self.hyper["update_period"]
+        if self.variant == "block" and self.behaviour.timing == "ours":
+            return k == 1, k > 1 and (k - 1) % period == 0
+        on = k % period == 0
+        return on and k == period, on and k > period
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        group = self.param_groups[0]
+        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        st = self._state()
+        st["step"] += 1
+        k = st["step"]
+        anchor_only, pair_step = self._pair_step(k)
+        self.last_pairs = []
+        for b, (block, bst) in enumerate(zip(self.blocks, st["blocks"], strict=True)):
+            if any(p.grad is None for p in block):
+                raise ValueError("every parameter of a block needs a gradient (the reference assumes it)")
+            theta = self._flat([p.detach() for p in block])
+            g = self._flat([p.grad for p in block])
+            self._update_averages(bst, theta, g, wd, k, anchor_only, pair_step, b, st)
+        directions = self._directions(st, wd) if st["started"] else None
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            d = directions[id(p)] if directions is not None else p.grad + wd * p.detach()
+            pst = self.state[p]
+            if momentum != 0:
+                if "momentum_buf" not in pst:
+                    pst["momentum_buf"] = d.clone()
+                else:
+                    pst["momentum_buf"].mul_(momentum).add_(d)
+                d = pst["momentum_buf"]
+            p.add_(d, alpha=-lr)
+        return loss
+
+    def _update_averages(self, bst: dict, theta: torch.Tensor, g: torch.Tensor, wd: float, k: int,
+                         anchor_only: bool, pair_step: bool, b: int, st: dict) -> None:
+        h, beh = self.hyper, self.behaviour
+        beta = h["beta"]
+        if self.variant == "model":  # opt/slim.py: normalised averages, no weight decay in G
+            g_in, weight = g.clone(), 1.0 - beta
+        else:
+            g_in = g * (1.0 + wd) if beh.grad_decay == "gradient" else g + wd * theta
+            weight = 1.0 if beh.averages == "sum" else 1.0 - beta
+        if bst["P"] is None:
+            bst["P"], bst["G"] = theta.clone(), g_in.clone()
+        else:
+            bst["P"].mul_(beta).add_(theta, alpha=weight)
+            bst["G"].mul_(beta).add_(g_in, alpha=weight)
+        if anchor_only:
+            bst["P0"], bst["G0"] = bst["P"].clone(), bst["G"].clone()
+            if self.variant == "block" and beh.restart_grad_average:
+                bst["G"] = g_in.clone()
+            return
+        if not pair_step or bst["P0"] is None:
+            return
+        s = bst["P"] - bst["P0"]
+        y = bst["G"] - bst["G0"]
+        bst["P0"], bst["G0"] = bst["P"].clone(), bst["G"].clone()
+        if self.variant == "block" and beh.restart_grad_average:
+            bst["G"] = g_in.clone()
+        if self.variant == "block":
+            self._add_block_pair(bst, s, y, b, st)
+        else:
+            self._add_model_pair(bst, s, y, b, st)
+
+    def _add_block_pair(self, bst: dict, s: torch.Tensor, y: torch.Tensor, b: int, st: dict) -> None:
+        h = self.hyper
+        xi = h["pair_momentum"]
+        if bst["S"]:
+            s = (1.0 - xi) * s + xi * bst["S"][-1]
+            prev = bst["Y"][-1] if self.behaviour.pair_momentum_on == "damped" else bst["y_prev_raw"]
+            y = (1.0 - xi) * y + xi * prev
+        bst["y_prev_raw"] = y.clone()
+        y_hat, mu = authors_damping(s, y, h["bounds"], h["damping"], BLOCK_EPS)
+        if len(bst["S"]) == h["history_size"]:
+            bst["S"].pop(0)
+            bst["Y"].pop(0)
+            bst["rho"].pop(0)
+        rho = float(torch.dot(s, y_hat))
+        bst["S"].append(s)
+        bst["Y"].append(y_hat)
+        bst["rho"].append(rho)
+        bst["gamma"] = rho / (float(torch.dot(y_hat, y_hat)) + BLOCK_EPS)
+        st["started"] = True
+        self.last_pairs.append({"block": b, "mu": mu, "accepted": True})
+
+    def _add_model_pair(self, bst: dict, s: torch.Tensor, y: torch.Tensor, b: int, st: dict) -> None:
+        h = self.hyper
+        if len(bst["S"]) == h["history_size"]:  # the reference drops the oldest before the check below
+            bst["S"].pop(0)
+        if len(bst["Y"]) == h["history_size"]:
+            bst["Y"].pop(0)
+            bst["rho"].pop(0)
+        y_hat, mu = (y, float(torch.dot(s, y) / (torch.dot(s, s) + MODEL_EPS)))
+        if h["damping"] > 0:
+            y_hat, mu = authors_damping(s, y, h["bounds"], h["damping"], MODEL_EPS)
+        rho = float(torch.dot(s, y_hat))
+        accepted = rho >= h["rho_min"]
+        if accepted:
+            bst["S"].append(s)
+            bst["Y"].append(y_hat)
+            bst["rho"].append(rho)
+            bst["gamma"] = rho / (float(torch.dot(y_hat, y_hat)) + MODEL_EPS)
+            st["started"] = True
+        self.last_pairs.append({"block": b, "mu": mu, "accepted": accepted})
+
+    def _directions(self, st: dict, wd: float) -> dict[int, torch.Tensor]:
+        out: dict[int, torch.Tensor] = {}
+        sq = 0.0
+        for block, bst in zip(self.blocks, st["blocks"], strict=True):
+            g_raw = self._flat([p.grad for p in block])
+            theta = self._flat([p.detach() for p in block])
+            g = g_raw + wd * theta
+            eps = MODEL_EPS if self.variant == "model" else 0.0
+            d = authors_two_loop(g, bst["S"], bst["Y"], bst["rho"], bst["gamma"], eps) if bst["S"] else g.clone()
+            if self.variant == "model":
+                dot = float(torch.dot(g_raw, d))
+                if dot < 0:
+                    raise ValueError(f"g.d = {dot:.3e} < 0: the reference's KL scaling takes sqrt(kappa / g.d)")
+                nu = min(1.0, math.sqrt(self.hyper["kl_clip"] / dot)) if self.hyper["kl_clip"] > 0 else 1.0
+                d = d * nu
+            sq += float(torch.dot(d, d))
+            offset = 0
+            for p in block:
+                out[id(p)] = d[offset: offset + p.numel()].view_as(p)
+                offset += p.numel()
+        if self.variant == "block":
+            norm = math.sqrt(sq)
+            out = {k: v / norm for k, v in out.items()}
+            for p in self.outside:
+                if p.grad is not None:
+                    out[id(p)] = p.grad / norm
+        return out
+
+
+@dataclass(frozen=True)
+class MLBFGSAuthorsConfig:
+    """``mlbfgs_authors``: BlockSlimQN as run-SLIM.sh runs it: lr 0.1, momentum 0.9, beta 0.999 (both
+    averages), xi 0.9, T 50, M 10, damping 0.01, bounds (0.01, 1.5), the authors' block partition.
+    The behaviour switches (``averages``, ...) turn one behaviour at a time into ours."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    beta: float = 0.999
+    pair_momentum: float = 0.9
+    update_period: int = 50
+    history_size: int = 10
+    damping: float = 0.01
+    curvature_bounds: tuple[float, float] = (0.01, 1.5)
+    averages: str = "sum"
+    restart_grad_average: bool = True
+    grad_decay: str = "gradient"
+    timing: str = "authors"
+    pair_momentum_on: str = "damped"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.curvature_bounds, list):
+            object.__setattr__(self, "curvature_bounds", tuple(self.curvature_bounds))
+        self.behaviour()  # validates the switches
+
+    def behaviour(self) -> AuthorsBehaviour:
+        return AuthorsBehaviour(self.averages, self.restart_grad_average, self.grad_decay, self.timing,
+                                self.pair_momentum_on)
+
+
+@dataclass(frozen=True)
+class SlimQNAuthorsConfig:
+    """``slimqn_authors``: SlimQN (opt/slim.py) with run-SLIM.sh's settings: lr 0.1, momentum 0.9,
+    beta 0.999, T 50, M 10, damping 0.01, bounds (0.01, 1.0), kappa (``--grad-clip``) 1, rho_min 1e-4."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    beta: float = 0.999
+    update_period: int = 50
+    history_size: int = 10
+    damping: float = 0.01
+    curvature_bounds: tuple[float, float] = (0.01, 1.0)
+    kl_clip: float = 1.0
+    rho_min: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.curvature_bounds, list):
+            object.__setattr__(self, "curvature_bounds", tuple(self.curvature_bounds))
+
+
+class AuthorsTraining(TrainingOptimizer):
+    def curvature_records(self) -> list[dict[str, Any]]:
+        return list(self.optimizer.last_pairs)  # type: ignore[attr-defined]
+
+
+def build_mlbfgs_authors(model: nn.Module, cfg: MLBFGSAuthorsConfig) -> TrainingOptimizer:
+    params = trainable_parameters(model)
+    blocks, _ = authors_blocks(model)
+    kwargs = {f.name: getattr(cfg, f.name) for f in fields(cfg)
+              if f.name in ("lr", "momentum", "weight_decay", "beta", "pair_momentum", "update_period",
+                            "history_size", "damping")}
+    opt = AuthorsMLBFGS(params, blocks, variant="block", bounds=cfg.curvature_bounds, behaviour=cfg.behaviour(),
+                        **kwargs)
+    return AuthorsTraining("mlbfgs_authors", opt, 1.0, model)
+
+
+def build_slimqn_authors(model: nn.Module, cfg: SlimQNAuthorsConfig) -> TrainingOptimizer:
+    kwargs = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "curvature_bounds"}
+    opt = AuthorsMLBFGS(trainable_parameters(model), variant="model", bounds=cfg.curvature_bounds, **kwargs)
+    return AuthorsTraining("slimqn_authors", opt, 1.0, model)

@@ -1,0 +1,199 @@
+"""External tuning as AlgoPerf runs it: every optimizer gets the same number of trials from a stated
+search space; the best trial's settings then run with several seeds at full length.
+
+    python -m experiments.tune --preset long [--workloads ...] [--stages trials final] [--out DIR]
+                                             [--mode lockstep|separate] [--jobs N] [--dry-run]
+
+The preset's ``tuning`` section::
+
+    "tuning": {"trials": 6, "seed": 0, "search_seed": 0,
+               "spaces": {"sgd": {"lr": {"log_uniform": [0.003, 1.0]},
+                                  "momentum": {"uniform": [0.8, 0.99]}},
+                          "mlbfgs": {"lr": {"log_uniform": [0.003, 1.0]},
+                                     "update_period": {"choice": [10, 50, 200]}}, ...}}
+
+Each optimizer's space holds ``lr`` (log-uniform, required) and at most two of its own settings
+(``log_uniform`` / ``uniform`` over [low, high], or ``choice`` among values). Trials are the first
+``trials`` points of a scrambled Halton sequence (``scipy.stats.qmc.Halton``, seeded per workload and
+optimizer from ``search_seed``), as AlgoPerf's quasi-random search; they run on seed ``seed``. A run
+entry's ``trial_fraction`` (default 1) shortens the trials to that fraction of its epochs (the
+schedule spans the shortened run; at least a quarter, per the protocol); the finals always run at
+full length, on the entry's ``seeds`` (default: the preset's). The best trial has the highest final
+test accuracy (ties: lower final training loss; diverged runs rank last). Trials go to
+``<out>/tuning/runs``, their table to ``<out>/tuning/<preset>_trials.csv``, the choice to
+``<out>/tuning/<preset>_best.json``; finals to ``<out>/runs``. A final identical to a trial (same run
+id: full-length trials, seed ``seed``) is copied, not rerun. Resumable like every suite command.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from experiments.atomic import write_json
+from experiments.presets import Preset, PresetRuns
+from experiments.suite import PlannedRun, plan
+
+KINDS = ("log_uniform", "uniform", "choice")
+MIN_TRIAL_FRACTION = 0.25
+MAX_EXTRA_SETTINGS = 2
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched setting: ``kind`` in :data:`KINDS`, [low, high] or ``choices``."""
+
+    name: str
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple[Any, ...] = ()
+
+    def value(self, u: float) -> Any:
+        """The setting at ``u`` in [0, 1): log-uniform and uniform to 6 significant digits."""
+        if self.kind == "choice":
+            return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
+        if self.kind == "log_uniform":
+            x = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+        else:
+            x = self.low + u * (self.high - self.low)
+        return float(f"{x:.6g}")
+
+
+def parse_space(optimizer: str, raw: dict[str, Any]) -> list[Dimension]:
+    """The search space of ``optimizer`` from its preset entry; ValueError naming what is wrong."""
+    where = f"tuning.spaces.{optimizer}"
+    if not isinstance(raw, dict) or "lr" not in raw:
+        raise ValueError(f"{where} must be a mapping that includes 'lr'")
+    if len(raw) > 1 + MAX_EXTRA_SETTINGS:
+        raise ValueError(f"{where}: lr plus at most {MAX_EXTRA_SETTINGS} settings, got {sorted(raw)}")
+    dims = []
+    for name, spec in raw.items():
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+            raise ValueError(f"{where}.{name} must be one of {{{', '.join(k + ': ...' for k in KINDS)}}}, got {spec!r}")
+        kind, arg = next(iter(spec.items()))
+        if name == "lr" and kind != "log_uniform":
+            raise ValueError(f"{where}.lr must be log_uniform, got {kind}")
+        if kind == "choice":
+            if not isinstance(arg, list) or not arg:
+                raise ValueError(f"{where}.{name}.choice must be a non-empty list, got {arg!r}")
+            dims.append(Dimension(name, kind, choices=tuple(arg)))
+            continue
+        if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) for v in arg)
+                and arg[0] < arg[1] and (kind != "log_uniform" or arg[0] > 0)):
+            raise ValueError(f"{where}.{name}.{kind} must be [low, high] with low < high (low > 0 for "
+                             f"log_uniform), got {arg!r}")
+        dims.append(Dimension(name, kind, float(arg[0]), float(arg[1])))
+    return dims
+
+
+def sample_trials(space: list[Dimension], n: int, seed: int) -> list[dict[str, Any]]:
+    """The first ``n`` points of a scrambled Halton sequence over ``space`` (deterministic in ``seed``)."""
+    from scipy.stats import qmc
+
+    if n < 1:
+        raise ValueError(f"trials must be a positive integer, got {n}")
+    points = qmc.Halton(d=len(space), scramble=True, seed=seed).random(n)
+    return [{dim.name: dim.value(float(points[i, j])) for j, dim in enumerate(space)} for i in range(n)]
+
+
+def space_seed(search_seed: int, workload: str, optimizer: str) -> int:
+    """A stable seed per (workload, optimizer): the same trials whatever else the preset lists."""
+    return (search_seed * 1_000_003 + zlib.crc32(f"{workload}/{optimizer}".encode())) % 2**32
+
+
+@dataclass(frozen=True)
+class Trial:
+    workload: str
+    optimizer: str
+    index: int
+    settings: dict[str, Any]
+    run: PlannedRun
+
+
+def tuning_preset(preset: Preset) -> Preset:
+    """Where trial runs go: ``<results>/tuning/runs``."""
+    return replace(preset, name=f"{preset.name}-tuning", results=str(Path(preset.results) / "tuning"))
+
+
+def check_tuning(preset: Preset, optimizers: dict[str, list[str]]) -> dict[str, list[Dimension]]:
+    """Validate the preset's tuning section for ``optimizers`` (workload -> names); the parsed spaces."""
+    tuning = preset.tuning
+    if not tuning:
+        raise ValueError(f"preset {preset.name}: no 'tuning' section")
+    trials = tuning.get("trials")
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise ValueError(f"preset {preset.name}: tuning.trials must be a positive integer, got {trials!r}")
+    spaces = tuning.get("spaces", {})
+    names = sorted({n for ns in optimizers.values() for n in ns})
+    missing = [n for n in names if n not in spaces]
+    if missing:
+        raise ValueError(f"preset {preset.name}: tuning.spaces has no search space for {missing}")
+    for entry in preset.runs:
+        if not MIN_TRIAL_FRACTION <= entry.trial_fraction <= 1:
+            raise ValueError(f"preset {preset.name}: {entry.workload}.trial_fraction must lie in "
+                             f"[{MIN_TRIAL_FRACTION}, 1], got {entry.trial_fraction}")
+    return {n: parse_space(n, spaces[n]) for n in names}
+
+
+def trial_runs(preset: Preset, entry: PresetRuns, optimizer: str, space: list[Dimension]) -> list[Trial]:
+    tuning = preset.tuning
+    seed = int(tuning.get("seed", 0))
+    settings_list = sample_trials(space, int(tuning["trials"]),
+                                  space_seed(int(tuning.get("search_seed", 0)), entry.workload, optimizer))
+    epochs = entry.epochs
+    if entry.trial_fraction < 1:
+        if epochs is None:
+            raise ValueError(f"{entry.workload}: trial_fraction < 1 needs the entry's epochs")
+        epochs = max(1, round(epochs * entry.trial_fraction))
+    out = []
+    for i, settings in enumerate(settings_list):
+        runs = replace(entry, optimizers=(optimizer,), epochs=epochs,
+                       set={**entry.set, **{f"optimizer.{k}": v for k, v in settings.items()}})
+        (planned,) = plan(replace(tuning_preset(preset), runs=(runs,)), seeds=[seed])
+        out.append(Trial(entry.workload, optimizer, i, settings, planned))
+    return out
+
+
+def choose(preset: Preset, trials: list[Trial]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Best settings per workload and optimizer; writes the trials table and the choice."""
+    from experiments.sweep import _score, final_metrics
+
+    rows = []
+    for t in trials:
+        acc, loss = final_metrics(t.run.manifest.with_suffix(".csv"))
+        rows.append({"workload": t.workload, "optimizer": t.optimizer, "trial": t.index, **{
+            f"setting.{k}": v for k, v in t.settings.items()}, "final_test_acc": acc, "final_train_loss": loss,
+            "run_id": t.run.run_id, "finished": t.run.manifest.is_file() and acc == acc})
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["workload"], row["optimizer"])
+        if key not in best or _score(row) > _score(best[key]):
+            best[key] = row
+    for row in rows:
+        row["chosen"] = best[(row["workload"], row["optimizer"])] is row
+    out_dir = Path(tuning_preset(preset).results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = sorted({k for r in rows for k in r if k.startswith("setting.")})
+    columns = ["workload", "optimizer", "trial", *settings, "final_test_acc", "final_train_loss", "chosen",
+               "finished", "run_id"]
+    with open(out_dir / f"{preset.name}_trials.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    chosen: dict[str, dict[str, dict[str, Any]]] = {}
+    for (workload, name), row in sorted(best.items()):
+        chosen.setdefault(workload, {})[name] = {k.split(".", 1)[1]: v for k, v in row.items()
+                                                 if k.startswith("setting.")}
+    write_json(out_dir / f"{preset.name}_best.json", chosen)
+    return chosen
+
+
+def final_runs(preset: Preset, entry: PresetRuns, optimizer: str, settings: dict[str, Any]) -> list[PlannedRun]:
+    runs = replace(entry, optimizers=(optimizer,),
+                   set={**entry.set, **{f"optimizer.{k}": v for k, v in settings.items()}})
+    return plan(replace(preset, runs=(runs,)))
