@@ -19,8 +19,9 @@ optimizer settings:
 - ``lockstep``: a second such run timed from outside, plus what the lockstep driver adds per turn
   (swapping the torch RNG streams).
 
-In each repeat every contestant times ``--iters`` iterations in turn (order rotated), so drifts of the
-machine hit all alike; rows ``workload, optimizer, contestant, repeat, seconds`` (per iteration) go to
+In each repeat the contestants alternate iteration by iteration, ``--iters`` iterations each (the order
+rotated), so each repeat's sums cover the same stretch of time and the machine's drifts hit all alike;
+rows ``workload, optimizer, contestant, repeat, seconds`` (mean per iteration within the repeat) go to
 ``<out>/runner.csv``. Overhead = median over repeats of runner / bare in the same repeat, minus 1.
 
 Start-up: the seconds of ``python -c "import experiments.run"`` (a fresh interpreter), of loading
@@ -131,24 +132,29 @@ def bench_iterations(workload: str, optimizer: str, repeats: int, iters: int, tm
         stream = torch_rng_state(ctx.device)
 
     steps = {"bare": bare.iteration, "runner": runner.advance, "lockstep": lockstep_turn}
+    names = list(steps)
     for fn in steps.values():  # warm-up
         for _ in range(iters):
             fn()
     rows = []
     for rep in range(repeats):
-        order = list(steps)[rep % 3:] + list(steps)[: rep % 3]
-        for name in order:
-            fn = steps[name]
-            clock = runner.wall
-            start = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            seconds = (time.perf_counter() - start) / iters
-            row = {"workload": workload, "optimizer": optimizer, "repeat": rep}
-            if name == "runner":
-                rows.append({**row, "contestant": "runner", "seconds": (runner.wall - clock) / iters})
-                name = "runner_total"
-            rows.append({**row, "contestant": name, "seconds": seconds})
+        # the contestants alternate iteration by iteration (order rotated), so every repeat's sums are
+        # taken over the same stretch of time: the machine's drifts hit all alike
+        spent = dict.fromkeys(CONTESTANTS, 0.0)
+        for it in range(iters):
+            k = (rep + it) % len(names)
+            for name in names[k:] + names[:k]:
+                clock = runner.wall
+                start = time.perf_counter()
+                steps[name]()
+                seconds = time.perf_counter() - start
+                if name == "runner":
+                    spent["runner"] += runner.wall - clock
+                    spent["runner_total"] += seconds
+                else:
+                    spent[name] += seconds
+        rows += [{"workload": workload, "optimizer": optimizer, "contestant": c, "repeat": rep,
+                  "seconds": spent[c] / iters} for c in CONTESTANTS]
     for r in (runner, other):
         r.run_log.close()
     return rows
