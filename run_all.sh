@@ -2,6 +2,8 @@
 # The benchmark's main job.
 #   bash run_all.sh --quick   set up, train the quick comparison into runs/quick/, draw the figures
 #   bash run_all.sh --full    every CPU workload x every optimizer x 3 seeds into runs/full/; rerun to resume
+#   bash run_all.sh --long    the long preset: equal-budget tuning, then 3-5 seeds at full length, into
+#                             runs/long/ (about 16 CPU-hours, two processes at a time); rerun to resume
 #   bash run_all.sh --tests   set up, then lint and run the test suite (what CI runs)
 # Extra arguments go to `python -m experiments.suite` / `experiments.sweep` (e.g. --force, --out DIR,
 # --mode separate, --seeds 0, --optimizers sgd mlbfgs) or, with --tests, to pytest.
@@ -9,13 +11,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 started_at=$(date +%s.%N)
 
-usage() { echo "usage: bash run_all.sh --quick|--full|--tests [options]" >&2; exit 2; }
+usage() { echo "usage: bash run_all.sh --quick|--full|--long|--tests [options]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 case "$1" in
   --quick) preset=quick ;;
   --full) preset=full ;;
+  --long) preset=long ;;
   --tests) preset=tests ;;
-  -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
   *) usage ;;
 esac
 shift
@@ -61,7 +64,10 @@ if [ "$preset" = tests ]; then
 fi
 
 # 3b. The runs (finished ones are skipped, interrupted ones resume), then `python -m analysis`.
-if [ "$preset" = full ]; then
+if [ "$preset" = long ]; then
+  # external tuning (equal trials per optimizer), then the finals at full length; two single-thread processes
+  "$PY" -m experiments.tune --preset long --jobs 2 --started-at "$started_at" "$@"
+elif [ "$preset" = full ]; then
   # learning-rate sweep, final runs at the chosen rates (3 seeds), beta ablation, then the analysis
   "$PY" -m experiments.sweep --preset full --started-at "$started_at" "$@"
 else

@@ -12,6 +12,7 @@ Output files (under ``out``):
 - ``threads.md`` / ``.csv``                       seconds per iteration by thread count and load (threads)
 - ``runner.md`` / ``.csv``                        the runner's iteration vs a bare loop, start-up (runner)
 - ``authors_variants.png``, ``.md`` / ``.csv``    ours vs the authors' code, one difference at a time (authors)
+- ``lr_sensitivity.png``, ``.md`` / ``.csv``      final accuracy of every tuning trial against its lr (tuning)
 
 A group whose CSVs are absent is skipped with a one-line notice. Tables are byte-stable (fixed float
 formats, sorted rows, no timestamps); PNGs carry no software/version metadata.
@@ -33,6 +34,7 @@ from analysis.readme import relative_link, results_section, update_readme
 from analysis.runner import load_runner, runner_markdown, runner_summary
 from analysis.scaling import plot_scaling, scaling_markdown, scaling_summary
 from analysis.select import MAIN_BETA
+from analysis.sensitivity import load_trials, plot_sensitivity, sensitivity_markdown, sensitivity_summary
 from analysis.stability import DEFAULT_BOUNDS, stability_figures, stability_markdown, stability_summary
 from analysis.style import safe_name, save_figure
 from analysis.tables import write_csv, write_text
@@ -115,18 +117,26 @@ def _stability(data: Results, out: Path, opts: Options, report: Report, log: Cal
     report.tables.append(("Stability against beta", md))
 
 
+def _emit(report: Report, out: Path, stem: str, title: str, md: str, frame, float_format: str = "%.9f",
+          figure=None, key: str | None = None) -> None:
+    """Write ``<stem>.md`` and ``<stem>.csv`` (and ``<stem>.png`` when ``figure`` is given) and register
+    the table (and the figure under ``key``, default ``stem``)."""
+    if figure is not None:
+        path = save_figure(figure, out / f"{stem}.png")
+        report.figures[key or stem] = {"": path}
+        report.written.append(path)
+    report.written.append(write_text(out / f"{stem}.md", md))
+    report.written.append(write_csv(out / f"{stem}.csv", frame, float_format))
+    report.tables.append((title, md))
+
+
 def _overhead(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
     if data.overhead is None:
         _skip(report, log, "overhead", f"no CSVs under {data.root / 'overhead'}")
         return
     summary = overhead_summary(data.overhead)
-    path = save_figure(plot_overhead(summary), out / "overhead.png")
-    report.figures["overhead"] = {"": path}
-    report.written.append(path)
-    md = overhead_markdown(summary)
-    report.written.append(write_text(out / "overhead.md", md))
-    report.written.append(write_csv(out / "overhead.csv", summary, "%.9f"))
-    report.tables.append(("Optimizer overhead", md))
+    _emit(report, out, "overhead", "Optimizer overhead", overhead_markdown(summary), summary,
+          figure=plot_overhead(summary))
 
 
 def _kernel(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
@@ -135,24 +145,16 @@ def _kernel(data: Results, out: Path, opts: Options, report: Report, log: Callab
         _skip(report, log, "direction kernel", f"no {data.root / 'overhead' / 'direction_kernel.csv'}")
         return
     summary = kernel_summary(frame)
-    md = kernel_markdown(summary)
-    report.written.append(write_text(out / "direction_kernel.md", md))
-    report.written.append(write_csv(out / "direction_kernel.csv", summary, "%.9f"))
-    report.tables.append(("mL-BFGS direction kernel", md))
+    _emit(report, out, "direction_kernel", "mL-BFGS direction kernel", kernel_markdown(summary), summary)
 
 
 def _distributed(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
     if data.distributed is None:
         _skip(report, log, "distributed scaling", f"no CSVs under {data.root / 'distributed'}")
         return
-    path = save_figure(plot_scaling(data.distributed), out / "distributed_scaling.png")
-    report.figures["distributed"] = {"": path}
-    report.written.append(path)
     summary = scaling_summary(data.distributed)
-    md = scaling_markdown(summary)
-    report.written.append(write_text(out / "distributed_scaling.md", md))
-    report.written.append(write_csv(out / "distributed_scaling.csv", summary, "%.9f"))
-    report.tables.append(("Distributed scaling", md))
+    _emit(report, out, "distributed_scaling", "Distributed scaling", scaling_markdown(summary), summary,
+          figure=plot_scaling(data.distributed), key="distributed")
 
 
 def _fairness(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
@@ -161,13 +163,8 @@ def _fairness(data: Results, out: Path, opts: Options, report: Report, log: Call
         _skip(report, log, "fairness", f"no run CSVs under {data.root / 'fairness'}/<mode>-<condition>/runs")
         return
     summary = fairness_summary(runs)
-    path = save_figure(plot_fairness(summary), out / "fairness.png")
-    report.figures["fairness"] = {"": path}
-    report.written.append(path)
-    md = fairness_markdown(summary)
-    report.written.append(write_text(out / "fairness.md", md))
-    report.written.append(write_csv(out / "fairness.csv", summary, "%.9f"))
-    report.tables.append(("Fairness of the training clock", md))
+    _emit(report, out, "fairness", "Fairness of the training clock", fairness_markdown(summary), summary,
+          figure=plot_fairness(summary))
 
 
 def _runner(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
@@ -176,10 +173,7 @@ def _runner(data: Results, out: Path, opts: Options, report: Report, log: Callab
         _skip(report, log, "runner overhead", f"no {data.root / 'runner' / 'runner.csv'}")
         return
     summary = runner_summary(runs)
-    md = runner_markdown(summary, startup)
-    report.written.append(write_text(out / "runner.md", md))
-    report.written.append(write_csv(out / "runner.csv", summary, "%.9f"))
-    report.tables.append(("Runner overhead", md))
+    _emit(report, out, "runner", "Runner overhead", runner_markdown(summary, startup), summary)
 
 
 def _variants(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
@@ -188,13 +182,18 @@ def _variants(data: Results, out: Path, opts: Options, report: Report, log: Call
         _skip(report, log, "ours vs the authors' code", f"no finished runs under {data.root / 'authors' / 'runs'}")
         return
     summary = variant_summary(runs)
-    path = save_figure(plot_variants(runs, summary), out / "authors_variants.png")
-    report.figures["authors"] = {"": path}
-    report.written.append(path)
-    md = variant_markdown(summary)
-    report.written.append(write_text(out / "authors_variants.md", md))
-    report.written.append(write_csv(out / "authors_variants.csv", summary, "%.6f"))
-    report.tables.append(("Ours against the authors' code", md))
+    _emit(report, out, "authors_variants", "Ours against the authors' code", variant_markdown(summary), summary,
+          "%.6f", figure=plot_variants(runs, summary))
+
+
+def _sensitivity(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
+    trials = load_trials(data.root)
+    if trials is None:
+        _skip(report, log, "lr sensitivity", f"no {data.root / 'tuning'}/*_trials.csv")
+        return
+    summary = sensitivity_summary(trials)
+    _emit(report, out, "lr_sensitivity", "Learning-rate sensitivity of the tuning trials",
+          sensitivity_markdown(summary), summary, "%.6f", figure=plot_sensitivity(trials))
 
 
 def _threads(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
@@ -203,10 +202,7 @@ def _threads(data: Results, out: Path, opts: Options, report: Report, log: Calla
         _skip(report, log, "threads", f"no {data.root / 'threads' / 'threads.csv'}")
         return
     summary = threads_summary(frame)
-    md = threads_markdown(summary)
-    report.written.append(write_text(out / "threads.md", md))
-    report.written.append(write_csv(out / "threads.csv", summary, "%.9f"))
-    report.tables.append(("Threads per process", md))
+    _emit(report, out, "threads", "Threads per process", threads_markdown(summary), summary)
 
 
 #: Figure groups in the order they are generated.
@@ -220,6 +216,7 @@ GROUPS: tuple[Callable[[Results, Path, Options, Report, Callable[[str], None]], 
     _threads,
     _runner,
     _variants,
+    _sensitivity,
 )
 
 

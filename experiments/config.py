@@ -64,7 +64,8 @@ class WorkloadConfig:
     description: str = ""
     eval_interval: int | None = None  # iterations between evaluations (None: once per epoch)
     eval_batch_size: int = 1000
-    checkpoint_interval: int = 200  # iterations between checkpoints (also at every epoch end)
+    checkpoint_interval: int = 200  # iterations between checkpoints (also at epoch ends 30 s apart)
+    log_interval: int = 1  # iterations between train rows of the CSV (the last iteration is always logged)
     stop_on_nonfinite: bool = True  # stop the run when the training loss becomes NaN/inf
 
     def optimizer_settings(self, optimizer: str) -> dict[str, Any]:
@@ -120,6 +121,7 @@ def _validate(cfg: WorkloadConfig) -> None:
     _positive_int(f"{n}.batch_size", cfg.batch_size)
     _positive_int(f"{n}.eval_batch_size", cfg.eval_batch_size)
     _positive_int(f"{n}.checkpoint_interval", cfg.checkpoint_interval)
+    _positive_int(f"{n}.log_interval", cfg.log_interval)
     _positive_int(f"{n}.eval_interval", cfg.eval_interval, allow_none=True)
     _positive_int(f"{n}.data.train_subset", cfg.data.train_subset, allow_none=True)
     _positive_int(f"{n}.data.test_subset", cfg.data.test_subset, allow_none=True)

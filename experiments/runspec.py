@@ -14,9 +14,9 @@ from experiments.config import (
     workload_from_dict,
 )
 
-# Settings that change where data comes from or how often state is saved, not what is trained:
+# Settings that change where data comes from or how often state is saved or logged, not what is trained:
 # they do not enter the run id.
-NON_IDENTITY_KEYS = ("data.dir", "data.num_workers", "checkpoint_interval", "eval_batch_size")
+NON_IDENTITY_KEYS = ("data.dir", "data.num_workers", "checkpoint_interval", "eval_batch_size", "log_interval")
 
 
 @dataclass(frozen=True)

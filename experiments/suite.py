@@ -208,6 +208,17 @@ def execute(runs: list[PlannedRun], record: dict[str, Any], record_path: Path, o
     return failures
 
 
+def finish_record(record: dict[str, Any], record_path: Path, preset: Preset, args: argparse.Namespace,
+                  started: float, failures: int) -> int:
+    """Run the analysis (unless disabled), close the record and write it; the exit status."""
+    record["analysis"] = {"status": "disabled"} if args.no_analysis else run_analysis(preset)
+    record.update(end_time=now_iso(), seconds=round(time.time() - started, 3), failed_runs=failures)
+    if args.started_at is not None:
+        record["total_s_including_setup"] = round(time.time() - args.started_at, 3)
+    write_json(record_path, record)
+    return 1 if failures else 0
+
+
 def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by the suite and the staged sweep: where runs go and how processes are laid out."""
     p.add_argument("--out", type=Path, default=None,

@@ -40,9 +40,9 @@ from experiments.suite import (
     add_execution_arguments,
     exec_options,
     execute,
+    finish_record,
     plan,
     resolve_preset,
-    run_analysis,
 )
 
 STAGES = ("sweep", "final", "ablation")
@@ -244,12 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             failures += execute(ablation_runs(preset, chosen, [entry.workload]), record, record_path, opts)
     if args.dry_run:
         return 0
-    record["analysis"] = {"status": "disabled"} if args.no_analysis else run_analysis(preset)
-    record.update(end_time=now_iso(), seconds=round(time.time() - started, 3), failed_runs=failures)
-    if args.started_at is not None:
-        record["total_s_including_setup"] = round(time.time() - args.started_at, 3)
-    write_json(record_path, record)
-    return 1 if failures else 0
+    return finish_record(record, record_path, preset, args, started, failures)
 
 
 if __name__ == "__main__":

@@ -222,6 +222,7 @@ class Run:
         self._batches = None
         self._ident_cells = [spec.run_id, cfg.name, spec.optimizer, spec.seed]
         self._host_loss = ctx.device.type == "cpu"
+        self._log_interval = cfg.log_interval
         self._params = list(self.raw_model.parameters())
         self._saved_at = time.monotonic()
         self._sync = ctx.device.type == "cuda"  # CUDA work is asynchronous: wait for it inside the clock
@@ -324,12 +325,13 @@ class Run:
         self.wall += wall1 - wall0
         self.cpu += cpu1 - cpu0
         if self.run_log is not None:
-            # on the CPU the loss is read at once (nothing to wait for); on a GPU it stays a tensor until
-            # the log flushes (one device sync per flush instead of one per step)
-            value = loss.item() if self._host_loss else loss
-            self.run_log.write_values([*self._ident_cells, "train", round(iteration / self.ipe, 6), iteration, value,
-                                       self.lr, round(self.wall, 6), self.opt.grad_evals, None, None, None,
-                                       round(self.cpu, 6)])
+            if iteration % self._log_interval == 0 or iteration == self.total:
+                # on the CPU the loss is read at once (nothing to wait for); on a GPU it stays a tensor until
+                # the log flushes (one device sync per flush instead of one per step)
+                value = loss.item() if self._host_loss else loss
+                self.run_log.write_values([*self._ident_cells, "train", round(iteration / self.ipe, 6), iteration,
+                                           value, self.lr, round(self.wall, 6), self.opt.grad_evals, None, None,
+                                           None, round(self.cpu, 6)])
             if records and self.gatherer is None:
                 self.curv_log.write(self.spec.run_id, iteration, records)
         if records and self.gatherer is not None:
@@ -339,7 +341,7 @@ class Run:
             if self.ctx.enabled:
                 if iteration % NONFINITE_CHECK_EVERY == 0 or iteration == self.total:
                     self.diverged = self.ctx.sum([0.0 if bool(torch.isfinite(loss)) else 1.0])[0] > 0
-            else:
+            else:  # a non-finite loss stays non-finite: the next logged row shows it
                 self.diverged = self.run_log.nonfinite_seen or (
                     iteration == self.total and not bool(torch.isfinite(loss)))
         end = self.done

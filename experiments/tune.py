@@ -18,9 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from experiments.atomic import write_json
 from experiments.manifest import git_state, now_iso
-from experiments.suite import add_execution_arguments, exec_options, execute, resolve_preset, run_analysis
+from experiments.suite import add_execution_arguments, exec_options, execute, finish_record, resolve_preset
 from experiments.sweep import reuse_runs
 from experiments.tuning import check_tuning, choose, final_runs, trial_runs, tuning_preset
 
@@ -76,12 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             failures += execute(finals, record, record_path, opts)
     if args.dry_run:
         return 0
-    record["analysis"] = {"status": "disabled"} if args.no_analysis else run_analysis(preset)
-    record.update(end_time=now_iso(), seconds=round(time.time() - started, 3), failed_runs=failures)
-    if args.started_at is not None:
-        record["total_s_including_setup"] = round(time.time() - args.started_at, 3)
-    write_json(record_path, record)
-    return 1 if failures else 0
+    return finish_record(record, record_path, preset, args, started, failures)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,24 @@ def test_configurations_are_separate_rows_with_their_own_means(tmp_path: Path) -
 
 def test_absent_folder_gives_none(tmp_path: Path) -> None:
     assert load_variant_runs(tmp_path) is None
+
+
+def test_lr_sensitivity_table_and_figure(tmp_path: Path) -> None:
+    from analysis.sensitivity import load_trials, plot_sensitivity, sensitivity_markdown, sensitivity_summary
+
+    (tmp_path / "tuning").mkdir()
+    rows = ["workload,optimizer,trial,setting.lr,setting.beta,final_test_acc,final_train_loss,chosen,finished,run_id",
+            "w,sgd,0,0.01,,0.60,1.0,False,True,a", "w,sgd,1,0.1,,0.80,0.5,True,True,b",
+            "w,sgd,2,1.0,,nan,nan,False,True,c",
+            "w,mlbfgs,0,0.03,0.99,0.70,0.7,False,True,d", "w,mlbfgs,1,0.3,0.9,0.75,0.6,True,True,e"]
+    (tmp_path / "tuning" / "long_trials.csv").write_text("\n".join(rows) + "\n")
+    trials = load_trials(tmp_path)
+    summary = sensitivity_summary(trials).set_index("optimizer")
+    assert summary.loc["sgd", "trials"] == 3 and summary.loc["sgd", "finite"] == 2
+    assert summary.loc["sgd", "chosen"] == "lr=0.1"
+    assert summary.loc["mlbfgs", "chosen"] == "lr=0.3 beta=0.9"
+    assert summary.loc["sgd", "median_acc"] == pytest.approx(0.70)
+    md = sensitivity_markdown(sensitivity_summary(trials))
+    assert "| w | sgd | 3 | 2 | lr=0.1 | 0.8000 | 0.7000 | 0.6000 |" in md
+    assert len(plot_sensitivity(trials).axes) == 1
+    assert load_trials(tmp_path / "nothing") is None

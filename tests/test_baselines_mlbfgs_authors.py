@@ -56,6 +56,14 @@ def _damp(s: torch.Tensor, y: torch.Tensor, low: float, high: float, tau0: float
     return phi * y + (1 - phi) * s
 
 
+@torch.no_grad()
+def _momentum_update(params: list[nn.Parameter], dirs: list[torch.Tensor], bufs: list) -> None:
+    """buf <- momentum buf + d (buf = d at first); theta <- theta - lr buf."""
+    for i, (p, d) in enumerate(zip(params, dirs, strict=True)):
+        bufs[i] = d.clone() if bufs[i] is None else HYPER["momentum"] * bufs[i] + d
+        p -= HYPER["lr"] * bufs[i]
+
+
 def reference_block(model: nn.Module, batches, in_block: list[bool]) -> list[torch.Tensor]:
     """BlockSlimQN as described: sums, restart of G, lambda*g in G, anchors at T and pairs at kT,
     momentum on the damped y, global-norm direction, outside parameters get g / ||d||."""
@@ -98,10 +106,7 @@ def reference_block(model: nn.Module, batches, in_block: list[bool]) -> list[tor
                     for p, gr, b in zip(params, grads, in_block, strict=True)]
         else:
             dirs = [gr + h["weight_decay"] * p.detach() for p, gr in zip(params, grads, strict=True)]
-        with torch.no_grad():
-            for i, (p, d) in enumerate(zip(params, dirs, strict=True)):
-                bufs[i] = d.clone() if bufs[i] is None else h["momentum"] * bufs[i] + d
-                p -= h["lr"] * bufs[i]
+        _momentum_update(params, dirs, bufs)
     return [p.detach().clone() for p in params]
 
 
@@ -220,10 +225,7 @@ def reference_model_version(model: nn.Module, batches, kappa: float, rho_min: fl
             dirs = [c.view_as(p) for c, p in zip(dirs, params, strict=True)]
         else:
             dirs = [gr + h["weight_decay"] * p.detach() for p, gr in zip(params, grads, strict=True)]
-        with torch.no_grad():
-            for i, (p, d) in enumerate(zip(params, dirs, strict=True)):
-                bufs[i] = d.clone() if bufs[i] is None else h["momentum"] * bufs[i] + d
-                p -= h["lr"] * bufs[i]
+        _momentum_update(params, dirs, bufs)
     return [p.detach().clone() for p in params]
 
 

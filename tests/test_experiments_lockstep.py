@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from experiments.distributed import DistContext
 from experiments.lockstep import check_group, train_lockstep
 from experiments.runspec import make_run_spec
 from experiments.trainer import RunOptions
+from tests.process_helpers import kill_when
 
 REPO = Path(__file__).resolve().parent.parent
 ITERS = 24
@@ -108,24 +106,12 @@ def _pointers(root: Path) -> list[int]:
 
 def test_killed_lockstep_resumes_and_catches_up(tmp_path: Path, separate: Path) -> None:
     cmd = [sys.executable, "-m", "experiments.run", *_args(tmp_path, *OPTIMIZERS)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline:
-            ck = _pointers(tmp_path)
-            if len(ck) == 3 and min(ck) >= 10:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.005)
-        else:
-            pytest.fail("no checkpoints appeared within 180 s")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    def ready() -> bool:
+        ck = _pointers(tmp_path)
+        return len(ck) == 3 and min(ck) >= 10
+
+    kill_when(cmd, REPO, ready, 180, "checkpoints of all three runs")
     # one run loses its checkpoint (as if killed before its first save): it restarts from 0 and the
     # driver lets it catch up with the others before they move on
     sgd_ck = next((tmp_path / "checkpoints" / "fmnist-vit").glob("fmnist-vit__sgd__*"))

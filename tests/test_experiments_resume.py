@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.process_helpers import kill_when
 
 REPO = Path(__file__).resolve().parent.parent
 ITERS = 80
@@ -64,26 +63,15 @@ def _last_train_iteration(csv_path: Path) -> int:
 
 def _kill_after_checkpoint(root: Path, optimizer: str) -> int:
     """Start the run; SIGKILL it once a checkpoint >= 20 exists and rows past it are on disk."""
-    proc = subprocess.Popen(_cmd(root, optimizer), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            ck = _pointer(root)
-            csv_path = _files(root).get("csv")
-            if ck >= 20 and csv_path is not None and _last_train_iteration(csv_path) >= ck + 3:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.005)
-        else:
-            pytest.fail("no checkpoint appeared within 120 s")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return ck
+    seen = {"ck": -1}
+
+    def ready() -> bool:
+        seen["ck"] = _pointer(root)
+        csv_path = _files(root).get("csv")
+        return seen["ck"] >= 20 and csv_path is not None and _last_train_iteration(csv_path) >= seen["ck"] + 3
+
+    kill_when(_cmd(root, optimizer), REPO, ready, 120, "checkpoint")
+    return seen["ck"]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "mlbfgs"])

@@ -118,3 +118,23 @@ def test_bad_arguments_name_the_allowed_values(tmp_path: Path, capsys: pytest.Ca
     assert "unknown key(s) ['batch_sise']" in capsys.readouterr().err
     with pytest.raises(ValueError, match="schedule.kind must be one of"):
         make_run_spec("fmnist-cnn", "sgd", 0, overrides={"schedule.kind": "step"})
+
+
+def test_log_interval_thins_train_rows_only(tmp_path: Path) -> None:
+    def run_with(interval: int, root: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        assert run.main([
+            "--workload", "mnist1d-mlp", "--optimizer", "mlbfgs", "--seed", "0", "--max-iters", "10",
+            "--out", str(root), "--no-progress", "--threads", "1",
+            "--set", "eval_interval=5", f"log_interval={interval}", "optimizer.update_period=2",
+        ]) == 0
+        (csv_path,) = [p for p in (root / "mnist1d-mlp").glob("*.csv") if not p.name.endswith(".curvature.csv")]
+        (curv_path,) = (root / "mnist1d-mlp").glob("*.curvature.csv")
+        return _rows(csv_path)[1], _rows(curv_path)[1]
+
+    thin, thin_curv = run_with(4, tmp_path / "thin")
+    full, full_curv = run_with(1, tmp_path / "full")
+    assert [int(r["iteration"]) for r in thin if r["kind"] == "train"] == [4, 8, 10]  # and the last one
+    assert [int(r["iteration"]) for r in thin if r["kind"] == "eval"] == [0, 5, 10]
+    by_it = {r["iteration"]: r["train_loss"] for r in full if r["kind"] == "train"}
+    assert all(by_it[r["iteration"]] == r["train_loss"] for r in thin if r["kind"] == "train")
+    assert thin_curv == full_curv and {int(r["iteration"]) for r in thin_curv} - {4, 8, 10}  # every pair kept
