@@ -11,7 +11,8 @@ from torch import nn
 from baselines import available_optimizers, build_optimizer, config_class, default_config
 from baselines.sgd import NormalizedSGD
 
-EXPECTED = ["sgd", "sgd_normalized", "adam", "adamw", "kfac", "slbfgs", "olbfgs", "sqn", "mlbfgs"]
+EXPECTED = ["sgd", "sgd_normalized", "adam", "adamw", "kfac", "slbfgs", "olbfgs", "sqn", "mlbfgs", "mlbfgs_authors",
+            "slimqn_authors"]
 
 
 def _model() -> nn.Module:
@@ -77,6 +78,9 @@ def test_every_optimizer_documents_its_defaults(name):
         ("sqn", {"history_size": -1}),
         ("slbfgs", {"history_size": 0}),
         ("mlbfgs", {"beta": 1.0}),
+        ("mlbfgs_authors", {"timing": "late"}),
+        ("mlbfgs_authors", {"beta": 1.0}),
+        ("slimqn_authors", {"history_size": 0}),
     ],
 )
 def test_invalid_values_raise_value_error_naming_the_argument(name, bad):

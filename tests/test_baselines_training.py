@@ -30,6 +30,8 @@ CONFIGS: dict[str, dict] = {
     "olbfgs": dict(lr=0.1, lam=1.0),
     "sqn": dict(lr=0.1),
     "mlbfgs": dict(lr=0.02),
+    "mlbfgs_authors": dict(lr=0.02),
+    "slimqn_authors": dict(lr=0.02),
 }
 
 
@@ -122,7 +124,7 @@ def test_optimizer_lowers_training_loss_and_counts_gradients(name, data):
         assert calls == {"backward": STEPS, "forward_only": STEPS // 20 - 1}
     else:
         assert calls == {"backward": STEPS, "forward_only": 0}
-    if name in ("mlbfgs", "slbfgs", "olbfgs", "sqn"):
+    if name in ("mlbfgs", "slbfgs", "olbfgs", "sqn", "mlbfgs_authors", "slimqn_authors"):
         assert records and all(set(r) == {"block", "mu", "accepted"} for r in records)
         assert any(r["accepted"] for r in records)
     else:
