@@ -123,13 +123,16 @@ def train_lockstep(specs: list[RunSpec], opts: RunOptions, ctx: DistContext,
                 raise HostRngDrawError(f"{spec.run_id}: Python's or NumPy's global RNG is not in the state of the "
                                        "group's other runs (a resumed run that drew from them?); use --mode separate")
             runs.append(run)
-        _drive(runs, streams, host, opts, ctx)
+        failed = _drive(runs, streams, host, opts, ctx)
         for run in runs:
-            summaries[run.spec.run_id] = run.finish()
+            summaries[run.spec.run_id] = failed[run.spec.run_id] if run.spec.run_id in failed else run.finish()
     return [summaries[s.run_id] for s in specs]
 
 
-def _drive(runs: list[Run], streams: dict[str, Any], host: Any, opts: RunOptions, ctx: DistContext) -> None:
+def _drive(runs: list[Run], streams: dict[str, Any], host: Any, opts: RunOptions,
+           ctx: DistContext) -> dict[str, dict[str, Any]]:
+    """Advance the runs in turn until each is done; a run that raises an unexpected error is recorded as
+    failed (its summary returned) and the others go on. Numerical failures end a run as diverged."""
     from tqdm import tqdm
 
     first = runs[0].spec
@@ -138,6 +141,7 @@ def _drive(runs: list[Run], streams: dict[str, Any], host: Any, opts: RunOptions
     with tqdm(total=total, initial=sum(r.iteration for r in runs), desc=desc, dynamic_ncols=True, leave=False,
               disable=not opts.progress) as bar:
         active = [r for r in runs if not r.done]
+        failed: dict[str, dict[str, Any]] = {}
         turns = 0
         while active:
             behind = min(r.iteration for r in active)  # after a resume, the runs behind catch up first
@@ -145,14 +149,21 @@ def _drive(runs: list[Run], streams: dict[str, Any], host: Any, opts: RunOptions
                 if run.iteration != behind:
                     continue
                 set_torch_rng_state(streams[run.spec.run_id], ctx.device)
-                run.advance()
+                try:
+                    run.step()
+                except Exception as err:  # one broken run must not take the group down
+                    import traceback
+
+                    traceback.print_exc()
+                    failed[run.spec.run_id] = run.fail(err)
                 streams[run.spec.run_id] = torch_rng_state(ctx.device)
                 bar.update(1)
                 turns += 1
                 if turns % HOST_RNG_CHECK_EVERY == 0:
                     _check_host(host, active, behind)
-            active = [r for r in active if not r.done]
+            active = [r for r in active if not r.done and r.spec.run_id not in failed]
         _check_host(host, runs, None)
+    return failed
 
 
 def _check_host(host: Any, runs: list[Run], iteration: int | None) -> None:

@@ -10,7 +10,10 @@ lockstep in this process (see experiments/lockstep.py), each with its own CSV, m
 checkpoint, each iteration timed on the optimizer's own clock. Finished runs are skipped
 (``--force`` starts over); interrupted ones resume from their checkpoints.
 
-Exit status: 0 finished (or skipped: already finished), 2 bad arguments or missing data.
+Exit status: 0 finished (or skipped: already finished; a numerical failure of the optimizer, such as a
+matrix that cannot be decomposed, ends a run as diverged), 1 a run failed with an unexpected error (in
+lockstep the others go on; its manifest says "failed" and a rerun resumes it), 2 bad arguments or
+missing data.
 """
 
 from __future__ import annotations
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         for summary in summaries:
             print(json.dumps(summary))
-    return 0
+    return 1 if any(s.get("status") == "failed" for s in summaries) else 0
 
 
 if __name__ == "__main__":

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 failures += execute([r for *_, r in todo], record, record_path, sweep_opts)
             if args.dry_run:
                 break
-            chosen = choose_rates(preset, [s for s in swept if s[3].manifest.is_file()])
+            chosen = choose_rates(preset, [s for s in swept if is_finished(s[3].manifest)])
             todo = []
             for name, lrs in tried.items():
                 best = chosen.get(entry.workload, {}).get(name)

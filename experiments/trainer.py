@@ -50,6 +50,9 @@ if _TRAIN_ROW != RUN_COLUMNS:
 # `python -m experiments.bench_threads` (results/threads/), idle and beside other work.
 DEFAULT_THREADS = 1
 NONFINITE_CHECK_EVERY = 25
+# errors that are the optimizer's numerical failure (a factor that cannot be decomposed, a non-finite
+# value caught by a check): the run ends as diverged, like a non-finite loss, instead of crashing
+NUMERICAL_ERRORS: tuple[type[BaseException], ...] = (torch.linalg.LinAlgError, FloatingPointError)
 # an epoch end also checkpoints when this much time passed since the last save (tiny epochs would
 # otherwise spend more time saving than training)
 EPOCH_CHECKPOINT_SECONDS = 30.0  # iterations between cross-rank divergence checks (distributed runs only)
@@ -219,6 +222,7 @@ class Run:
         self.last_eval: dict[str, float] = {}
         self.gatherer = _RecordGather(ctx) if ctx.enabled else None
         self.diverged = False
+        self.error: str | None = None
         self._batches = None
         self._ident_cells = [spec.run_id, cfg.name, spec.optimizer, spec.seed]
         self._host_loss = ctx.device.type == "cpu"
@@ -351,6 +355,27 @@ class Run:
                 iteration % self.ipe == 0 and time.monotonic() - self._saved_at >= EPOCH_CHECKPOINT_SECONDS)):
             self._checkpoint()
 
+    def step(self) -> None:
+        """:meth:`advance`, with a numerical failure of the optimizer (:data:`NUMERICAL_ERRORS`) ending the run
+        as diverged (the error goes to the manifest) instead of raising."""
+        try:
+            self.advance()
+        except NUMERICAL_ERRORS as err:
+            self.diverged = True
+            self.error = f"{type(err).__name__}: {err}"
+            print(f"[{self.spec.run_id}] diverged at iteration {self.iteration + 1}: {self.error}", file=sys.stderr)
+
+    def fail(self, err: BaseException) -> dict[str, Any]:
+        """Record an unexpected error: the manifest says ``failed`` (so a rerun retries from the last
+        checkpoint), the logs are closed; returns the run's summary."""
+        self.error = f"{type(err).__name__}: {err}"
+        if self.ctx.is_main:
+            self.run_log.close()
+            self.curv_log.close()
+            self.manifest.update(status="failed", end_time=now_iso(), error=self.error)
+            self.manifest.save()
+        return {"run_id": self.spec.run_id, "status": "failed", "error": self.error}
+
     def finish(self) -> dict[str, Any]:
         """Close the logs, mark the manifest finished, drop the checkpoint; returns the run's summary."""
         if self.gatherer is not None:
@@ -358,6 +383,8 @@ class Run:
         summary = {"run_id": self.spec.run_id, "status": "finished",
                    "outcome": "diverged" if self.diverged else "completed", "iterations": self.iteration,
                    "train_s": round(self.wall, 3), "cpu_s": round(self.cpu, 3), **self.last_eval}
+        if self.error is not None:
+            summary["error"] = self.error
         if self.ctx.is_main:
             self.run_log.close()
             self.curv_log.close()
@@ -365,7 +392,7 @@ class Run:
                                  train_s=round(self.wall, 3), cpu_s=round(self.cpu, 3), outcome=summary["outcome"],
                                  grad_evals=self.opt.grad_evals,
                                  final_test_loss=self.last_eval.get("test_loss"),
-                                 final_test_acc=self.last_eval.get("test_acc"))
+                                 final_test_acc=self.last_eval.get("test_acc"), error=self.error)
             self.manifest.save()
         self.ctx.barrier()
         if not self.opts.keep_checkpoint:
@@ -391,7 +418,7 @@ def train(spec: RunSpec, opts: RunOptions, ctx: DistContext) -> dict[str, Any]:
     with tqdm(total=run.total, initial=run.iteration, desc=spec.run_id, dynamic_ncols=True, leave=False,
               disable=not (opts.progress and ctx.is_main)) as bar:
         while not run.done:
-            run.advance()
+            run.step()
             bar.update(1)
             if run.last_eval and not bar.disable:
                 bar.set_postfix(test_acc=f"{run.last_eval['test_acc']:.4f}", refresh=False)

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from experiments.manifest import git_state, now_iso
+from experiments.manifest import git_state, is_finished, now_iso
 from experiments.suite import add_execution_arguments, exec_options, execute, finish_record, resolve_preset
 from experiments.sweep import reuse_runs
 from experiments.tuning import check_tuning, choose, final_runs, trial_runs, tuning_preset
@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         if "trials" in args.stages:
             failures += execute([t.run for t in mine], record, record_path, trial_opts)
         if args.dry_run:
+            continue
+        unfinished = [t.run.run_id for t in mine if not is_finished(t.run.manifest)]
+        if unfinished:  # a choice from partial trials would not be the protocol's
+            print(f"[tune] {entry.workload}: {len(unfinished)} trial(s) not finished ({unfinished[:3]}...); "
+                  "rerun to complete them before the choice and the finals", file=sys.stderr, flush=True)
+            failures += len(unfinished)
             continue
         chosen = choose(preset, trials)
         print(f"[tune] {entry.workload}: chosen {chosen.get(entry.workload)}", flush=True)

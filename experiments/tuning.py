@@ -161,14 +161,16 @@ def trial_runs(preset: Preset, entry: PresetRuns, optimizer: str, space: list[Di
 
 def choose(preset: Preset, trials: list[Trial]) -> dict[str, dict[str, dict[str, Any]]]:
     """Best settings per workload and optimizer; writes the trials table and the choice."""
+    from experiments.manifest import is_finished
     from experiments.sweep import _score, final_metrics
 
     rows = []
     for t in trials:
-        acc, loss = final_metrics(t.run.manifest.with_suffix(".csv"))
+        acc, loss = final_metrics(t.run.manifest.with_suffix(".csv")) if is_finished(t.run.manifest) else (
+            math.nan, math.nan)
         rows.append({"workload": t.workload, "optimizer": t.optimizer, "trial": t.index, **{
             f"setting.{k}": v for k, v in t.settings.items()}, "final_test_acc": acc, "final_train_loss": loss,
-            "run_id": t.run.run_id, "finished": t.run.manifest.is_file() and acc == acc})
+            "run_id": t.run.run_id, "finished": is_finished(t.run.manifest)})
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         key = (row["workload"], row["optimizer"])

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from experiments import lockstep, run
 from experiments.distributed import DistContext
@@ -185,3 +186,27 @@ def test_a_run_drawing_from_python_or_numpy_rng_is_refused(tmp_path: Path, monke
     specs = [make_run_spec("mnist1d-mlp", name, 0, max_iters=10) for name in ("sgd", "adam")]
     with pytest.raises(lockstep.HostRngDrawError, match="NumPy"):
         train_lockstep(specs, RunOptions(out=tmp_path / "o", checkpoint_root=tmp_path / "ck"), DistContext())
+
+
+@pytest.mark.parametrize("error, status, outcome", [
+    (torch.linalg.LinAlgError("eigh failed to converge"), "finished", "diverged"),  # the optimizer's failure
+    (RuntimeError("a bug"), "failed", None),  # anything else: recorded, retried by a rerun
+])
+def test_one_failing_run_does_not_stop_the_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 error: Exception, status: str, outcome: str | None) -> None:
+    from experiments.trainer import Run
+
+    original = Run.advance
+
+    def breaking_advance(self: Run) -> None:
+        if self.spec.optimizer == "adam" and self.iteration == 5:
+            raise error
+        original(self)
+
+    monkeypatch.setattr(Run, "advance", breaking_advance)
+    specs = [make_run_spec("mnist1d-mlp", name, 0, max_iters=12) for name in ("sgd", "adam")]
+    summaries = train_lockstep(specs, RunOptions(out=tmp_path / "o", checkpoint_root=tmp_path / "ck"), DistContext())
+    assert summaries[0]["status"] == "finished" and summaries[0]["iterations"] == 12
+    assert summaries[1]["status"] == status and type(error).__name__ in summaries[1]["error"]
+    manifest = json.loads((tmp_path / "o" / "mnist1d-mlp" / f"{specs[1].run_id}.json").read_text())
+    assert manifest["status"] == status and manifest.get("outcome") == outcome
