@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--band", choices=("minmax", "std"), default="minmax", help="spread over seeds (default: minmax)")
     p.add_argument("--main-beta", type=float, default=0.999, help="mlbfgs beta of the main comparison (default 0.999)")
+    p.add_argument("--quiet", action="store_true",
+                   help="one summary line for the groups without CSVs instead of one line each")
     return p
 
 
@@ -53,10 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         target = TargetRule(metric=args.target_metric, value=args.target_value, fraction=args.target_fraction)
         opts = Options(target=target, band=args.band, main_beta=args.main_beta)
-        report = generate(args.results, out, opts)
+        report = generate(args.results, out, opts, log=(lambda line: None) if args.quiet else print)
     except (SchemaError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.quiet and report.skipped:
+        print(f"no CSVs for: {', '.join(report.skipped)}")
     print(f"wrote {len(report.written)} files to {out}")
     if args.readme is not None:
         write_readme(args.readme, args.results, out, report, opts)

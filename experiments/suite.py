@@ -99,7 +99,7 @@ def run_analysis(preset: Preset) -> dict[str, Any]:
         return {"status": "skipped (analysis not importable)"}
     results = Path(preset.results)
     cmd = [sys.executable, "-m", "analysis",
-           *(preset.analysis_args or ("--results", str(results), "--out", str(results / "figures")))]
+           *(preset.analysis_args or ("--results", str(results), "--out", str(results / "figures"), "--quiet"))]
     print(f"[suite] {' '.join(cmd)}", flush=True)
     start = time.monotonic()
     rc = subprocess.call(cmd)

@@ -165,3 +165,12 @@ def test_replace_between_markers() -> None:
     )
     assert replace_between_markers(f"{END_MARKER}\n{START_MARKER}", "x") is None
     assert replace_between_markers("no markers", "x") is None
+
+
+def test_quiet_summarises_the_missing_groups(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = write_results_tree(tmp_path / "results", runs=False)
+    assert main(["--results", str(root), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "skipping" not in out
+    assert "no CSVs for: convergence curves, time to target, stability, direction kernel" in out
+    assert (tmp_path / "out" / "overhead.png").is_file()
