@@ -252,13 +252,15 @@ class AuthorsMLBFGS(torch.optim.Optimizer):
         k = st["step"]
         anchor_only, pair_step = self._pair_step(k)
         self.last_pairs = []
+        flats = []  # (theta, g) of each block, flattened once per step
         for b, (block, bst) in enumerate(zip(self.blocks, st["blocks"], strict=True)):
             if any(p.grad is None for p in block):
                 raise ValueError("every parameter of a block needs a gradient (the reference assumes it)")
             theta = self._flat([p.detach() for p in block])
             g = self._flat([p.grad for p in block])
+            flats.append((theta, g))
             self._update_averages(bst, theta, g, wd, k, anchor_only, pair_step, b, st)
-        directions = self._directions(st, wd) if st["started"] else None
+        directions = self._directions(st, flats, wd) if st["started"] else None
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -345,12 +347,11 @@ class AuthorsMLBFGS(torch.optim.Optimizer):
             st["started"] = True
         self.last_pairs.append({"block": b, "mu": mu, "accepted": accepted})
 
-    def _directions(self, st: dict, wd: float) -> dict[int, torch.Tensor]:
+    def _directions(self, st: dict, flats: list[tuple[torch.Tensor, torch.Tensor]],
+                    wd: float) -> dict[int, torch.Tensor]:
         out: dict[int, torch.Tensor] = {}
         sq = 0.0
-        for block, bst in zip(self.blocks, st["blocks"], strict=True):
-            g_raw = self._flat([p.grad for p in block])
-            theta = self._flat([p.detach() for p in block])
+        for block, bst, (theta, g_raw) in zip(self.blocks, st["blocks"], flats, strict=True):
             g = g_raw + wd * theta
             eps = MODEL_EPS if self.variant == "model" else 0.0
             d = authors_two_loop(g, bst["S"], bst["Y"], bst["rho"], bst["gamma"], eps) if bst["S"] else g.clone()

@@ -73,9 +73,7 @@ class CsvLog:
         unknown = row.keys() - self._column_set
         if unknown:
             raise ValueError(f"row has columns {sorted(unknown)} not in {list(self.columns)}")
-        self._rows.append([row.get(c) for c in self.columns])
-        if len(self._rows) >= self.max_rows or time.monotonic() - self._last_flush >= self.max_seconds:
-            self.flush()
+        self.write_values([row.get(c) for c in self.columns])
 
     def write_values(self, values: list[Any]) -> None:
         """Append one row given as values in column order (the runner's per-iteration fast path)."""
