@@ -121,17 +121,29 @@ class ExecOptions:
 MODES = ("lockstep", "separate")
 
 
-def groups(runs: list[PlannedRun], mode: str) -> list[list[PlannedRun]]:
+def groups(runs: list[PlannedRun], mode: str, jobs: int = 1) -> list[list[PlannedRun]]:
     """Processes to start, in order: one run each (separate), or the runs sharing workload, seed and
-    data, in the order of their first run (lockstep)."""
+    data, in the order of their first run (lockstep).
+
+    In lockstep a group of at least ``2 * jobs`` runs is dealt into ``jobs`` parts (run i to part
+    i mod jobs), so that ``--jobs N`` keeps N cores busy when there are fewer groups than cores (the
+    trials of a tuning stage are one group). Each run keeps its own RNG and clock, so the parts train
+    the same numbers as the whole group would.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs}")
     if mode == "separate":
         return [[r] for r in runs]
     out: dict[tuple[str, int, str], list[PlannedRun]] = {}
     for run in runs:
         out.setdefault(run.group_key, []).append(run)
-    return list(out.values())
+    parts = []
+    for group in out.values():
+        n = jobs if len(group) >= 2 * jobs else 1
+        parts += [group[i::n] for i in range(n)]
+    return parts
 
 
 def _command(group: list[PlannedRun], opts: ExecOptions) -> list[str]:
@@ -163,7 +175,7 @@ def execute(runs: list[PlannedRun], record: dict[str, Any], record_path: Path, o
             record["runs"].append({"run_id": run.run_id, "status": "skipped (finished)"})
         else:
             todo.append(run)
-    batches = groups(todo, opts.mode)
+    batches = groups(todo, opts.mode, opts.jobs)
     labels = [f"[suite {i}/{len(batches)}]" + (" lockstep" if len(g) > 1 else "") for i, g in enumerate(batches, 1)]
     if opts.dry_run:
         for label, group in zip(labels, batches, strict=True):

@@ -59,6 +59,16 @@ def test_lockstep_groups_share_workload_seed_and_data() -> None:
         groups(runs, "parallel")
 
 
+def test_lockstep_groups_are_dealt_to_keep_every_job_busy() -> None:
+    runs = plan(load_preset("quick"), seeds=[0, 1])
+    dealt = groups(runs, "lockstep", jobs=2)
+    assert [len(g) for g in dealt] == [3, 2, 3, 2, 3, 2, 3, 2]
+    assert [r.run_id for r in dealt[0] + dealt[1]] == [r.run_id for r in runs[0:5:2] + runs[1:5:2]]
+    assert [len(g) for g in groups(runs, "lockstep", jobs=3)] == [5, 5, 5, 5]  # too small to deal
+    with pytest.raises(ValueError, match="jobs must be a positive integer"):
+        groups(runs, "lockstep", jobs=0)
+
+
 def _losses(root: Path) -> dict[str, list[tuple[str, str]]]:
     out = {}
     for path in sorted((root / "runs" / "mnist1d-mlp").glob("*.csv")):
