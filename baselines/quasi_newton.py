@@ -30,42 +30,35 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlbfgs.config import CurvatureConfig
+
 from .base import TrainingOptimizer, trainable_parameters
-from .config import check_int, check_nonneg, check_unit_interval
+from .config import check_nonneg, check_unit_interval
 
 
 @dataclass(frozen=True)
-class _QuasiNewtonCommon:
+class _QuasiNewtonCommon(CurvatureConfig):
+    """The curvature settings and their defaults come from :class:`mlbfgs.CurvatureConfig` (declared
+    there once); this adds the update's settings, the blocks and the distribution."""
+
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
-    history_size: int = 10
-    update_period: int = 50
-    damping: float = 0.01
-    curvature_bounds: tuple[float, float] = (0.01, 1.5)
     blocks: Any = "layer"  # one block per layer (ours; the authors' partition is in mlbfgs_authors)
-    direction_norm: str = "global"
-    kl_clip: float = 0.005
-    history_dtype: torch.dtype | None = None
-    check_finite: bool = True
     process_group: Any = None
     comm_dtype: torch.dtype | None = None
-    min_curvature: float = 1e-12
 
     def __post_init__(self) -> None:
-        # The basic checks here; MLBFGS validates the rest (ValueError naming the argument).
-        check_nonneg("lr", self.lr)
-        check_unit_interval("momentum", self.momentum)
-        check_nonneg("weight_decay", self.weight_decay)
-        check_int("history_size", self.history_size)
-        check_int("update_period", self.update_period)
-        check_unit_interval("damping", self.damping)
         if isinstance(self.curvature_bounds, list):
             object.__setattr__(self, "curvature_bounds", tuple(self.curvature_bounds))
         for name in ("history_dtype", "comm_dtype"):  # JSON configs name dtypes as strings
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, _dtype(name, value))
+        check_nonneg("lr", self.lr)
+        check_unit_interval("momentum", self.momentum)
+        check_nonneg("weight_decay", self.weight_decay)
+        super().__post_init__()  # the curvature settings (ValueError naming the setting)
 
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -79,22 +72,27 @@ def _dtype(name: str, value: str) -> torch.dtype:
 
 @dataclass(frozen=True)
 class MLBFGSConfig(_QuasiNewtonCommon):
-    """``mlbfgs``: authors' run-SLIM.sh defaults: lr 0.1, momentum 0.9, beta 0.999, xi 0.9, T 50, M 10,
-    tau0 0.01, bounds (0.01, 1.5), global-norm direction."""
+    """``mlbfgs``: the library's defaults (M 10, T 50, beta 0.999, tau0 0.01, bounds (0.01, 1.5),
+    global-norm direction) with the authors' run-SLIM.sh values where the library differs: lr 0.1,
+    momentum 0.9, xi = pair_momentum 0.9 (the library default is 0: no second smoothing unless
+    asked), blocks per layer (the library default is one block)."""
 
-    beta: float = 0.999
     pair_momentum: float = 0.9
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_unit_interval("beta", self.beta)
-        check_unit_interval("pair_momentum", self.pair_momentum)
 
 
 @dataclass(frozen=True)
 class SLBFGSConfig(_QuasiNewtonCommon):
-    """``slbfgs``: mL-BFGS's defaults (lr 0.1, momentum 0.9, T 50, M 10, tau0 0.01, bounds (0.01, 1.5))
-    with beta = 0 and pair_momentum = 0 fixed (no momentum on the pairs)."""
+    """``slbfgs``: mL-BFGS's settings with beta = 0 and pair_momentum = 0 fixed (no momentum on the
+    pairs); any other value is refused."""
+
+    beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("beta", "pair_momentum"):
+            if getattr(self, name) != 0.0:
+                raise ValueError(f"{name}: slbfgs fixes it at 0 (stochastic L-BFGS without momentum); "
+                                 f"use mlbfgs for {name} > 0, got {getattr(self, name)!r}")
 
 
 class QuasiNewtonTraining(TrainingOptimizer):
@@ -119,4 +117,4 @@ def build_mlbfgs(model: nn.Module, cfg: MLBFGSConfig) -> TrainingOptimizer:
 
 
 def build_slbfgs(model: nn.Module, cfg: SLBFGSConfig) -> TrainingOptimizer:
-    return _build("slbfgs", model, cfg, beta=0.0, pair_momentum=0.0)
+    return _build("slbfgs", model, cfg)

@@ -54,23 +54,22 @@ def _worker(rank: int, world: int, init_file: str, workload: str, repeats: int, 
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen) * 1e-2 + 1e-3 * p.detach()
         opt.step()
-    buffers = opt._setup()
     owned = opt.owned_blocks
-    views = [opt.layout.block_view(buffers.flat, b) for b in owned]
+    views = [torch.randn(opt.block_sizes[b], generator=gen) for b in owned]
 
     def directions() -> None:
         for b, v in zip(owned, views):
-            buffers.histories[b].apply_(v)
+            opt.apply_inverse_hessian_(b, v)
 
     seconds = median_time(directions, repeats) if owned else 0.0
-    expected = sum(block_state_bytes(opt._block_sizes[b], HISTORY) for b in owned)
+    expected = sum(block_state_bytes(opt.block_sizes[b], HISTORY) for b in owned)
     row = {
         "rank": rank,
         "blocks": len(owned),
         "curvature_bytes": opt.curvature_bytes(),
         "expected_bytes": expected,
         "direction_seconds": seconds,
-        "largest_block_bytes": max(block_state_bytes(n, HISTORY) for n in opt._block_sizes),
+        "largest_block_bytes": max(block_state_bytes(n, HISTORY) for n in opt.block_sizes),
         "imbalance": opt.imbalance,
     }
     gathered = [None] * world

@@ -1,6 +1,7 @@
 """mL-BFGS: momentum-based L-BFGS for distributed large-scale neural-network optimisation."""
 
-from .blocks import assign_blocks, build_blocks, layer_blocks, load_imbalance
+from . import state_keys
+from .blocks import assign_blocks, build_blocks, check_supported, layer_blocks, load_imbalance
 from .config import CurvatureConfig
 from .curvature_history import CurvatureHistory
 from .damping import damping_factor
@@ -13,8 +14,10 @@ __all__ = [
     "PairRecord",
     "assign_blocks",
     "build_blocks",
+    "check_supported",
     "damping_factor",
     "layer_blocks",
     "load_imbalance",
+    "state_keys",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -76,13 +76,43 @@ def _explicit_blocks(params: list[torch.Tensor], spec: Sequence[Sequence[torch.T
 
 
 def layer_blocks(model: torch.nn.Module) -> list[list[torch.Tensor]]:
-    """One block per module that owns parameters directly (e.g. a Linear's weight and bias)."""
-    blocks = []
+    """One block per module that owns parameters directly (e.g. a Linear's weight and bias).
+
+    A parameter shared by several modules (tied embedding and output weights) is listed once, in the
+    block of the first module that owns it, so the result is valid for ``MLBFGS(blocks=...)``.
+    Parameters that do not require gradients are left out.
+    """
+    blocks, seen = [], set()
     for module in model.modules():
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in own)
         if own:
             blocks.append(own)
     return blocks
+
+
+def check_supported(p: torch.Tensor, index: int) -> None:
+    """Raise ``ValueError`` naming parameter ``index`` when MLBFGS cannot train it: complex dtypes,
+    DTensor parameters (FSDP2, tensor parallel) and FSDP1 flat parameters."""
+    where = f"params: parameter {index} (shape {tuple(p.shape)}, dtype {p.dtype})"
+    if p.is_complex():
+        raise ValueError(
+            f"{where} is complex; MLBFGS supports real floating parameters only "
+            "(train torch.view_as_real(z) as a real parameter instead)"
+        )
+    if not p.is_floating_point():
+        raise ValueError(f"{where} is not floating point; MLBFGS trains float16/bfloat16/float32/float64 parameters")
+    if type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor":
+        raise ValueError(
+            f"{where} is a DTensor (FSDP2 or tensor parallel); MLBFGS does not support sharded parameters yet: "
+            "use it with replicated parameters (DDP) and its own block sharding (process_group=...)"
+        )
+    if getattr(p, "_is_flat_param", False) or getattr(p, "_fsdp_flattened", False):
+        raise ValueError(
+            f"{where} is an FSDP1 flat parameter (FullyShardedDataParallel); each rank holds a shard of a "
+            "flattened concatenation, so curvature pairs would mix parameters. Use DDP with "
+            "MLBFGS(process_group=...) instead"
+        )
 
 
 def assign_blocks(sizes: Sequence[float], world_size: int) -> list[int]:

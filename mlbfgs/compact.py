@@ -33,15 +33,21 @@ def time_order(num_pairs: int, head: int, capacity: int) -> list[int]:
     return [(head + i) % capacity for i in range(capacity)]
 
 
-def update_gram(history: torch.Tensor, gram: torch.Tensor, slot: int) -> None:
+def update_gram(
+    history: torch.Tensor, gram: torch.Tensor, slot: int, row_norms: torch.Tensor | None = None
+) -> None:
     """Refresh the rows and columns of ``gram = SY SY^T`` that involve ``slot``.
 
     ``history`` is the ``2m x n`` stacked ring, ``gram`` a ``2m x 2m`` float64 matrix. Reads the
-    history once (a ``2m x 2`` product).
+    history once (a ``2m x 2`` product). With ``row_norms`` the stored rows are unit vectors and
+    row ``i`` of ``SY`` is ``row_norms[i] * history[i]``.
     """
     capacity = history.shape[0] // 2
     rows = (slot, capacity + slot)
     cols = torch.mm(history, history[list(rows)].t()).to(gram.dtype)
+    if row_norms is not None:
+        norms = row_norms.to(gram.dtype)
+        cols.mul_(norms.unsqueeze(1)).mul_(norms[list(rows)].unsqueeze(0))
     for j, r in enumerate(rows):
         gram[:, r] = cols[:, j]
         gram[r, :] = cols[:, j]
@@ -68,18 +74,19 @@ def compact_matrix(gram: torch.Tensor, order: list[int], gamma: float, out: torc
 def apply_compact(
     history: torch.Tensor,
     wf: torch.Tensor,
-    gamma: float,
+    gamma: torch.Tensor,
     g: torch.Tensor,
     p: torch.Tensor,
     c: torch.Tensor,
 ) -> None:
-    """In place: ``g <- H g = gamma g + SY^T (Wf (SY g))``. ``p`` and ``c`` are ``2m`` buffers.
+    """In place: ``g <- H g = gamma g + SY^T (Wf (SY g))``. ``p`` and ``c`` are ``2m`` buffers and
+    ``gamma`` a 0-dim tensor (a Python float would be a constant to ``torch.compile``).
 
     Allocates nothing: every product writes into a given buffer.
     """
     torch.mv(history, g, out=p)
     torch.mv(wf, p, out=c)
-    g.addmv_(history.t(), c, beta=gamma)
+    g.mul_(gamma).addmv_(history.t(), c)
 
 
 def apply_two_loop(

@@ -56,6 +56,10 @@ class CurvatureConfig:
             raise ValueError(f"history_dtype: expected None or one of {HISTORY_DTYPES}, got {self.history_dtype!r}")
 
 
+#: The names of the curvature settings (shared by all parameter groups).
+CURVATURE_SETTINGS: tuple[str, ...] = tuple(CurvatureConfig.__dataclass_fields__)
+
+
 def _unit_interval(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
         raise ValueError(f"{name}: expected a value in [0, 1), got {value!r}")

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
-from .blocks import BlockSpec, assign_blocks, build_blocks, load_imbalance
+from . import state_keys as K
+from .blocks import BlockSpec, assign_blocks, build_blocks, check_supported, load_imbalance
 from .config import CurvatureConfig
 from .curvature_history import CurvatureHistory
 from .damping import damped_curvature, damping_factor
 from .layout import FlatLayout, param_views
 
-GLOBAL_KEY = "mlbfgs"
-_CURVATURE_KEYS = tuple(CurvatureConfig.__dataclass_fields__)
+_GROUP_KEYS = ("lr", "momentum", "weight_decay")
 
 
 @dataclass(frozen=True)
@@ -29,33 +29,74 @@ class PairRecord:
     accepted: bool
 
 
-def _block_key(b: int) -> str:
-    return f"block{b}"
+@dataclass(frozen=True)
+class _StepPhase:
+    """What this step does, decided from the counters before any math (so that ``torch.compile``
+    sees a handful of booleans, never the counters themselves)."""
+
+    first: bool  # t == 1: the averages and anchors start at this step's values
+    form_pair: bool  # t - 1 is a positive multiple of T
+    active: bool  # t > T: the first pair period has passed, so the direction is rescaled
+    blocks: tuple[int, ...]  # own blocks with at least one gradient this step
+    with_pairs: tuple[int, ...]  # of those, the ones whose ring holds a pair (after this step's pair)
 
 
 class MLBFGS(Optimizer):
     r"""Momentum-based L-BFGS with block-diagonal curvature.
 
     For every block ``b`` (a group of parameters) and step ``t`` with gradient
-    ``g_t = grad + weight_decay * theta_t``:
+    ``g_t = grad + weight_decay * theta_t``, the phases of :meth:`step`, in order:
 
-    .. math::
-        P \leftarrow \beta P + (1-\beta)\theta_t, \qquad G \leftarrow \beta G + (1-\beta) g_t
+    1. *gather gradient*: ``g_t`` of every parameter into one flat buffer.
+    2. *update averages*:
 
-    every ``update_period`` (T) steps a pair ``s = P - P_0``, ``y = G - G_0`` is formed (then
-    ``P_0, G_0 \leftarrow P, G``), optionally smoothed with the previous pair
-    (``pair_momentum`` xi), damped so that ``s.\hat y / s.s \in [\sigma_L, \sigma_H]`` and pushed
-    into a ring of ``history_size`` (M) pairs. The direction is ``d = H g_t`` with the L-BFGS
-    inverse-Hessian estimate of the ring (``H_0 = \gamma I``, ``\gamma = s.\hat y / \hat y.\hat y``
-    of the newest pair; ``d = g_t`` before the first pair), computed in compact form. Once the first
-    pair period has passed the direction is rescaled (``direction_norm``): ``"global"`` divides by
-    ``\lVert d \rVert`` over all blocks, ``"kl"`` multiplies by ``\min(1, \sqrt{\kappa / g.d})``.
-    The update is SGD with momentum on ``d``: ``buf \leftarrow \mu\, buf + d``,
-    ``\theta \leftarrow \theta - lr\, buf``.
+       .. math::
+           P \leftarrow \beta P + (1-\beta)\theta_t, \qquad G \leftarrow \beta G + (1-\beta) g_t
 
-    Per parameter group: ``lr``, ``momentum``, ``weight_decay``. Curvature settings
-    (:class:`CurvatureConfig`) are shared by all groups. A parameter whose ``.grad`` is None is
-    treated as having a zero gradient.
+       (``P = \theta_1, G = g_1`` at ``t = 1``).
+    3. *form pairs*: every ``update_period`` (T) steps a pair ``s = P - P_0``, ``y = G - G_0`` (then
+       ``P_0, G_0 \leftarrow P, G``), optionally smoothed with the previous pair (``pair_momentum``
+       xi), damped so that ``s.\hat y / s.s \in [\sigma_L, \sigma_H]`` and pushed into a ring of
+       ``history_size`` (M) pairs (:mod:`mlbfgs.damping`; a pair with ``s.\hat y <= min_curvature``
+       or a non-finite product is rejected and counted).
+    4. *precondition*: ``d = H g_t`` with the L-BFGS inverse-Hessian estimate of the ring
+       (``H_0 = \gamma I``, ``\gamma = s.\hat y / \hat y.\hat y`` of the newest pair; ``d = g_t``
+       before the first pair), in compact form (:mod:`mlbfgs.compact`).
+    5. *exchange*: with a process group every rank computes its own blocks and one all-gather
+       assembles ``d`` (:mod:`mlbfgs.distributed`).
+    6. *rescale* (once the first pair period has passed, ``t > T``): ``"global"`` divides by
+       ``\lVert d \rVert`` over all blocks (computed as ``a \lVert d/a \rVert`` with ``a = \max_i |d_i|``,
+       so it neither overflows nor underflows), ``"kl"`` multiplies by ``\min(1, \sqrt{\kappa / g.d})``.
+    7. *momentum update*: SGD with momentum on ``d``: ``buf \leftarrow \mu\, buf + d``,
+       ``\theta \leftarrow \theta - lr\, buf``.
+
+    Source: Niu et al., "mL-BFGS", TMLR 2023, Alg. 1 and Sec. 3; defaults from the authors'
+    run-SLIM.sh (repository yuehniu/mL-BFGS), see :class:`mlbfgs.CurvatureConfig`.
+
+    Per parameter group: ``lr`` (a float, or a 0-dim/1-element tensor), ``momentum``,
+    ``weight_decay``; they may change between steps (schedulers, fine-tuning recipes). Curvature
+    settings (:class:`CurvatureConfig`) are shared by all groups.
+
+    Parameters without gradients: a parameter whose ``.grad`` is None is untouched by that step, as
+    with ``torch.optim.SGD`` (no decay, no momentum, no curvature move). In a block where some
+    parameters have gradients, the others count as zero gradient in the averages; a block where none
+    has one skips the step entirely (its averages stay, and a pair due then waits for the next
+    period). A step where no parameter has a gradient does nothing and does not count.
+
+    Groups added later (``add_param_group``, e.g. unfreezing a backbone): with ``blocks="model"`` or
+    ``"layer"`` the new group's parameters get blocks by the same rule, on their own (``"model"``:
+    the new group is one new block); with an int or an explicit list (which describe the parameters
+    given at construction) each new group is one block. Existing blocks keep their state and owners.
+
+    State: each block's curvature state lives under its first parameter, with that parameter's
+    momentum buffer, and the step counters and settings under the first parameter of the optimizer
+    (as ``torch.optim.LBFGS`` does), so ``state_dict()`` is keyed by parameters only and
+    ``torch.distributed.checkpoint.state_dict`` helpers accept it. ``load_state_dict`` checks that
+    the curvature settings and blocks match (``ValueError`` naming the setting) and casts the state
+    to the parameters' device, keeping the working dtype of the averages and the history dtype.
+
+    Not supported (``ValueError`` naming the parameter): complex parameters, sparse gradients,
+    DTensor parameters (FSDP2, tensor parallel) and FSDP1 flat parameters.
 
     Args:
         params: parameters or parameter groups.
@@ -70,10 +111,13 @@ class MLBFGS(Optimizer):
         curvature_bounds: (sigma_L, sigma_H) for ``s.y_hat / s.s``.
         blocks: ``"model"``, ``"layer"``, an int N or a list of lists of parameters
             (:func:`mlbfgs.blocks.build_blocks`).
-        direction_norm: ``"global"``, ``"kl"`` or ``"none"``.
+        direction_norm: ``"global"``, ``"kl"`` or ``"none"``. With ``"global"`` the step length is
+            ``lr`` whatever the gradient's size: it does not shrink as the gradient does, so
+            ``ReduceLROnPlateau`` and warm-up act on the step length itself, unlike with SGD.
         kl_clip: kappa of the ``"kl"`` rescaling.
         history_dtype: dtype of the ring (default: float32, or float64 for float64 parameters);
-            bfloat16/float16 halve the bytes read per step.
+            bfloat16/float16 halve the bytes read per step (rows stored normalised, see
+            :mod:`mlbfgs.curvature_history`).
         check_finite: skip the whole step (and count it) when the gradient has a non-finite entry,
             so it never enters the averages. Costs one host synchronisation per step.
         process_group: shard the blocks over the ranks of this group (data-parallel training where
@@ -82,28 +126,32 @@ class MLBFGS(Optimizer):
         comm_dtype: dtype of the direction exchange between ranks (e.g. ``torch.bfloat16``);
             None sends the working dtype.
         min_curvature: a damped pair with ``s.y_hat`` at or below this is rejected.
+
+    Raises:
+        ValueError: a setting out of range (named), an empty parameter list, an unsupported tensor
+            kind, or a curvature setting given per group.
     """
 
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float,
+        lr: float | torch.Tensor,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
-        history_size: int = 10,
-        update_period: int = 50,
-        beta: float = 0.999,
-        pair_momentum: float = 0.0,
-        damping: float = 0.01,
-        curvature_bounds: tuple[float, float] = (0.01, 1.5),
+        history_size: int = CurvatureConfig.history_size,
+        update_period: int = CurvatureConfig.update_period,
+        beta: float = CurvatureConfig.beta,
+        pair_momentum: float = CurvatureConfig.pair_momentum,
+        damping: float = CurvatureConfig.damping,
+        curvature_bounds: tuple[float, float] = CurvatureConfig.curvature_bounds,
         blocks: BlockSpec = "model",
-        direction_norm: str = "global",
-        kl_clip: float = 0.005,
-        history_dtype: torch.dtype | None = None,
-        check_finite: bool = True,
+        direction_norm: str = CurvatureConfig.direction_norm,
+        kl_clip: float = CurvatureConfig.kl_clip,
+        history_dtype: torch.dtype | None = CurvatureConfig.history_dtype,
+        check_finite: bool = CurvatureConfig.check_finite,
         process_group: Any = None,
         comm_dtype: torch.dtype | None = None,
-        min_curvature: float = 1e-12,
+        min_curvature: float = CurvatureConfig.min_curvature,
     ) -> None:
         _check_group_values(lr, momentum, weight_decay)
         self.config = CurvatureConfig(
@@ -119,235 +167,436 @@ class MLBFGS(Optimizer):
             history_dtype=history_dtype,
             check_finite=check_finite,
         )
+        self._block_spec = blocks
+        self.blocks: list[list[torch.Tensor]] = []
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-        for group in self.param_groups:
-            _check_group_values(group["lr"], group["momentum"], group["weight_decay"])
-            extra = set(group) - {"params", "lr", "momentum", "weight_decay"}
-            if extra & set(_CURVATURE_KEYS):
-                raise ValueError(
-                    f"param groups: {sorted(extra & set(_CURVATURE_KEYS))} are curvature settings shared by "
-                    "all groups; pass them to MLBFGS(...), not per group"
-                )
         all_params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in enumerate(all_params):
+            check_supported(p, i)
         self.blocks = build_blocks(all_params, blocks)
-        self._block_sizes = [sum(p.numel() for p in b) for b in self.blocks]
 
         from .distributed import resolve_sharding  # the math never depends on it beyond this
 
-        self.sharding = resolve_sharding(process_group, self._block_sizes, comm_dtype)
-        self.owners = assign_blocks(self._block_sizes, self.sharding.world_size)
-        self.layout = FlatLayout.build(self._block_sizes, self.owners, self.sharding.world_size)
-        self.imbalance = load_imbalance(self._block_sizes, self.owners, self.sharding.world_size)
+        self.sharding = resolve_sharding(process_group, self.block_sizes, comm_dtype)
+        self.owners = assign_blocks(self.block_sizes, self.sharding.world_size)
+        self._relayout()
         self.last_pairs: list[PairRecord] = []
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def block_sizes(self) -> list[int]:
+        """Elements per block, in block order."""
+        return [sum(p.numel() for p in b) for b in self.blocks]
+
+    @property
+    def owned_blocks(self) -> list[int]:
+        """The blocks whose curvature state this rank holds (all of them in a single process)."""
+        return [b for b, r in enumerate(self.owners) if r == self.sharding.rank]
+
+    def _relayout(self) -> None:
+        sizes = self.block_sizes
+        self.layout = FlatLayout.build(sizes, self.owners, self.sharding.world_size)
+        self.imbalance = load_imbalance(sizes, self.owners, self.sharding.world_size)
         self._buffers: _StepBuffers | None = None
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (see the class docstring for the blocks it gets); it trains from the next step."""
+        known = {id(p) for g in self.param_groups for p in g["params"]}
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _check_group_values(group["lr"], group["momentum"], group["weight_decay"])
+        curvature = sorted(set(group) & set(K.CURVATURE_SETTINGS))
+        if curvature:
+            raise ValueError(
+                f"param groups: {curvature} are curvature settings shared by all groups; pass them to "
+                "MLBFGS(...), not per group"
+            )
+        if not hasattr(self, "sharding"):  # still in __init__: blocks are built from all groups at once
+            return
+        new = [p for p in group["params"] if id(p) not in known]
+        if not new:
+            return
+        offset = sum(len(g["params"]) for g in self.param_groups[:-1])
+        for i, p in enumerate(new):
+            check_supported(p, offset + i)
+        spec = self._block_spec if self._block_spec in ("model", "layer") else "model"
+        new_blocks = build_blocks(new, spec)
+        sizes = self.block_sizes
+        load = [0] * self.sharding.world_size
+        for size, r in zip(sizes, self.owners):
+            load[r] += size
+        for block in new_blocks:  # the least-loaded rank, as assign_blocks does; old owners stay
+            r = min(range(self.sharding.world_size), key=lambda k: (load[k], k))
+            self.owners.append(r)
+            load[r] += sum(p.numel() for p in block)
+        self.blocks.extend(new_blocks)
+        self.sharding.check_same_layout(self.block_sizes)
+        if K.GLOBAL in self.state.get(self._first_param, {}):
+            self.state[self._first_param][K.GLOBAL][K.BLOCK_SIZES] = self.block_sizes
+        self._relayout()
 
     # ------------------------------------------------------------------ state
     @property
-    def owned_blocks(self) -> list[int]:
-        return [b for b, r in enumerate(self.owners) if r == self.sharding.rank]
+    def _first_param(self) -> torch.Tensor:
+        return self.blocks[0][0]
+
+    def block_state(self, b: int) -> dict[str, Any]:
+        """The curvature state of block ``b`` (averages, anchors, ring; keys in
+        :mod:`mlbfgs.state_keys`), created on first use. Only the owner rank holds it."""
+        if self.owners[b] != self.sharding.rank:
+            raise ValueError(f"block {b} is held by rank {self.owners[b]}, not by rank {self.sharding.rank}")
+        entry = self.state[self.blocks[b][0]]
+        if K.BLOCK not in entry:
+            n = self.block_sizes[b]
+            device = self.blocks[b][0].device
+            work, hist = self._work_dtype(), self._history_dtype()
+            st = CurvatureHistory.new_state(n, self.config.history_size, hist, device, work)
+            for name in (K.PARAM_AVG, K.GRAD_AVG, K.PARAM_ANCHOR, K.GRAD_ANCHOR):
+                st[name] = torch.zeros(n, dtype=work, device=device)
+            if self.config.pair_momentum > 0:
+                st[K.S_PREV] = torch.zeros(n, dtype=work, device=device)
+                st[K.Y_PREV] = torch.zeros(n, dtype=work, device=device)
+            st.update({K.PAIRS_FORMED: 0, K.PAIRS_ACCEPTED: 0, K.PAIRS_REJECTED: 0})
+            entry[K.BLOCK] = st
+        return entry[K.BLOCK]
+
+    def _global_state(self) -> dict[str, Any]:
+        entry = self.state[self._first_param]
+        if K.GLOBAL not in entry:
+            entry[K.GLOBAL] = {
+                K.STEP: 0,
+                K.SKIPPED_STEPS: 0,
+                K.WORLD_SIZE: self.sharding.world_size,
+                K.BLOCK_SIZES: self.block_sizes,
+                K.SETTINGS: self._settings(),
+            }
+        return entry[K.GLOBAL]
+
+    def _settings(self) -> dict[str, Any]:
+        """The curvature settings as plain values (saved with the state and checked on load)."""
+        out: dict[str, Any] = {}
+        for f in fields(CurvatureConfig):
+            v = getattr(self.config, f.name)
+            out[f.name] = str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v
+        out["curvature_bounds"] = list(out["curvature_bounds"])
+        return out
 
     @property
     def stats(self) -> dict[str, int]:
         """Counters of this rank: pairs accepted/rejected (own blocks), skipped steps, steps taken."""
         gs = self._global_state()
-        blocks = [self.state[_block_key(b)] for b in self.owned_blocks if _block_key(b) in self.state]
+        blocks = [self.block_state(b) for b in self.owned_blocks]
         return {
-            "pairs_accepted": sum(st["pairs_accepted"] for st in blocks),
-            "pairs_rejected": sum(st["pairs_rejected"] for st in blocks),
-            "skipped_steps": gs["skipped_steps"],
-            "step": gs["step"],
+            "pairs_accepted": sum(st[K.PAIRS_ACCEPTED] for st in blocks),
+            "pairs_rejected": sum(st[K.PAIRS_REJECTED] for st in blocks),
+            "skipped_steps": gs[K.SKIPPED_STEPS],
+            "step": gs[K.STEP],
         }
 
     def curvature_bytes(self) -> int:
         """Bytes of curvature state (EMAs, anchors, ring, compact matrices) held by this rank."""
         total = 0
         for b in self.owned_blocks:
-            for v in self.state.get(_block_key(b), {}).values():
+            for v in self.block_state(b).values():
                 if isinstance(v, torch.Tensor):
                     total += v.numel() * v.element_size()
         return total
 
-    def _global_state(self) -> dict:
-        if GLOBAL_KEY not in self.state:
-            self.state[GLOBAL_KEY] = {
-                "step": 0,
-                "skipped_steps": 0,
-                "world_size": self.sharding.world_size,
-                "block_sizes": list(self._block_sizes),
-            }
-        return self.state[GLOBAL_KEY]
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict["state"].get(GLOBAL_KEY)
-        if saved is not None:
-            if saved["world_size"] != self.sharding.world_size:
-                raise ValueError(
-                    f"load_state_dict: the state was saved with world size {saved['world_size']} but this "
-                    f"optimizer runs with {self.sharding.world_size}; each rank holds only its own blocks, "
-                    "so load with the same world size"
-                )
-            if list(saved["block_sizes"]) != self._block_sizes:
-                raise ValueError(
-                    f"load_state_dict: block sizes differ (saved {saved['block_sizes']}, now {self._block_sizes}); "
-                    "use the same model and blocks setting"
-                )
-        super().load_state_dict(state_dict)
-        self._buffers = None  # views must point at the loaded tensors
-
-    def _block_state(self, b: int, device: torch.device) -> dict:
-        key = _block_key(b)
-        if key not in self.state:
-            n = self._block_sizes[b]
-            dt = self._history_dtype()
-            work = self._work_dtype()
-            st = CurvatureHistory.new_state(n, self.config.history_size, dt, device)
-            for name in ("P", "G", "P0", "G0"):
-                st[name] = torch.zeros(n, dtype=work, device=device)
-            if self.config.pair_momentum > 0:
-                st["s_prev"] = torch.zeros(n, dtype=work, device=device)
-                st["y_prev"] = torch.zeros(n, dtype=work, device=device)
-            st.update(pairs_formed=0, pairs_accepted=0, pairs_rejected=0)
-            self.state[key] = st
-        return self.state[key]
+    def apply_inverse_hessian_(self, b: int, v: torch.Tensor) -> None:
+        """``v <- H_b v`` with the current ring of block ``b`` (flat, ``block_sizes[b]`` elements,
+        working dtype); for benchmarks and diagnostics."""
+        history = CurvatureHistory(self.block_state(b))
+        if history.num_pairs > 0:
+            history.apply_(v)
 
     def _work_dtype(self) -> torch.dtype:
-        p = self.param_groups[0]["params"][0]
-        return torch.float64 if p.dtype == torch.float64 else torch.float32
+        return torch.float64 if self._first_param.dtype == torch.float64 else torch.float32
 
     def _history_dtype(self) -> torch.dtype:
         return self.config.history_dtype or self._work_dtype()
 
-    # ------------------------------------------------------------------ step
-    def _setup(self) -> _StepBuffers:
-        if self._buffers is None:
-            device = self.param_groups[0]["params"][0].device
-            for b in self.owned_blocks:
-                self._block_state(b, device)
-            for group in self.param_groups:
-                if group["momentum"] != 0:
-                    for p in group["params"]:
-                        if "momentum_buffer" not in self.state[p]:
-                            self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-            self._buffers = _StepBuffers(self, device)
-        return self._buffers
+    def state_dict(self) -> dict[str, Any]:
+        self._global_state()  # the settings travel with the state even before the first step
+        return super().state_dict()
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by :meth:`state_dict` (or the ``torch.distributed.checkpoint`` helpers).
+
+        Raises ``ValueError`` when it was saved with other curvature settings, blocks or world size
+        (naming the first difference), or by the pre-0.2 layout (``"block0"`` keys).
+        """
+        saved_state = state_dict["state"]
+        old = [k for k in saved_state if isinstance(k, str)]
+        if old:
+            raise ValueError(
+                f"load_state_dict: state keys {old[:3]} come from mlbfgs < 0.2, which kept block state under "
+                "its own keys; retrain or convert the checkpoint (block b now lives under its first parameter)"
+            )
+        index = {}
+        for g in state_dict["param_groups"]:
+            index.update({i: None for i in g["params"]})
+        first = next(iter(index), None)
+        saved_global = saved_state.get(first, {}).get(K.GLOBAL) if first is not None else None
+        if saved_global is not None:
+            self._check_saved(saved_global)
+        # torch casts floating state to the parameter's dtype; the curvature state keeps its own
+        # dtypes, so it is set aside and placed here.
+        plain, curvature = {}, {}
+        for k, entry in saved_state.items():
+            plain[k] = {n: v for n, v in entry.items() if n not in (K.BLOCK, K.GLOBAL)}
+            curvature[k] = {n: v for n, v in entry.items() if n in (K.BLOCK, K.GLOBAL)}
+        super().load_state_dict({**state_dict, "state": plain})
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        by_index = dict(zip(ids, params))
+        for k, entry in curvature.items():
+            if not entry:
+                continue
+            p = by_index[k]
+            if K.GLOBAL in entry:
+                saved = entry[K.GLOBAL]
+                self.state[p][K.GLOBAL] = {n: (list(v) if isinstance(v, list) else v) for n, v in saved.items()}
+                self.state[p][K.GLOBAL][K.SETTINGS] = self._settings()
+            if K.BLOCK in entry:
+                self.state[p][K.BLOCK] = self._cast_block_state(entry[K.BLOCK], p.device)
+        self._buffers = None  # views must point at the loaded tensors
+
+    def _check_saved(self, saved: dict[str, Any]) -> None:
+        if saved[K.WORLD_SIZE] != self.sharding.world_size:
+            raise ValueError(
+                f"load_state_dict: the state was saved with world size {saved[K.WORLD_SIZE]} but this "
+                f"optimizer runs with {self.sharding.world_size}; each rank holds only its own blocks, "
+                "so load with the same world size"
+            )
+        if list(saved[K.BLOCK_SIZES]) != self.block_sizes:
+            raise ValueError(
+                f"load_state_dict: block sizes differ (saved {list(saved[K.BLOCK_SIZES])}, now {self.block_sizes}); "
+                "use the same model and blocks setting"
+            )
+        now = self._settings()
+        for name, value in saved.get(K.SETTINGS, {}).items():
+            if name in now and now[name] != value:
+                raise ValueError(
+                    f"load_state_dict: the state was saved with {name}={value!r}, but this optimizer has "
+                    f"{name}={now[name]!r}; build MLBFGS with the saved curvature settings"
+                )
+
+    def _cast_block_state(self, st: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        work, hist = self._work_dtype(), self._history_dtype()
+        out = {}
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                dtype = {K.HISTORY: hist, K.GRAM: torch.float64}.get(name, work)
+                v = v.to(device=device, dtype=dtype, copy=True)
+            out[name] = v
+        return out
+
+    # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One mL-BFGS step (the phases of the class docstring); returns ``closure()``'s loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        buf = self._setup()
-        gs = self._global_state()
-        cfg = self.config
-        self.last_pairs = []
+        buf = self._init_group()
+        if buf is None:  # no parameter has a gradient
+            return loss
+        self._gather_gradient(buf)
+        phase = self._begin_step(buf)
+        if phase is None:  # non-finite gradient: skipped and counted
+            return loss
+        self._update_averages(buf, phase)
+        if phase.form_pair:
+            self._form_pairs(buf, phase)
+            phase = self._with_pairs(phase)
+        self._precondition(buf, phase)
+        self.sharding.all_gather(buf.flat, self.layout)
+        self._rescale(buf, phase)
+        self._momentum_update(buf)
+        return loss
 
-        flat = buf.flat
-        grads = [p.grad for p in buf.params]
-        if any(g is None for g in grads):
-            torch._foreach_zero_([v for v, g in zip(buf.flat_views, grads) if g is None])
-            torch._foreach_copy_(
-                [v for v, g in zip(buf.flat_views, grads) if g is not None], [g for g in grads if g is not None]
-            )
-        else:
-            torch._foreach_copy_(buf.flat_views, grads)
+    @torch._dynamo.disable
+    def _init_group(self) -> _StepBuffers | None:
+        """Check gradients, create missing state and (re)build the step's tensor lists when the set of
+        parameters with gradients or the groups' momentum settings changed. None: no gradients."""
+        signature = []
+        for i, group in enumerate(self.param_groups):
+            for j, p in enumerate(group["params"]):
+                g = p.grad
+                if g is not None and (g.is_sparse or g.layout != torch.strided):
+                    raise ValueError(
+                        f"params: parameter {j} of group {i} (shape {tuple(p.shape)}) has a sparse gradient; "
+                        "MLBFGS needs dense gradients (e.g. nn.Embedding(sparse=False))"
+                    )
+                signature.append(g is not None)
+            signature.append(group["momentum"] != 0)
+        key = tuple(signature)
+        if not any(p.grad is not None for g in self.param_groups for p in g["params"]):
+            return None
+        if self._buffers is None or self._buffers.signature != key:
+            self._global_state()
+            for b in self.owned_blocks:
+                self.block_state(b)
+            for group in self.param_groups:
+                if group["momentum"] != 0:
+                    for p in group["params"]:
+                        if p.grad is not None and K.MOMENTUM_BUFFER not in self.state[p]:
+                            self.state[p][K.MOMENTUM_BUFFER] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            self._buffers = _StepBuffers(self, key)
+        return self._buffers
+
+    def _gather_gradient(self, buf: _StepBuffers) -> None:
+        """Phase 1: ``g = grad + weight_decay * theta`` of every parameter into the flat buffer."""
+        if buf.zero_views:
+            torch._foreach_zero_(buf.zero_views)
+        torch._foreach_copy_(buf.grad_views, buf.grads())
         for views, params, group in zip(buf.group_views, buf.group_params, self.param_groups):
-            if group["weight_decay"] != 0:
+            if group["weight_decay"] != 0 and views:
                 torch._foreach_add_(views, params, alpha=group["weight_decay"])
-        if cfg.check_finite:
-            torch.sum(flat, dim=0, out=buf.scalar)
+
+    @torch._dynamo.disable
+    def _begin_step(self, buf: _StepBuffers) -> _StepPhase | None:
+        """Skip a non-finite step (one host sync), else advance the counters and say what this step does."""
+        gs = self._global_state()
+        self.last_pairs = []
+        if self.config.check_finite:  # the max-norm: inf/NaN propagate, and it cannot overflow
+            torch.linalg.vector_norm(buf.flat, ord=float("inf"), out=buf.scalar)
             if not math.isfinite(buf.scalar.item()):
-                gs["skipped_steps"] += 1
-                return loss
+                gs[K.SKIPPED_STEPS] += 1
+                return None
+        gs[K.STEP] += 1
+        t, period = gs[K.STEP], self.config.update_period
+        return _StepPhase(
+            first=t == 1,
+            form_pair=t > 1 and (t - 1) % period == 0,
+            active=t > period,
+            blocks=buf.live_blocks,
+            with_pairs=tuple(b for b in buf.live_blocks if buf.histories[b].num_pairs > 0),
+        )
 
-        gs["step"] += 1
-        t = gs["step"]
-        form_pair = t > 1 and (t - 1) % cfg.update_period == 0
-        active = t > cfg.update_period  # the first pair period has passed: rescaling starts
-        kl = cfg.direction_norm == "kl" and active
-        rank = self.sharding.rank
-        if kl:
-            slot = self.layout.slot_view(flat, rank)
+    @torch._dynamo.disable
+    def _with_pairs(self, phase: _StepPhase) -> _StepPhase:
+        with_pairs = tuple(b for b in phase.blocks if self._buffers.histories[b].num_pairs > 0)
+        return _StepPhase(phase.first, phase.form_pair, phase.active, phase.blocks, with_pairs)
+
+    def _update_averages(self, buf: _StepBuffers, phase: _StepPhase) -> None:
+        """Phase 2: the parameter and gradient averages of the blocks with gradients."""
+        if not phase.blocks:
+            return
+        ema = [v for b in phase.blocks for v in buf.block_ema_views[b]]
+        params = [p for b in phase.blocks for p in buf.block_params[b]]
+        grad_avg = [buf.block_state[b][K.GRAD_AVG] for b in phase.blocks]
+        g = [buf.block_grads[b] for b in phase.blocks]
+        if phase.first:
+            torch._foreach_copy_(ema, params)
+            torch._foreach_copy_(grad_avg, g)
+            torch._foreach_copy_([buf.block_state[b][K.PARAM_ANCHOR] for b in phase.blocks],
+                                 [buf.block_state[b][K.PARAM_AVG] for b in phase.blocks])
+            torch._foreach_copy_([buf.block_state[b][K.GRAD_ANCHOR] for b in phase.blocks], g)
+        else:
+            weight = 1.0 - self.config.beta
+            _lerp_(ema, params, weight)
+            torch._foreach_lerp_(grad_avg, g, weight)
+
+    @torch._dynamo.disable
+    def _form_pairs(self, buf: _StepBuffers, phase: _StepPhase) -> None:
+        """Phase 3: a pair per block with gradients; one host sync per block (accepting is a decision)."""
+        cfg = self.config
+        for b in phase.blocks:
+            st = buf.block_state[b]
+            s, y = st[K.PARAM_ANCHOR], st[K.GRAD_ANCHOR]
+            torch.sub(st[K.PARAM_AVG], s, out=s)  # s = P - P0, in the anchor's storage
+            torch.sub(st[K.GRAD_AVG], y, out=y)
+            if cfg.pair_momentum > 0:
+                if st[K.PAIRS_FORMED] > 0:
+                    s.lerp_(st[K.S_PREV], cfg.pair_momentum)
+                    y.lerp_(st[K.Y_PREV], cfg.pair_momentum)
+                st[K.S_PREV].copy_(s)
+                st[K.Y_PREV].copy_(y)
+            st[K.PAIRS_FORMED] += 1
+            dots = buf.pair_dots
+            torch.dot(s, y, out=dots[0])
+            torch.dot(s, s, out=dots[1])
+            torch.dot(y, y, out=dots[2])
+            sy, ss, yy = dots.tolist()
+            mu = sy / ss if ss > 0 else float("nan")
+            accepted = False
+            if math.isfinite(sy) and math.isfinite(ss) and math.isfinite(yy) and ss > 0:
+                lo, hi = cfg.curvature_bounds
+                phi = damping_factor(sy, ss, lo, hi, cfg.damping)
+                sy_hat = damped_curvature(sy, ss, phi)
+                yy_hat = phi * phi * yy + 2 * phi * (1 - phi) * sy + (1 - phi) ** 2 * ss
+                if sy_hat > cfg.min_curvature and yy_hat > 0 and math.isfinite(yy_hat):
+                    buf.histories[b].push(s, y, phi)
+                    accepted = True
+            st[K.PAIRS_ACCEPTED if accepted else K.PAIRS_REJECTED] += 1
+            self.last_pairs.append(PairRecord(b, mu, accepted))
+            st[K.PARAM_ANCHOR].copy_(st[K.PARAM_AVG])
+            st[K.GRAD_ANCHOR].copy_(st[K.GRAD_AVG])
+
+    def _precondition(self, buf: _StepBuffers, phase: _StepPhase) -> None:
+        """Phase 4: ``g <- H g`` per own block with pairs; for ``"kl"`` also ``g.Hg`` into the rank's slot."""
+        kl = self.config.direction_norm == "kl" and phase.active
+        if kl:  # g.d of this rank's blocks: gamma g.g + p^T Wf p, or g.g without pairs
+            slot = self.layout.slot_view(buf.flat, self.sharding.rank)
             slot.zero_()
-        for b in self.owned_blocks:
-            st = self.state[_block_key(b)]
-            g = self.layout.block_view(flat, b)
-            pviews, params = buf.block_ema_views[b], buf.block_params[b]
-            if t == 1:
-                torch._foreach_copy_(pviews, params)
-                st["G"].copy_(g)
-                st["P0"].copy_(st["P"])
-                st["G0"].copy_(g)
-            else:
-                _lerp_(pviews, params, 1.0 - cfg.beta)
-                st["G"].lerp_(g, 1.0 - cfg.beta)
-                if form_pair:
-                    self._form_pair(b, st, buf)
-            history = buf.histories[b]
-            if kl:  # g.d of this block into the rank's slot: gamma g.g + p^T Wf p, or g.g without pairs
-                gamma = history.gamma if history.num_pairs > 0 else 1.0
-                slot.addmv_(g.view(1, -1), g, alpha=gamma)
-            if history.num_pairs > 0:
-                history.apply_(g)
-                if kl:
-                    history.add_quadratic_(slot)
-        self.sharding.all_gather(flat, self.layout)
+            for b in phase.blocks:
+                g = buf.block_grads[b]
+                torch.dot(g, g, out=buf.scalar)
+                if b in phase.with_pairs:
+                    slot.addcmul_(buf.scalar, buf.block_state[b][K.GAMMA])
+                else:
+                    slot.add_(buf.scalar)
+        for b in phase.with_pairs:
+            buf.histories[b].apply_(buf.block_grads[b])
+            if kl:
+                buf.histories[b].add_quadratic_(slot)
 
-        if active and cfg.direction_norm == "global":
+    def _rescale(self, buf: _StepBuffers, phase: _StepPhase) -> None:
+        """Phase 6: global-norm or KL rescaling of the assembled direction, once ``t > T``."""
+        if not phase.active:
+            return
+        flat = buf.flat
+        if self.config.direction_norm == "global":
+            # d / |d| as (d / a) / |d / a| with a = max |d_i|: no square overflows or underflows
+            tiny = torch.finfo(flat.dtype).tiny
+            torch.linalg.vector_norm(flat, ord=float("inf"), out=buf.scalar)
+            flat.div_(buf.scalar.clamp_(min=tiny))
             torch.linalg.vector_norm(flat, out=buf.scalar)
-            flat.div_(buf.scalar.clamp_(min=1e-30))
-        elif kl:
+            flat.div_(buf.scalar.clamp_(min=tiny))
+        elif self.config.direction_norm == "kl":
             # nu = min(1, sqrt(kappa / g.d)); nu = 1 when g.d <= 0
             torch.sum(self.layout.all_slots(flat), dim=0, out=buf.scalar)
-            buf.kl_clip.fill_(cfg.kl_clip)
+            buf.kl_clip.fill_(self.config.kl_clip)
             nu = buf.scalar.clamp_(min=1e-30).reciprocal_().mul_(buf.kl_clip).sqrt_().clamp_(max=1.0)
             for rk in range(self.layout.world_size):
                 self.layout.slot_view(flat, rk).zero_()
             flat.mul_(nu)
 
-        for views, params, group, bufs, mom in zip(
-            buf.group_views, buf.group_params, self.param_groups, buf.group_momenta, buf.momentum
+    def _momentum_update(self, buf: _StepBuffers) -> None:
+        """Phase 7: ``buf <- mu buf + d``, ``theta <- theta - lr buf`` for parameters with gradients."""
+        for group, views, params, momenta, mom, lr_t in zip(
+            self.param_groups, buf.group_views, buf.group_params, buf.group_momenta, buf.momentum, buf.lr
         ):
-            if group["momentum"] != 0:
+            if not params:
+                continue
+            lr = group["lr"]
+            if momenta:
                 mom.fill_(group["momentum"])  # a tensor factor: a Python scalar would allocate per tensor
-                torch._foreach_mul_(bufs, mom)
-                torch._foreach_add_(bufs, views)
-                torch._foreach_add_(params, bufs, alpha=-group["lr"])
+                torch._foreach_mul_(momenta, mom)
+                torch._foreach_add_(momenta, views)
+                step = momenta
             else:
-                torch._foreach_add_(params, views, alpha=-group["lr"])
-        return loss
-
-    def _form_pair(self, b: int, st: dict, buf: _StepBuffers) -> None:
-        cfg = self.config
-        s, y = st["P0"], st["G0"]
-        torch.sub(st["P"], s, out=s)  # s = P - P0, in the anchor's storage
-        torch.sub(st["G"], y, out=y)
-        if cfg.pair_momentum > 0:
-            if st["pairs_formed"] > 0:
-                s.lerp_(st["s_prev"], cfg.pair_momentum)
-                y.lerp_(st["y_prev"], cfg.pair_momentum)
-            st["s_prev"].copy_(s)
-            st["y_prev"].copy_(y)
-        st["pairs_formed"] += 1
-        dots = buf.pair_dots
-        torch.dot(s, y, out=dots[0])
-        torch.dot(s, s, out=dots[1])
-        torch.dot(y, y, out=dots[2])
-        sy, ss, yy = dots.tolist()  # one host sync per pair: accepting a pair is a decision
-        mu = sy / ss if ss > 0 else float("nan")
-        accepted = False
-        if math.isfinite(sy) and math.isfinite(ss) and math.isfinite(yy) and ss > 0:
-            lo, hi = cfg.curvature_bounds
-            phi = damping_factor(sy, ss, lo, hi, cfg.damping)
-            sy_hat = damped_curvature(sy, ss, phi)
-            yy_hat = phi * phi * yy + 2 * phi * (1 - phi) * sy + (1 - phi) ** 2 * ss
-            if sy_hat > cfg.min_curvature and yy_hat > 0 and math.isfinite(yy_hat):
-                buf.histories[b].push(s, y, phi)
-                accepted = True
-        st["pairs_accepted" if accepted else "pairs_rejected"] += 1
-        self.last_pairs.append(PairRecord(b, mu, accepted))
-        st["P0"].copy_(st["P"])
-        st["G0"].copy_(st["G"])
+                step = views
+            if isinstance(lr, torch.Tensor):  # scaled in the flat scratch: lr * step, then subtracted
+                lr_t.copy_(lr.reshape(()))
+                if step is not views:
+                    torch._foreach_copy_(views, step)
+                torch._foreach_mul_(views, lr_t)
+                torch._foreach_sub_(params, views)
+            else:
+                torch._foreach_add_(params, step, alpha=-lr)
 
 
 def _lerp_(dst: list[torch.Tensor], src: list[torch.Tensor], weight: float) -> None:
@@ -359,8 +608,14 @@ def _lerp_(dst: list[torch.Tensor], src: list[torch.Tensor], weight: float) -> N
 
 
 def _check_group_values(lr: Any, momentum: Any, weight_decay: Any) -> None:
-    if not (isinstance(lr, (int, float, torch.Tensor)) and lr >= 0):
-        raise ValueError(f"lr: expected a value >= 0, got {lr!r}")
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"lr: a tensor lr must hold one element, got shape {tuple(lr.shape)}")
+        ok = bool(lr.detach().cpu().reshape(()) >= 0)
+    else:
+        ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0
+    if not ok:
+        raise ValueError(f"lr: expected a value >= 0 (float or 1-element tensor), got {lr!r}")
     if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
         raise ValueError(f"momentum: expected a value in [0, 1), got {momentum!r}")
     if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0.0):
@@ -368,35 +623,41 @@ def _check_group_values(lr: Any, momentum: Any, weight_decay: Any) -> None:
 
 
 class _StepBuffers:
-    """Preallocated flat buffer, its views, and the per-block history handles (rebuilt on load)."""
+    """Preallocated flat buffer, its views, and the tensor lists of one signature (which parameters
+    have gradients, which groups use momentum); rebuilt when the signature or the state changes."""
 
-    def __init__(self, opt: MLBFGS, device: torch.device) -> None:
+    def __init__(self, opt: MLBFGS, signature: tuple[bool, ...]) -> None:
         layout = opt.layout
         work = opt._work_dtype()
+        device = opt._first_param.device
+        self.signature = signature
         self.flat = torch.zeros(layout.numel, dtype=work, device=device)
         self.scalar = torch.zeros((), dtype=work, device=device)
         self.pair_dots = torch.zeros(3, dtype=work, device=device)
         self.kl_clip = torch.zeros((), dtype=work, device=device)
         self.momentum = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]
-        self.params: list[torch.Tensor] = []
-        self.flat_views: list[torch.Tensor] = []
+        self.lr = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]
         view_of: dict[int, torch.Tensor] = {}
-        self.block_params: dict[int, list[torch.Tensor]] = {}
-        self.block_ema_views: dict[int, list[torch.Tensor]] = {}
-        self.histories: dict[int, CurvatureHistory] = {}
         for b, block in enumerate(opt.blocks):
-            views = param_views(opt.layout.block_view(self.flat, b), 0, block)
-            self.params.extend(block)
-            self.flat_views.extend(views)
-            view_of.update({id(p): v for p, v in zip(block, views)})
-        for b in opt.owned_blocks:
-            st = opt.state[_block_key(b)]
-            self.block_params[b] = opt.blocks[b]
-            self.block_ema_views[b] = param_views(st["P"], 0, opt.blocks[b])
-            self.histories[b] = CurvatureHistory(st)
-        self.group_params = [list(g["params"]) for g in opt.param_groups]
-        self.group_views = [[view_of[id(p)] for p in g["params"]] for g in opt.param_groups]
+            view_of.update({id(p): v for p, v in zip(block, param_views(layout.block_view(self.flat, b), 0, block))})
+        has_grad = {id(p) for g in opt.param_groups for p in g["params"] if p.grad is not None}
+        self._with_grad = [p for g in opt.param_groups for p in g["params"] if id(p) in has_grad]
+        self.grad_views = [view_of[id(p)] for p in self._with_grad]
+        self.zero_views = [view_of[id(p)] for b in opt.blocks for p in b if id(p) not in has_grad]
+        self.live_blocks = tuple(b for b in opt.owned_blocks if any(id(p) in has_grad for p in opt.blocks[b]))
+        self.block_state = {b: opt.block_state(b) for b in opt.owned_blocks}
+        self.block_params = {b: opt.blocks[b] for b in opt.owned_blocks}
+        self.block_grads = {b: layout.block_view(self.flat, b) for b in opt.owned_blocks}
+        self.block_ema_views = {
+            b: param_views(self.block_state[b][K.PARAM_AVG], 0, opt.blocks[b]) for b in opt.owned_blocks
+        }
+        self.histories = {b: CurvatureHistory(self.block_state[b]) for b in opt.owned_blocks}
+        self.group_params = [[p for p in g["params"] if id(p) in has_grad] for g in opt.param_groups]
+        self.group_views = [[view_of[id(p)] for p in ps] for ps in self.group_params]
         self.group_momenta = [
-            [opt.state[p]["momentum_buffer"] for p in g["params"]] if g["momentum"] != 0 else []
-            for g in opt.param_groups
+            [opt.state[p][K.MOMENTUM_BUFFER] for p in ps] if g["momentum"] != 0 else []
+            for g, ps in zip(opt.param_groups, self.group_params)
         ]
+
+    def grads(self) -> list[torch.Tensor]:
+        return [p.grad for p in self._with_grad]

@@ -56,7 +56,7 @@ def equivalence_worker(rank: int, world: int, init_file: str, out_dir: str, norm
             "params": [p.detach() for p in net.parameters()],
             "owned": opt.owned_blocks,
             "bytes": opt.curvature_bytes(),
-            "state_keys": sorted(k for k in opt.state if isinstance(k, str)),
+            "block_states": [b for b, blk in enumerate(opt.blocks) if "mlbfgs_block" in opt.state.get(blk[0], {})],
             "stats": opt.stats,
         },
         os.path.join(out_dir, f"rank{rank}.pt"),

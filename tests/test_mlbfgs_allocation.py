@@ -43,7 +43,7 @@ def test_step_allocates_nothing_after_warmup(norm, history_dtype) -> None:
     for _ in range(8):  # fill the rings
         set_grads()
         opt.step()
-    assert all(opt.state[f"block{b}"]["num_pairs"] == 4 for b in range(2))
+    assert all(opt.block_state(b)["num_pairs"] == 4 for b in range(2))
     opt.config = dataclasses.replace(opt.config, update_period=1000)  # steps between pairs
     set_grads()
     opt.step()

@@ -47,7 +47,7 @@ def test_pairs_stored_by_the_optimizer_are_damped() -> None:
         w.grad = scales * (w.detach() - target) + torch.randn(50, dtype=torch.float64)
         opt.step()
         raw_mu += [r.mu for r in opt.last_pairs]
-    st_ = opt.state["block0"]
+    st_ = opt.block_state(0)
     hist, m = st_["history"], 50
     n = st_["num_pairs"]
     assert n >= 20

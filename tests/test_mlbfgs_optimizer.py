@@ -87,7 +87,7 @@ def test_resume_without_curvature_state_differs() -> None:
 
 
 def snapshot(opt: MLBFGS) -> dict:
-    return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in opt.state["block0"].items()}
+    return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in opt.block_state(0).items()}
 
 
 def test_grad_scaler_skips_inf_steps_and_keeps_history() -> None:
@@ -100,7 +100,7 @@ def test_grad_scaler_skips_inf_steps_and_keeps_history() -> None:
         scaler.scale(torch.nn.functional.cross_entropy(model(x), y)).backward()
         scaler.step(opt)
         scaler.update()
-    assert opt.state["block0"]["num_pairs"] > 0
+    assert opt.block_state(0)["num_pairs"] > 0
     before = snapshot(opt)
     params = [p.detach().clone() for p in model.parameters()]
     step = opt.stats["step"]
@@ -131,7 +131,7 @@ def test_nonfinite_gradient_never_enters_the_averages() -> None:
     opt.step()
     assert opt.stats["skipped_steps"] == 1
     after = snapshot(opt)
-    assert torch.equal(before["G"], after["G"]) and torch.equal(before["P"], after["P"])
+    assert torch.equal(before["grad_avg"], after["grad_avg"]) and torch.equal(before["param_avg"], after["param_avg"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -142,7 +142,7 @@ def test_degenerate_pairs_are_rejected_and_counted() -> None:
         w.grad = torch.randn(5)
         opt.step()
     assert opt.stats["pairs_rejected"] == 3 and opt.stats["pairs_accepted"] == 0
-    assert opt.state["block0"]["num_pairs"] == 0
+    assert opt.block_state(0)["num_pairs"] == 0
     assert [r.accepted for r in opt.last_pairs] == [False]
 
 
@@ -174,9 +174,9 @@ def test_bfloat16_parameters(history_dtype) -> None:
         loss.backward()
         opt.step()
         losses.append(float(loss))
-    st = opt.state["block0"]
+    st = opt.block_state(0)
     assert st["history"].dtype == (history_dtype or torch.float32)
-    assert st["G"].dtype == torch.float32
+    assert st["grad_avg"].dtype == torch.float32
     assert st["num_pairs"] > 0
     assert sum(losses[-5:]) < sum(losses[:5])
 

@@ -1,0 +1,41 @@
+"""Names of the entries MLBFGS keeps in ``optimizer.state`` (one place, so code and tests agree).
+
+``state[p]`` of a parameter ``p`` may hold:
+
+- ``MOMENTUM_BUFFER``: the update's momentum buffer (shape of ``p``), as in ``torch.optim.SGD``;
+- ``BLOCK`` (first parameter of each block the rank owns): that block's curvature state, a dict
+  with the keys below and those of :mod:`mlbfgs.curvature_history`;
+- ``GLOBAL`` (first parameter of the optimizer, every rank): counters and the settings.
+"""
+
+from .config import CURVATURE_SETTINGS
+from .curvature_history import COMPACT, GAMMA, GRAM, HEAD, HISTORY, NUM_PAIRS, ROW_NORMS
+
+MOMENTUM_BUFFER = "momentum_buffer"
+BLOCK = "mlbfgs_block"
+GLOBAL = "mlbfgs"
+
+# inside BLOCK: flat vectors of the block's elements, in the working dtype
+PARAM_AVG = "param_avg"  # P, the average of the parameters
+GRAD_AVG = "grad_avg"  # G, the average of the gradients
+PARAM_ANCHOR = "param_anchor"  # P_0, P when the last pair was formed
+GRAD_ANCHOR = "grad_anchor"  # G_0
+S_PREV = "s_prev"  # the previous pair (pair_momentum > 0 only)
+Y_PREV = "y_prev"
+PAIRS_FORMED = "pairs_formed"  # ints
+PAIRS_ACCEPTED = "pairs_accepted"
+PAIRS_REJECTED = "pairs_rejected"
+
+# inside GLOBAL
+STEP = "step"  # steps taken (skipped ones excluded)
+SKIPPED_STEPS = "skipped_steps"  # steps skipped for a non-finite gradient
+WORLD_SIZE = "world_size"
+BLOCK_SIZES = "block_sizes"
+SETTINGS = "settings"  # the CurvatureConfig as plain values, checked on load
+
+__all__ = [
+    "BLOCK", "BLOCK_SIZES", "COMPACT", "CURVATURE_SETTINGS", "GAMMA", "GLOBAL", "GRAD_ANCHOR", "GRAD_AVG",
+    "GRAM", "HEAD", "HISTORY", "MOMENTUM_BUFFER", "NUM_PAIRS", "PAIRS_ACCEPTED", "PAIRS_FORMED",
+    "PAIRS_REJECTED", "PARAM_ANCHOR", "PARAM_AVG", "ROW_NORMS", "SETTINGS", "SKIPPED_STEPS", "STEP",
+    "S_PREV", "WORLD_SIZE", "Y_PREV",
+]
