@@ -126,6 +126,17 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+class PreservedBuffers:
+    """``PreservedBuffers(model)()`` is :func:`preserved_buffers` of ``model``: a picklable callable
+    (a lambda would make the optimizer that holds it unpicklable)."""
+
+    def __init__(self, model: nn.Module | None) -> None:
+        self.model = model
+
+    def __call__(self) -> contextlib.AbstractContextManager[None]:
+        return preserved_buffers(self.model)
+
+
 @contextlib.contextmanager
 def preserved_buffers(model: nn.Module | None) -> Iterator[None]:
     """Restore the module buffers (e.g. BatchNorm running statistics) after an extra evaluation.

@@ -77,6 +77,15 @@ class PairRing:
     def __len__(self) -> int:
         return self.count
 
+    def extend(self, n: int) -> None:
+        """Grow the pairs to ``n`` elements, with zeros in the new coordinates (still valid pairs:
+        s.y and y.y are unchanged, and H is the initial matrix on the new coordinates)."""
+        old = self.s.shape[1]
+        for key in ("s", "y"):
+            grown = torch.zeros(self.m, n, dtype=self.s.dtype, device=self.s.device)
+            grown[:, :old].copy_(getattr(self, key))
+            setattr(self, key, grown)
+
     def push(self, s: torch.Tensor, y: torch.Tensor, sy: torch.Tensor, yy: torch.Tensor) -> None:
         i = self.next
         self.s[i].copy_(s)

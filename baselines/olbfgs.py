@@ -38,10 +38,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import CountingClosure, TrainingOptimizer, preserved_buffers, trainable_parameters
+from .base import CountingClosure, PreservedBuffers, TrainingOptimizer, trainable_parameters
 from .config import check_int, check_nonneg, check_positive
-from .flat import FlatParams
-from .lbfgs_math import PairRing, two_loop
+from .flat import FlatQuasiNewton
+from .lbfgs_math import two_loop
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,15 @@ class OLBFGSConfig:
         check_nonneg("curvature_eps", self.curvature_eps)
 
 
-class OLBFGS(torch.optim.Optimizer):
+class OLBFGS(FlatQuasiNewton):
     """oLBFGS as a ``torch.optim.Optimizer``; ``step(closure)`` needs the closure (2 calls per step).
 
     ``closure()`` must evaluate the *current* mini-batch at the current parameters, fill ``.grad`` and
-    return the loss; it is called before and after the update.
+    return the loss; it is called before and after the update. Groups, parameters without gradients
+    and state follow :class:`baselines.flat.FlatQuasiNewton`.
     """
+
+    STATE_KEY = "olbfgs"
 
     def __init__(
         self,
@@ -88,48 +91,44 @@ class OLBFGS(torch.optim.Optimizer):
         curvature_eps: float = 1e-8,
         second_eval_context: Callable[[], AbstractContextManager] | None = None,
     ) -> None:
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
-        if len(self.param_groups) != 1:
-            raise ValueError("OLBFGS supports one parameter group")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay), history_size)
         self.tau, self.c, self.lam, self.eps, self.curvature_eps = tau, c, lam, eps, curvature_eps
-        self._flat = FlatParams(list(self.param_groups[0]["params"]))
-        self._ring = PairRing(history_size, self._flat.n, self._flat.dtype, self._flat.device)
-        self._x = self._flat.new()
-        self._g = self._flat.new()
-        self._g_new = self._flat.new()
-        self._s = self._flat.new()
-        self._y = self._flat.new()
-        self.t = 0
+        self._x = self._buffer("_x")
+        self._g = self._buffer("_g")
+        self._g_new = self._buffer("_g_new")
+        self._s = self._buffer("_s")
+        self._y = self._buffer("_y")
         self._second_eval_context = second_eval_context or contextlib.nullcontext
         self.last_records: list[dict[str, Any]] = []
 
-    def _gradient(self, out: torch.Tensor, wd: float) -> torch.Tensor:
-        self._flat.gather_grads(out)
-        if wd != 0.0:
-            out.add_(self._flat.gather_params(self._x), alpha=wd)
-        return out
+    @property
+    def t(self) -> int:
+        return self.steps
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
         if closure is None:
             raise ValueError("OLBFGS.step needs a closure: y is a gradient difference on the same batch")
-        group = self.param_groups[0]
-        wd = group["weight_decay"]
         with torch.enable_grad():
             loss = closure()
+        self.last_records = []
+        if not self._has_gradients():
+            return loss
         with torch.no_grad():
-            g = self._gradient(self._g, wd)
+            g = self._gradient(self._g, self._x)
             if len(self._ring) == 0:
-                direction = g.mul(self.eps)
+                direction = torch.mul(g, self.eps, out=self._s)
             else:
                 s_list, y_list, rho = self._ring.ordered()
                 direction = two_loop(g, s_list, y_list, rho, self._ring.mean_gamma())
-            eta = group["lr"] * self.tau / (self.tau + self.t)
-            s = torch.mul(direction, -eta / self.c, out=self._s)
+            self._mask_(direction)
+            # s = -(eta_t / c) p with eta_t = lr_group * tau / (tau + t)
+            s = torch.mul(direction, -1.0, out=self._s)
+            self._scale_by_lr_(s, self.tau / (self.tau + self.t) / self.c)
             self._flat.add_to_params(s)
         with torch.enable_grad(), self._second_eval_context():
             closure()
         with torch.no_grad():
-            y = torch.sub(self._gradient(self._g_new, wd), g, out=self._y)
+            y = torch.sub(self._gradient(self._g_new, self._x), g, out=self._y)
             if self.lam != 0.0:
                 y.add_(s, alpha=self.lam)
             stats = torch.stack([torch.dot(s, y), torch.dot(s, s), torch.dot(y, y)])
@@ -144,20 +143,8 @@ class OLBFGS(torch.optim.Optimizer):
             self.last_records = [
                 {"block": "model", "mu": sy / ss if ss > 0 else float("nan"), "accepted": accepted}
             ]
-        self.t += 1
+        self._count_step()
         return loss
-
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        state = super().state_dict()
-        state["olbfgs"] = {"t": self.t, "ring": self._ring.state_dict()}
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("olbfgs")
-        super().load_state_dict(state_dict)
-        self.t = int(extra["t"])
-        self._ring.load_state_dict(extra["ring"])
 
 
 class OLBFGSTraining(TrainingOptimizer):
@@ -179,6 +166,6 @@ def build_olbfgs(model: nn.Module, cfg: OLBFGSConfig) -> TrainingOptimizer:
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
         curvature_eps=cfg.curvature_eps,
-        second_eval_context=lambda: preserved_buffers(model),
+        second_eval_context=PreservedBuffers(model),
     )
     return OLBFGSTraining("olbfgs", opt, 2.0, model)

@@ -34,10 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import CountingClosure, TrainingOptimizer, preserved_buffers, trainable_parameters
+from .base import CountingClosure, PreservedBuffers, TrainingOptimizer, trainable_parameters
 from .config import check_int, check_nonneg
-from .flat import FlatParams
-from .lbfgs_math import PairRing, two_loop
+from .flat import FlatQuasiNewton
+from .lbfgs_math import two_loop
 
 
 def hessian_vector_product(
@@ -80,13 +80,17 @@ class SQNConfig:
         check_nonneg("curvature_eps", self.curvature_eps)
 
 
-class SQN(torch.optim.Optimizer):
+class SQN(FlatQuasiNewton):
     """SQN as a ``torch.optim.Optimizer``.
 
     ``step(closure)``: ``closure()`` fills ``.grad`` for the current batch (called once);
     every ``update_period`` steps ``loss_closure()`` (a forward pass returning the loss *with* its
-    graph) is called once at the averaged iterate for the Hessian-vector product.
+    graph) is called once at the averaged iterate for the Hessian-vector product. Groups, parameters
+    without gradients and state follow :class:`baselines.flat.FlatQuasiNewton`; the HVP is taken with
+    respect to the parameters that have gradients.
     """
+
+    STATE_KEY = "sqn"
 
     def __init__(
         self,
@@ -98,74 +102,84 @@ class SQN(torch.optim.Optimizer):
         curvature_eps: float = 1e-8,
         hvp_context: Callable[[], AbstractContextManager] | None = None,
     ) -> None:
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
-        if len(self.param_groups) != 1:
-            raise ValueError("SQN supports one parameter group")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay), history_size)
         self.update_period = update_period
         self.curvature_eps = curvature_eps
-        self._flat = FlatParams(list(self.param_groups[0]["params"]))
-        flat = self._flat
-        self._ring = PairRing(history_size, flat.n, flat.dtype, flat.device)
-        self._x = flat.new()
-        self._g = flat.new()
-        self._acc = flat.new()
-        self._xbar_old = flat.new()
+        self._x = self._buffer("_x")
+        self._g = self._buffer("_g")
+        self._acc = self._buffer("_acc")
+        self._xbar_old = self._buffer("_xbar_old")
+        self._s = self._buffer("_s")
+        self._y = self._buffer("_y")
         self._have_xbar_old = False
-        self._s = flat.new()
-        self.k = 0
         self.hvp_count = 0
         self._hvp_context = hvp_context or contextlib.nullcontext
         self.last_records: list[dict[str, Any]] = []
+
+    @property
+    def k(self) -> int:
+        return self.steps
+
+    def _settings(self) -> dict[str, Any]:
+        return {"history_size": self._ring.m, "update_period": self.update_period}
+
+    def _on_extended(self, old: int) -> None:
+        # the new coordinates enter the running average as if they had been there all period
+        x = self._flat.gather_params(self._x)
+        self._acc[old:].copy_(x[old:]).mul_(self.k % self.update_period)
+        self._xbar_old[old:].copy_(x[old:])
 
     def step(  # type: ignore[override]
         self,
         closure: Callable[[], torch.Tensor] | None = None,
         loss_closure: Callable[[], torch.Tensor] | None = None,
     ) -> torch.Tensor | None:
-        group = self.param_groups[0]
-        wd = group["weight_decay"]
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         self.last_records = []
+        if not self._has_gradients():
+            return loss
         with torch.no_grad():
             x = self._flat.gather_params(self._x)
-            g = self._flat.gather_grads(self._g)
-            if wd != 0.0:
-                g.add_(x, alpha=wd)
+            g = self._gradient(self._g, x)
             self._acc.add_(x)
             if len(self._ring) == 0:
-                direction = g
+                direction = torch.mul(g, -1.0, out=self._s)
             else:
                 s_list, y_list, rho = self._ring.ordered()
-                direction = two_loop(g, s_list, y_list, rho, self._ring.newest_gamma())
-            self._flat.add_to_params(direction, alpha=-group["lr"])
-        self.k += 1
+                direction = two_loop(g, s_list, y_list, rho, self._ring.newest_gamma()).neg_()
+            self._flat.add_to_params(self._scale_by_lr_(self._mask_(direction)))
+        self._count_step()
         if self.k % self.update_period == 0:
-            self._curvature_update(loss_closure, wd)
+            self._curvature_update(loss_closure)
         return loss
 
-    def _curvature_update(self, loss_closure: Callable[[], torch.Tensor] | None, wd: float) -> None:
+    def _curvature_update(self, loss_closure: Callable[[], torch.Tensor] | None) -> None:
         xbar = self._acc.div_(self.update_period)  # xbar_t, in place of the accumulator
         if self._have_xbar_old:
             if loss_closure is None:
                 raise ValueError("SQN needs loss_closure (forward with graph) every update_period steps")
-            s = torch.sub(xbar, self._xbar_old, out=self._s)
+            s = self._mask_(torch.sub(xbar, self._xbar_old, out=self._s))
             x_now = self._flat.gather_params(self._x)
-            params = self._flat.params
+            live = [i for i, p in enumerate(self._flat.params) if p.grad is not None]
+            params = [self._flat.params[i] for i in live]
             try:
                 self._flat.set_params(xbar)
                 with torch.enable_grad(), self._hvp_context():
-                    hv = hessian_vector_product(loss_closure(), params, self._flat.views(s))
+                    s_views = self._flat.views(s)
+                    hv = hessian_vector_product(loss_closure(), params, [s_views[i] for i in live])
             finally:
                 self._flat.set_params(x_now)
             self.hvp_count += 1
             with torch.no_grad():
-                y = self._flat.new()
-                torch._foreach_copy_(self._flat.views(y), hv)
-                if wd != 0.0:
-                    y.add_(s, alpha=wd)
+                y = self._y.zero_()
+                y_views = self._flat.views(y)
+                torch._foreach_copy_([y_views[i] for i in live], hv)
+                for group, sl in zip(self.param_groups, self._flat.group_slices):
+                    if group["weight_decay"] != 0.0:
+                        torch._foreach_add_(y_views[sl], self._flat.views(s)[sl], alpha=group["weight_decay"])
                 stats = torch.stack([torch.dot(s, y), torch.dot(s, s), torch.dot(y, y)])
                 sy, ss, yy = stats.tolist()  # decision: accept or drop the pair (every L steps)
                 accepted = (
@@ -182,28 +196,12 @@ class SQN(torch.optim.Optimizer):
         self._have_xbar_old = True
         self._acc.zero_()
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        state = super().state_dict()
-        state["sqn"] = {
-            "k": self.k,
-            "hvp_count": self.hvp_count,
-            "acc": self._acc,
-            "xbar_old": self._xbar_old,
-            "have_xbar_old": self._have_xbar_old,
-            "ring": self._ring.state_dict(),
-        }
-        return state
+    def _extra_state(self) -> dict[str, Any]:
+        return {"hvp_count": self.hvp_count, "have_xbar_old": self._have_xbar_old}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("sqn")
-        super().load_state_dict(state_dict)
-        self.k = int(extra["k"])
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
         self.hvp_count = int(extra["hvp_count"])
-        self._acc.copy_(extra["acc"])
-        self._xbar_old.copy_(extra["xbar_old"])
         self._have_xbar_old = bool(extra["have_xbar_old"])
-        self._ring.load_state_dict(extra["ring"])
 
 
 class SQNTraining(TrainingOptimizer):
@@ -226,6 +224,6 @@ def build_sqn(model: nn.Module, cfg: SQNConfig) -> TrainingOptimizer:
         history_size=cfg.history_size,
         weight_decay=cfg.weight_decay,
         curvature_eps=cfg.curvature_eps,
-        hvp_context=lambda: preserved_buffers(model),
+        hvp_context=PreservedBuffers(model),
     )
     return SQNTraining("sqn", opt, 1.0 + 2.0 / cfg.update_period, model)

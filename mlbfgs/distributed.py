@@ -36,6 +36,9 @@ class LocalSharding:
     def all_gather(self, flat: torch.Tensor, layout: FlatLayout) -> None:
         return None
 
+    def check_same_layout(self, block_sizes: Sequence[int]) -> None:
+        return None
+
 
 @dataclass
 class ProcessGroupSharding:

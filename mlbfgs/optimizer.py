@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.optim import Optimizer
@@ -29,8 +29,7 @@ class PairRecord:
     accepted: bool
 
 
-@dataclass(frozen=True)
-class _StepPhase:
+class _StepPhase(NamedTuple):
     """What this step does, decided from the counters before any math (so that ``torch.compile``
     sees a handful of booleans, never the counters themselves)."""
 
@@ -315,6 +314,14 @@ class MLBFGS(Optimizer):
     def _history_dtype(self) -> torch.dtype:
         return self.config.history_dtype or self._work_dtype()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim.Optimizer keeps only defaults, state and groups; the blocks, layout and settings
+        # are needed too. The step buffers are views into scratch and are rebuilt.
+        return {**self.__dict__, "_buffers": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+
     def state_dict(self) -> dict[str, Any]:
         self._global_state()  # the settings travel with the state even before the first step
         return super().state_dict()
@@ -326,15 +333,15 @@ class MLBFGS(Optimizer):
         (naming the first difference), or by the pre-0.2 layout (``"block0"`` keys).
         """
         saved_state = state_dict["state"]
-        old = [k for k in saved_state if isinstance(k, str)]
+        index = {}
+        for g in state_dict["param_groups"]:
+            index.update({i: None for i in g["params"]})
+        old = [k for k in saved_state if k not in index]
         if old:
             raise ValueError(
                 f"load_state_dict: state keys {old[:3]} come from mlbfgs < 0.2, which kept block state under "
                 "its own keys; retrain or convert the checkpoint (block b now lives under its first parameter)"
             )
-        index = {}
-        for g in state_dict["param_groups"]:
-            index.update({i: None for i in g["params"]})
         first = next(iter(index), None)
         saved_global = saved_state.get(first, {}).get(K.GLOBAL) if first is not None else None
         if saved_global is not None:
@@ -399,9 +406,9 @@ class MLBFGS(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        buf = self._init_group()
-        if buf is None:  # no parameter has a gradient
+        if not self._init_group():  # no parameter has a gradient
             return loss
+        buf = self._buffers
         self._gather_gradient(buf)
         phase = self._begin_step(buf)
         if phase is None:  # non-finite gradient: skipped and counted
@@ -417,9 +424,10 @@ class MLBFGS(Optimizer):
         return loss
 
     @torch._dynamo.disable
-    def _init_group(self) -> _StepBuffers | None:
-        """Check gradients, create missing state and (re)build the step's tensor lists when the set of
-        parameters with gradients or the groups' momentum settings changed. None: no gradients."""
+    def _init_group(self) -> bool:
+        """Check gradients, create missing state and (re)build the step's tensor lists
+        (``self._buffers``) when the set of parameters with gradients or the groups' momentum settings
+        changed. False: no parameter has a gradient."""
         signature = []
         for i, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
@@ -433,9 +441,12 @@ class MLBFGS(Optimizer):
             signature.append(group["momentum"] != 0)
         key = tuple(signature)
         if not any(p.grad is not None for g in self.param_groups for p in g["params"]):
-            return None
+            return False
         if self._buffers is None or self._buffers.signature != key:
             self._global_state()
+            for b, block in enumerate(self.blocks):
+                for p in block:
+                    self.state[p][K.BLOCK_INDEX] = b
             for b in self.owned_blocks:
                 self.block_state(b)
             for group in self.param_groups:
@@ -444,7 +455,7 @@ class MLBFGS(Optimizer):
                         if p.grad is not None and K.MOMENTUM_BUFFER not in self.state[p]:
                             self.state[p][K.MOMENTUM_BUFFER] = torch.zeros_like(p, memory_format=torch.preserve_format)
             self._buffers = _StepBuffers(self, key)
-        return self._buffers
+        return True
 
     def _gather_gradient(self, buf: _StepBuffers) -> None:
         """Phase 1: ``g = grad + weight_decay * theta`` of every parameter into the flat buffer."""
@@ -456,7 +467,7 @@ class MLBFGS(Optimizer):
                 torch._foreach_add_(views, params, alpha=group["weight_decay"])
 
     @torch._dynamo.disable
-    def _begin_step(self, buf: _StepBuffers) -> _StepPhase | None:
+    def _begin_step(self, buf: _StepBuffers) -> _StepPhase | None:  # a NamedTuple: torch.compile can hold it
         """Skip a non-finite step (one host sync), else advance the counters and say what this step does."""
         gs = self._global_state()
         self.last_pairs = []
@@ -478,7 +489,7 @@ class MLBFGS(Optimizer):
     @torch._dynamo.disable
     def _with_pairs(self, phase: _StepPhase) -> _StepPhase:
         with_pairs = tuple(b for b in phase.blocks if self._buffers.histories[b].num_pairs > 0)
-        return _StepPhase(phase.first, phase.form_pair, phase.active, phase.blocks, with_pairs)
+        return phase._replace(with_pairs=with_pairs)
 
     def _update_averages(self, buf: _StepBuffers, phase: _StepPhase) -> None:
         """Phase 2: the parameter and gradient averages of the blocks with gradients."""

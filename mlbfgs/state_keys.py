@@ -3,6 +3,8 @@
 ``state[p]`` of a parameter ``p`` may hold:
 
 - ``MOMENTUM_BUFFER``: the update's momentum buffer (shape of ``p``), as in ``torch.optim.SGD``;
+- ``BLOCK_INDEX``: the block ``p`` belongs to (every parameter, so each holds state, as the strict
+  loading of ``torch.distributed.checkpoint.state_dict`` expects);
 - ``BLOCK`` (first parameter of each block the rank owns): that block's curvature state, a dict
   with the keys below and those of :mod:`mlbfgs.curvature_history`;
 - ``GLOBAL`` (first parameter of the optimizer, every rank): counters and the settings.
@@ -12,6 +14,7 @@ from .config import CURVATURE_SETTINGS
 from .curvature_history import COMPACT, GAMMA, GRAM, HEAD, HISTORY, NUM_PAIRS, ROW_NORMS
 
 MOMENTUM_BUFFER = "momentum_buffer"
+BLOCK_INDEX = "block_index"  # every parameter: the block holding its curvature (int)
 BLOCK = "mlbfgs_block"
 GLOBAL = "mlbfgs"
 
@@ -34,7 +37,8 @@ BLOCK_SIZES = "block_sizes"
 SETTINGS = "settings"  # the CurvatureConfig as plain values, checked on load
 
 __all__ = [
-    "BLOCK", "BLOCK_SIZES", "COMPACT", "CURVATURE_SETTINGS", "GAMMA", "GLOBAL", "GRAD_ANCHOR", "GRAD_AVG",
+    "BLOCK", "BLOCK_INDEX", "BLOCK_SIZES", "COMPACT", "CURVATURE_SETTINGS", "GAMMA", "GLOBAL", "GRAD_ANCHOR",
+    "GRAD_AVG",
     "GRAM", "HEAD", "HISTORY", "MOMENTUM_BUFFER", "NUM_PAIRS", "PAIRS_ACCEPTED", "PAIRS_FORMED",
     "PAIRS_REJECTED", "PARAM_ANCHOR", "PARAM_AVG", "ROW_NORMS", "SETTINGS", "SKIPPED_STEPS", "STEP",
     "S_PREV", "WORLD_SIZE", "Y_PREV",
