@@ -58,6 +58,14 @@ from torch import nn
 
 from .base import TrainingOptimizer, trainable_parameters
 from .config import check_int, check_nonneg, check_unit_interval
+from .contract import (
+    PicklableOptimizer,
+    check_dense_gradients,
+    check_parameters,
+    check_saved_settings,
+    first_saved_index,
+    lr_value,
+)
 
 BLOCK_EPS = 1e-12  # opt/slimblock.py: epsilon
 MODEL_EPS = 1e-5  # opt/slim.py: epsilon
@@ -157,7 +165,7 @@ def authors_blocks(model: nn.Module) -> tuple[list[list[nn.Parameter]], list[nn.
     return ([block] if block else []), [p for p in params if id(p) in excluded]
 
 
-class AuthorsMLBFGS(torch.optim.Optimizer):
+class AuthorsMLBFGS(PicklableOptimizer):
     """The reference block version (``variant="block"``) or whole-model version (``variant="model"``).
 
     Args:
@@ -196,9 +204,8 @@ class AuthorsMLBFGS(torch.optim.Optimizer):
         if len(bounds) != 2 or not 0 <= bounds[0] < 1 <= bounds[1]:
             raise ValueError(f"bounds must be (sigma_L, sigma_H) with 0 <= sigma_L < 1 <= sigma_H, got {bounds}")
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
-        if len(self.param_groups) != 1:
-            raise ValueError("the reference optimizer takes one parameter group")
-        all_params = self.param_groups[0]["params"]
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        check_parameters(all_params)
         if variant == "model":
             blocks = [list(all_params)]
         elif blocks is None:
@@ -218,14 +225,59 @@ class AuthorsMLBFGS(torch.optim.Optimizer):
                       "rho_min": rho_min}
         self.behaviour = behaviour or AuthorsBehaviour()
         self.last_pairs: list[dict[str, Any]] = []
+        self._first = all_params[0]
+        self._mark_blocks()
+
+    def _mark_blocks(self) -> None:
+        # every parameter holds state (its block, -1 outside), as torch's strict checkpoint loading expects
+        index = {id(p): b for b, block in enumerate(self.blocks) for p in block}
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["block_index"] = index.get(id(p), -1)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """A group added later (not in the reference, which never adds one) is one new block with a
+        fresh history; its first anchor is set at its first pair step."""
+        super().add_param_group(param_group)
+        if not hasattr(self, "blocks"):  # still in __init__
+            return
+        new = list(self.param_groups[-1]["params"])
+        check_parameters(new)
+        if new:
+            self.blocks.append(new)
+            if AUTHORS_KEY in self.state.get(self._first, {}):
+                self._state()["blocks"].append(self._new_block_state())
+            self._mark_blocks()
+
+    def _settings(self) -> dict[str, Any]:
+        sizes = [sum(p.numel() for p in b) for b in self.blocks]
+        return {"variant": self.variant, "history_size": self.hyper["history_size"],
+                "update_period": self.hyper["update_period"], "blocks": sizes}
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        first = first_saved_index(sd)
+        sd["state"][first] = {**sd["state"].get(first, {}), "settings": self._settings()}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        first = first_saved_index(state_dict)
+        entry = dict(state_dict["state"].get(first, {}))
+        check_saved_settings(type(self).__name__, entry.pop("settings", None), self._settings())
+        super().load_state_dict({**state_dict, "state": {**state_dict["state"], first: entry}})
 
     # -- state (all of it in optimizer.state, so state_dict / load_state_dict resume) ----------------
+    @staticmethod
+    def _new_block_state() -> dict[str, Any]:
+        return {"P": None, "G": None, "P0": None, "G0": None, "S": [], "Y": [], "rho": [], "gamma": 1.0,
+                "y_prev_raw": None}
+
     def _state(self) -> dict[str, Any]:
-        if AUTHORS_KEY not in self.state:
-            self.state[AUTHORS_KEY] = {"step": 0, "started": False, "blocks": [
-                {"P": None, "G": None, "P0": None, "G0": None, "S": [], "Y": [], "rho": [], "gamma": 1.0,
-                 "y_prev_raw": None} for _ in self.blocks]}
-        return self.state[AUTHORS_KEY]
+        entry = self.state[self._first]  # under the first parameter: the state is keyed by parameters only
+        if AUTHORS_KEY not in entry:
+            blocks = [self._new_block_state() for _ in self.blocks]
+            entry[AUTHORS_KEY] = {"step": 0, "started": False, "blocks": blocks}
+        return entry[AUTHORS_KEY]
 
     @staticmethod
     def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -245,34 +297,43 @@ class AuthorsMLBFGS(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        group = self.param_groups[0]
-        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        self.last_pairs = []
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        check_dense_gradients(all_params, "mlbfgs_authors")
+        if all(p.grad is None for p in all_params):  # nothing to do, and the step does not count
+            return loss
+        wd_of = {id(p): g["weight_decay"] for g in self.param_groups for p in g["params"]}
         st = self._state()
         st["step"] += 1
         k = st["step"]
         anchor_only, pair_step = self._pair_step(k)
-        self.last_pairs = []
-        flats = []  # (theta, g) of each block, flattened once per step
+        flats = []  # (theta, g, weight decay) of each block, flattened once per step
         for b, (block, bst) in enumerate(zip(self.blocks, st["blocks"], strict=True)):
-            if any(p.grad is None for p in block):
-                raise ValueError("every parameter of a block needs a gradient (the reference assumes it)")
-            theta = self._flat([p.detach() for p in block])
-            g = self._flat([p.grad for p in block])
-            flats.append((theta, g))
-            self._update_averages(bst, theta, g, wd, k, anchor_only, pair_step, b, st)
-        directions = self._directions(st, flats, wd) if st["started"] else None
-        for p in group["params"]:
-            if p.grad is None:
+            # a parameter without a gradient counts as zero gradient (not in the reference, which
+            # assumes every parameter has one); a block without any gradient skips the step
+            wd = wd_of[id(block[0])]
+            if all(p.grad is None for p in block):
+                flats.append(None)
                 continue
-            d = directions[id(p)] if directions is not None else p.grad + wd * p.detach()
-            pst = self.state[p]
-            if momentum != 0:
-                if "momentum_buf" not in pst:
-                    pst["momentum_buf"] = d.clone()
-                else:
-                    pst["momentum_buf"].mul_(momentum).add_(d)
-                d = pst["momentum_buf"]
-            p.add_(d, alpha=-lr)
+            theta = self._flat([p.detach() for p in block])
+            g = self._flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in block])
+            flats.append((theta, g, wd))
+            self._update_averages(bst, theta, g, wd, k, anchor_only, pair_step, b, st)
+        directions = self._directions(st, flats) if st["started"] else None
+        for group in self.param_groups:
+            lr, momentum, wd = lr_value(group["lr"]), group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = directions[id(p)] if directions is not None else p.grad + wd * p.detach()
+                pst = self.state[p]
+                if momentum != 0:
+                    if "momentum_buf" not in pst:
+                        pst["momentum_buf"] = d.clone()
+                    else:
+                        pst["momentum_buf"].mul_(momentum).add_(d)
+                    d = pst["momentum_buf"]
+                p.add_(d, alpha=-lr)
         return loss
 
     def _update_averages(self, bst: dict, theta: torch.Tensor, g: torch.Tensor, wd: float, k: int,
@@ -289,7 +350,7 @@ class AuthorsMLBFGS(torch.optim.Optimizer):
         else:
             bst["P"].mul_(beta).add_(theta, alpha=weight)
             bst["G"].mul_(beta).add_(g_in, alpha=weight)
-        if anchor_only:
+        if anchor_only or (pair_step and bst["P0"] is None):  # a block added later anchors at its first pair step
             bst["P0"], bst["G0"] = bst["P"].clone(), bst["G"].clone()
             if self.variant == "block" and beh.restart_grad_average:
                 bst["G"] = g_in.clone()
@@ -347,11 +408,14 @@ class AuthorsMLBFGS(torch.optim.Optimizer):
             st["started"] = True
         self.last_pairs.append({"block": b, "mu": mu, "accepted": accepted})
 
-    def _directions(self, st: dict, flats: list[tuple[torch.Tensor, torch.Tensor]],
-                    wd: float) -> dict[int, torch.Tensor]:
+    def _directions(self, st: dict, flats: list[tuple[torch.Tensor, torch.Tensor, float] | None]
+                    ) -> dict[int, torch.Tensor]:
         out: dict[int, torch.Tensor] = {}
-        sq = 0.0
-        for block, bst, (theta, g_raw) in zip(self.blocks, st["blocks"], flats, strict=True):
+        sq, norms = 0.0, []
+        for block, bst, flat in zip(self.blocks, st["blocks"], flats, strict=True):
+            if flat is None:
+                continue
+            theta, g_raw, wd = flat
             g = g_raw + wd * theta
             eps = MODEL_EPS if self.variant == "model" else 0.0
             d = authors_two_loop(g, bst["S"], bst["Y"], bst["rho"], bst["gamma"], eps) if bst["S"] else g.clone()
@@ -359,20 +423,34 @@ class AuthorsMLBFGS(torch.optim.Optimizer):
                 dot = float(torch.dot(g_raw, d))
                 if dot < 0:
                     raise ValueError(f"g.d = {dot:.3e} < 0: the reference's KL scaling takes sqrt(kappa / g.d)")
-                nu = min(1.0, math.sqrt(self.hyper["kl_clip"] / dot)) if self.hyper["kl_clip"] > 0 else 1.0
+                kappa = self.hyper["kl_clip"]
+                nu = min(1.0, math.sqrt(kappa / dot)) if kappa > 0 and dot > 0 else 1.0  # g.d = 0: d = 0 anyway
                 d = d * nu
             sq += float(torch.dot(d, d))
+            norms.append(d)
             offset = 0
             for p in block:
                 out[id(p)] = d[offset: offset + p.numel()].view_as(p)
                 offset += p.numel()
         if self.variant == "block":
+            # the global norm as the reference computes it; when the sum of squares over- or underflows
+            # (gradients near 1e+-30) it is recomputed scaled, and a zero direction stays zero (the
+            # reference would divide 0 by 0)
             norm = math.sqrt(sq)
+            if not (math.isfinite(norm) and norm > 0):
+                norm = float(_norm(torch.cat([d.reshape(-1) for d in norms]))) if norms else 0.0
+                norm = norm if norm > 0 else 1.0
             out = {k: v / norm for k, v in out.items()}
             for p in self.outside:
                 if p.grad is not None:
                     out[id(p)] = p.grad / norm
         return out
+
+
+def _norm(v: torch.Tensor) -> torch.Tensor:
+    """``|v|`` as ``a |v / a|`` with ``a = max |v_i|`` (no overflow or underflow of the squares)."""
+    a = v.abs().max()
+    return a * torch.linalg.vector_norm(v / a) if a > 0 else a
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ def test_block_version_matches_the_dense_reference(reference: list[torch.Tensor]
     opt = _block_opt(model)
     got = _run(model, _batches(), opt)
     assert _max_rel(got, reference) < 1e-10
-    st = opt.state["authors"]
+    st = opt._state()
     assert st["started"] and len(st["blocks"][0]["S"]) == M  # pairs at 6, 9, 12, 15: the ring wrapped
     assert _max_rel(got, [p.detach() for p in _model().parameters()]) > 1e-2  # it trained
 
@@ -237,7 +237,7 @@ def test_model_version_matches_the_dense_reference(kappa: float) -> None:
     opt = AuthorsMLBFGS(list(model.parameters()), variant="model", kl_clip=kappa, rho_min=1e-12, **kw)
     got = _run(model, _batches(), opt)
     assert _max_rel(got, ref) < 1e-9
-    assert opt.state["authors"]["started"]
+    assert opt._state()["started"]
 
 
 def test_model_version_rejects_small_pairs_and_stays_sgd() -> None:
@@ -249,7 +249,7 @@ def test_model_version_rejects_small_pairs_and_stays_sgd() -> None:
     sgd = torch.optim.SGD(sgd_model.parameters(), lr=HYPER["lr"], momentum=HYPER["momentum"],
                           weight_decay=HYPER["weight_decay"])
     assert _max_rel(got, _run(sgd_model, _batches(), sgd)) < 1e-12
-    assert not opt.state["authors"]["started"]
+    assert not opt._state()["started"]
     assert [r["accepted"] for r in opt.last_pairs] in ([], [False])
 
 
