@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ from torch import nn
 from . import kfac_factors as kf
 from .base import CountingClosure, TrainingOptimizer, trainable_parameters
 from .config import check_int, check_nonneg, check_positive, check_unit_interval
+from .contract import PicklableOptimizer, check_dense_gradients, check_parameters, lr_value
 from .kfac_dist import FactorComm, assign_owners, resolve_group
 
 
@@ -77,15 +78,36 @@ class KFACConfig:
         check_int("inv_update_freq", self.inv_update_freq)
 
 
-class _Layer:
-    """Per-layer K-FAC state: recorded tensors, running factors and their eigendecompositions."""
+class _Factors:
+    """``factors[key]`` (key "A" or "G") as an entry of a state dict; ``packed`` entries hold an
+    eigendecomposition (d, Q) as one ``(n + 1, n)`` tensor and read back as the pair."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, store: Callable[[], dict], prefix: str, packed: bool = False) -> None:
+        self._store, self._prefix, self._packed = store, prefix, packed
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._store().get(self._prefix + key)
+        if value is None or not self._packed:
+            return value
+        return value[0], value[1:]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self._packed and value is not None:
+            d, q = value
+            value = torch.cat([d.reshape(1, -1), q])
+        self._store()[self._prefix + key] = value
+
+
+class _Layer:
+    """Per-layer K-FAC state: recorded tensors (here), running factors and their eigendecompositions
+    (in ``store()``, the optimizer state of the layer's weight, so they are saved with it)."""
+
+    def __init__(self, module: nn.Module, store: Callable[[], dict]) -> None:
         self.module = module
         self.x: torch.Tensor | None = None
         self.gout: torch.Tensor | None = None
-        self.factors: dict[str, torch.Tensor | None] = {"A": None, "G": None}
-        self.eig: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {"A": None, "G": None}
+        self.factors = _Factors(store, "kfac_factor_")
+        self.eig = _Factors(store, "kfac_eig_", packed=True)
         w = module.weight
         if isinstance(module, nn.Conv2d):
             a_dim = w.shape[1] * w.shape[2] * w.shape[3]
@@ -106,14 +128,19 @@ class KFACPreconditioner:
         factor_update_freq: int = 10,
         inv_update_freq: int = 100,
         process_group: Any = None,
+        store: Callable[[nn.Module], dict] | None = None,
     ) -> None:
+        """``store(module)``: the dict that keeps ``module``'s factors and the step counter (the first
+        layer's); default: a dict per module held here."""
         self.damping = damping
         self.factor_decay = factor_decay
         self.kl_clip = kl_clip
         self.factor_update_freq = factor_update_freq
         self.inv_update_freq = inv_update_freq
-        self.layers = [_Layer(m) for m in model.modules() if kf.is_supported(m)]
-        self.steps = 0
+        own: dict[int, dict] = {}
+        store = store or (lambda m: own.setdefault(id(m), {}))
+        self.layers = [_Layer(m, functools.partial(store, m)) for m in model.modules() if kf.is_supported(m)]
+        self._counter = functools.partial(store, self.layers[0].module) if self.layers else (lambda: own)
         self.eigen_count = 0  # eigendecompositions computed by this rank
         self._recording = False
         self._handles = [
@@ -138,6 +165,15 @@ class KFACPreconditioner:
     @staticmethod
     def _grad_hook(layer: _Layer, grad: torch.Tensor) -> None:
         layer.gout = grad.detach()
+
+    @property
+    def steps(self) -> int:
+        """Steps taken (in the first layer's store, so it is saved with the factors)."""
+        return self._counter().get("kfac_steps", 0)
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self._counter()["kfac_steps"] = value
 
     @property
     def factor_update_due(self) -> bool:
@@ -175,6 +211,9 @@ class KFACPreconditioner:
             layer.x = layer.gout = None
         if self.comm is not None:
             self.comm.allreduce_mean([t for _, _, t in fresh])
+        if fresh:  # a batch whose factors over- or underflow to non-finite values is left out (one sync)
+            finite = torch.stack([torch.isfinite(t).all() for _, _, t in fresh]).tolist()
+            fresh = [f for f, ok in zip(fresh, finite, strict=True) if ok]
         xi = self.factor_decay
         for layer, key, new in fresh:
             old = layer.factors[key]
@@ -218,6 +257,9 @@ class KFACPreconditioner:
         for layer in self.layers:
             if layer.eig["A"] is None or layer.eig["G"] is None:
                 continue
+            m = layer.module
+            if m.weight.grad is None or (m.bias is not None and m.bias.grad is None):
+                continue  # frozen (or partly frozen) layer: nothing to precondition, nothing must move
             d_a, q_a = layer.eig["A"]
             d_g, q_g = layer.eig["G"]
             mat = kf.grad_matrix(layer.module)
@@ -230,8 +272,6 @@ class KFACPreconditioner:
         for layer, _, v in results:
             params = [layer.module.weight] + ([layer.module.bias] if layer.module.bias is not None else [])
             for p, part in zip(params, kf.split_matrix(layer.module, v), strict=True):
-                if p.grad is None:
-                    p.grad = torch.empty_like(p)
                 torch.mul(part, nu, out=p.grad)
 
     def step(self, lr: float) -> None:
@@ -243,36 +283,20 @@ class KFACPreconditioner:
         self.precondition(lr)
         self.steps += 1
 
-    # ---- checkpointing ------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "layers": [
-                {
-                    "factors": dict(layer.factors),
-                    "eig": {k: (None if e is None else torch.cat([e[0][None], e[1]])) for k, e in layer.eig.items()},
-                }
-                for layer in self.layers
-            ],
-        }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["layers"]) != len(self.layers):
-            raise ValueError(f"K-FAC state has {len(state['layers'])} layers, this model {len(self.layers)}")
-        self.steps = int(state["steps"])
-        for layer, saved in zip(self.layers, state["layers"], strict=True):
-            layer.factors = {k: (None if v is None else v.clone()) for k, v in saved["factors"].items()}
-            layer.eig = {k: (None if v is None else (v[0].clone(), v[1:].clone())) for k, v in saved["eig"].items()}
+class KFAC(PicklableOptimizer, torch.optim.SGD):
+    """``torch.optim.SGD`` (momentum, weight decay) on K-FAC directions; the factors, their
+    eigendecompositions and the step counter live in ``self.state`` (under each layer's weight), so
+    ``state_dict``, the distributed-checkpoint helpers and dtype/device casts on load cover them.
 
+    ``step()`` preconditions the recorded layers' gradients (run the forward and backward inside
+    ``self.preconditioner.recording()``) and then takes the SGD step. A layer whose weight has no
+    gradient (frozen) is neither preconditioned nor moved.
+    """
 
-class KFACTraining(TrainingOptimizer):
-    """K-FAC preconditioner + ``torch.optim.SGD`` (momentum, weight decay); one gradient per step."""
-
-    def __init__(self, model: nn.Module, cfg: KFACConfig) -> None:
-        sgd = torch.optim.SGD(
-            trainable_parameters(model), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-        super().__init__("kfac", sgd, 1.0, model)
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], cfg: KFACConfig) -> None:
+        super().__init__(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        check_parameters(p for g in self.param_groups for p in g["params"])
         self.preconditioner = KFACPreconditioner(
             model,
             damping=cfg.damping,
@@ -281,22 +305,60 @@ class KFACTraining(TrainingOptimizer):
             factor_update_freq=cfg.factor_update_freq,
             inv_update_freq=cfg.inv_update_freq,
             process_group=cfg.process_group,
+            store=self._store,
         )
         if not self.preconditioner.layers:
             raise ValueError("kfac: the model has no nn.Linear / nn.Conv2d layer to precondition")
 
+    def _store(self, module: nn.Module) -> dict:
+        return self.state[module.weight]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for g in self.param_groups for p in g["params"]]
+        check_dense_gradients(params, "kfac")
+        if all(p.grad is None for p in params):
+            return loss
+        self.preconditioner.step(lr=lr_value(self.param_groups[0]["lr"]))
+        super().step()
+        return loss
+
+
+class KFACTraining(TrainingOptimizer):
+    """K-FAC with SGD (:class:`KFAC`); one gradient per step."""
+
+    def __init__(self, model: nn.Module, cfg: KFACConfig) -> None:
+        super().__init__("kfac", KFAC(model, trainable_parameters(model), cfg), 1.0, model)
+
+    @property
+    def preconditioner(self) -> KFACPreconditioner:
+        return self.optimizer.preconditioner  # type: ignore[attr-defined]
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        # checkpoints written before the factors moved into the optimizer state kept them here
+        old = state.get("kfac")
+        if old is None:
+            return
+        pre = self.preconditioner
+        if len(old["layers"]) != len(pre.layers):
+            raise ValueError(f"K-FAC state has {len(old['layers'])} layers, this model {len(pre.layers)}")
+        pre.steps = int(old["steps"])
+        for layer, saved in zip(pre.layers, old["layers"], strict=True):
+            store = self.optimizer.state[layer.module.weight]
+            for key in ("A", "G"):
+                f, e = saved["factors"][key], saved["eig"][key]
+                store["kfac_factor_" + key] = None if f is None else f.clone()
+                store["kfac_eig_" + key] = None if e is None else e.clone()
+
     def _step(self, closure: CountingClosure) -> torch.Tensor:
         with self.preconditioner.recording():
             loss = closure(backward=True)
-        self.preconditioner.step(lr=self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         return loss
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"kfac": self.preconditioner.state_dict()}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.preconditioner.load_state_dict(state["kfac"])
 
 
 def build_kfac(model: nn.Module, cfg: KFACConfig) -> TrainingOptimizer:

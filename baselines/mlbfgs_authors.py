@@ -262,9 +262,17 @@ class AuthorsMLBFGS(PicklableOptimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         first = first_saved_index(state_dict)
-        entry = dict(state_dict["state"].get(first, {}))
-        check_saved_settings(type(self).__name__, entry.pop("settings", None), self._settings())
-        super().load_state_dict({**state_dict, "state": {**state_dict["state"], first: entry}})
+        saved = dict(state_dict["state"])
+        entry = dict(saved.get(first, {}))
+        legacy = saved.pop(AUTHORS_KEY, None)  # checkpoints written before the state moved under a parameter
+        if legacy is not None:
+            entry[AUTHORS_KEY] = legacy
+        else:
+            check_saved_settings(type(self).__name__, entry.pop("settings", None), self._settings())
+        entry.pop("settings", None)
+        saved[first] = entry
+        super().load_state_dict({**state_dict, "state": saved})
+        self._mark_blocks()
 
     # -- state (all of it in optimizer.state, so state_dict / load_state_dict resume) ----------------
     @staticmethod

@@ -28,15 +28,16 @@ class OptimizerEntry:
     config: str
     builder: str
     summary: str
+    sparse_gradients: bool = False  # trains parameters with sparse gradients (nn.Embedding(sparse=True))
 
 
 _ENTRIES: dict[str, OptimizerEntry] = {
     e.name: e
     for e in (
-        OptimizerEntry("sgd", "sgd", "SGDConfig", "build_sgd", "SGD with momentum (torch.optim.SGD)"),
+        OptimizerEntry("sgd", "sgd", "SGDConfig", "build_sgd", "SGD with momentum (torch.optim.SGD)", True),
         OptimizerEntry(
             "sgd_normalized", "sgd", "NormalizedSGDConfig", "build_sgd_normalized",
-            "momentum SGD on the globally normalised gradient (the mL-BFGS authors' 'SGD')",
+            "momentum SGD on the globally normalised gradient (the mL-BFGS authors' 'SGD')", True,
         ),
         OptimizerEntry("adam", "adam", "AdamConfig", "build_adam", "Adam (torch.optim.Adam)"),
         OptimizerEntry("adamw", "adam", "AdamWConfig", "build_adamw", "AdamW (torch.optim.AdamW)"),
@@ -106,11 +107,22 @@ def build_optimizer(name: str, model: nn.Module, **config: Any) -> TrainingOptim
     """Build optimizer ``name`` for ``model``; ``config`` overrides its documented defaults.
 
     Raises ``ValueError`` for an unknown name (listing the valid names), an unknown argument
-    (listing the valid arguments) or an invalid value (naming the argument).
+    (listing the valid arguments), an invalid value (naming the argument), or a module with sparse
+    gradients for an optimizer that needs dense ones (naming the module and parameter).
     """
     entry = _entry(name)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not entry.sparse_gradients:
+        for module_name, module in model.named_modules():
+            if getattr(module, "sparse", False) is True:
+                params = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+                if params:
+                    raise ValueError(
+                        f"{name}: parameter {module_name}.{params[0]} gets sparse gradients "
+                        f"({type(module).__name__}(sparse=True)); {name} needs dense gradients: use sparse=False, "
+                        "or sgd"
+                    )
     module = _module(entry)
     cfg = make_config(getattr(module, entry.config), name, config)
     return getattr(module, entry.builder)(model, cfg)

@@ -26,6 +26,7 @@ from torch import nn
 
 from .base import TrainingOptimizer, trainable_parameters
 from .config import check_bool, check_nonneg, check_unit_interval
+from .contract import lr_value
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class NormalizedSGD(torch.optim.Optimizer):
                 bufs.append(state["momentum_buffer"])
             torch._foreach_mul_(bufs, group["momentum"])
             torch._foreach_add_(bufs, torch._foreach_mul(grads, scale))
-            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+            torch._foreach_add_(params, bufs, alpha=-lr_value(group["lr"]))
         return loss
 
 
