@@ -156,6 +156,7 @@ class SQN(FlatQuasiNewton):
             self._curvature_update(loss_closure)
         return loss
 
+    @torch._dynamo.disable  # double backward at another iterate: run eagerly under torch.compile
     def _curvature_update(self, loss_closure: Callable[[], torch.Tensor] | None) -> None:
         xbar = self._acc.div_(self.update_period)  # xbar_t, in place of the accumulator
         if self._have_xbar_old:
