@@ -26,7 +26,7 @@ from torch import nn
 
 from .base import TrainingOptimizer, trainable_parameters
 from .config import check_bool, check_nonneg, check_unit_interval
-from .contract import lr_value
+from .contract import check_parameters, lr_value
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ class NormalizedSGD(torch.optim.Optimizer):
         eps: float = 1e-12,
     ) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps))
+        # the global norm couples every parameter: a shard (DTensor, FSDP1) cannot compute it alone
+        check_parameters(p for g in self.param_groups for p in g["params"] if not p.is_complex())
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

@@ -75,7 +75,7 @@ def bench(workload: str, repeats: int) -> tuple[list[dict], dict]:
             order = (("eager", eager.step), ("compiled", compiled_step))
             for name, fn in order if (r + i) % 2 == 0 else order[::-1]:
                 rows.append({"workload": workload, "variant": name, "step": r * period + i, "seconds": timed(fn)})
-    diff = max(float((a - b).abs().max()) for a, b in zip(ep, cp))
+    diff = max(float((a - b).detach().abs().max()) for a, b in zip(ep, cp))
     med = {v: statistics.median(x["seconds"] for x in rows if x["variant"] == v) for v in ("eager", "compiled")}
     summary = {
         "workload": workload,

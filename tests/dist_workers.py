@@ -114,3 +114,42 @@ def dead_rank_worker(rank: int, world: int, init_file: str, out_dir: str) -> Non
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
         f.write(msg)
     os._exit(0)
+
+
+def dcp_worker(rank: int, world: int, init_file: str, out_dir: str, optimizer: str) -> None:
+    """Train 6 steps, save with torch.distributed.checkpoint (the state-dict helpers), train 6 more;
+    a fresh model and optimizer load the checkpoint and train the same 6: both end equal."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    init(rank, world, init_file)
+
+    def build():
+        net = model()
+        if optimizer == "mlbfgs":
+            opt = MLBFGS(net.parameters(), process_group=dist.group.WORLD, **OPT_KW)
+        else:
+            opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        return net, opt
+
+    def train(net, opt, start: int, steps: int) -> None:
+        for step in range(start, start + steps):
+            averaged_grads(net, step, rank, world)
+            opt.step()
+
+    net, opt = build()
+    train(net, opt, 0, 6)
+    ckpt = os.path.join(out_dir, "ckpt")
+    dcp.save({"model": net.state_dict(), "optim": get_optimizer_state_dict(net, opt)}, checkpoint_id=ckpt)
+    train(net, opt, 6, 6)
+    fresh, fopt = build()
+    state = {"model": fresh.state_dict(), "optim": get_optimizer_state_dict(fresh, fopt)}
+    dcp.load(state, checkpoint_id=ckpt)
+    fresh.load_state_dict(state["model"])
+    set_optimizer_state_dict(fresh, fopt, state["optim"])
+    train(fresh, fopt, 6, 6)
+    diff = max(float((a - b).abs().max()) for a, b in zip(net.parameters(), fresh.parameters()))
+    owned = getattr(opt, "owned_blocks", None)
+    torch.save({"diff": diff, "owned": owned}, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
