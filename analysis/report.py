@@ -10,6 +10,7 @@ Output files (under ``out``):
 - ``distributed_scaling.png``, ``distributed_scaling.md`` / ``.csv``  (distributed)
 - ``fairness.png``, ``fairness.md`` / ``.csv``   seconds ratios idle vs loaded, lockstep vs separate (fairness)
 - ``threads.md`` / ``.csv``                       seconds per iteration by thread count and load (threads)
+- ``compiled_step.md`` / ``.csv``                 the MLBFGS step eager against torch.compile (compile)
 - ``runner.md`` / ``.csv``                        the runner's iteration vs a bare loop, start-up (runner)
 - ``authors_variants.png``, ``.md`` / ``.csv``    ours vs the authors' code, one difference at a time (authors)
 - ``lr_sensitivity.png``, ``.md`` / ``.csv``      final accuracy of every tuning trial against its lr (tuning)
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.compiled import compiled_markdown, compiled_summary, load_compiled
 from analysis.curves import SMOOTH_FRACTION, Band, convergence_figures
 from analysis.fairness import fairness_markdown, fairness_summary, load_fairness, plot_fairness
 from analysis.kernel import kernel_markdown, kernel_summary, load_kernel
@@ -205,6 +207,15 @@ def _threads(data: Results, out: Path, opts: Options, report: Report, log: Calla
     _emit(report, out, "threads", "Threads per process", threads_markdown(summary), summary)
 
 
+def _compiled(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
+    loaded = load_compiled(data.root)
+    if loaded is None:
+        _skip(report, log, "compiled step", f"no {data.root / 'compile'}/steps.csv and summary.csv")
+        return
+    summary = compiled_summary(*loaded)
+    _emit(report, out, "compiled_step", "Compiled step", compiled_markdown(summary), summary)
+
+
 #: Figure groups in the order they are generated.
 GROUPS: tuple[Callable[[Results, Path, Options, Report, Callable[[str], None]], None], ...] = (
     _convergence,
@@ -214,6 +225,7 @@ GROUPS: tuple[Callable[[Results, Path, Options, Report, Callable[[str], None]], 
     _distributed,
     _fairness,
     _threads,
+    _compiled,
     _runner,
     _variants,
     _sensitivity,
