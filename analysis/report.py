@@ -9,6 +9,7 @@ Output files (under ``out``):
 - ``direction_kernel.md`` / ``.csv``              direction time vs bandwidth bound (overhead)
 - ``distributed_scaling.png``, ``distributed_scaling.md`` / ``.csv``  (distributed)
 - ``fairness.png``, ``fairness.md`` / ``.csv``   seconds ratios idle vs loaded, lockstep vs separate (fairness)
+- ``performance_profiles.md`` / ``.csv`` / ``.png``   AlgoPerf performance profiles from the time to target
 - ``threads.md`` / ``.csv``                       seconds per iteration by thread count and load (threads)
 - ``compiled_step.md`` / ``.csv``                 the MLBFGS step eager against torch.compile (compile)
 - ``runner.md`` / ``.csv``                        the runner's iteration vs a bare loop, start-up (runner)
@@ -32,6 +33,7 @@ from analysis.fairness import fairness_markdown, fairness_summary, load_fairness
 from analysis.kernel import kernel_markdown, kernel_summary, load_kernel
 from analysis.load import Results, load_results
 from analysis.overhead import overhead_markdown, overhead_summary, plot_overhead
+from analysis.profiles import plot_profiles, profile_markdown, profile_summary
 from analysis.readme import relative_link, results_section, update_readme
 from analysis.runner import load_runner, runner_markdown, runner_summary
 from analysis.scaling import plot_scaling, scaling_markdown, scaling_summary
@@ -40,7 +42,13 @@ from analysis.sensitivity import load_trials, plot_sensitivity, sensitivity_mark
 from analysis.stability import DEFAULT_BOUNDS, stability_figures, stability_markdown, stability_summary
 from analysis.style import safe_name, save_figure
 from analysis.tables import write_csv, write_text
-from analysis.targets import TargetRule, time_to_target, time_to_target_csv_frame, time_to_target_markdown
+from analysis.targets import (
+    TargetRule,
+    targets_from_trials,
+    time_to_target,
+    time_to_target_csv_frame,
+    time_to_target_markdown,
+)
 from analysis.threads import load_threads, threads_markdown, threads_summary
 from analysis.variants import load_variant_runs, plot_variants, variant_markdown, variant_summary
 
@@ -86,14 +94,21 @@ def _convergence(data: Results, out: Path, opts: Options, report: Report, log: C
         paths[workload] = save_figure(fig, out / f"convergence_{safe_name(workload)}.png")
     report.figures["convergence"] = paths
     report.written += paths.values()
-    table = time_to_target(data.runs, opts.target, opts.smooth_fraction, opts.main_beta)
+    rule = opts.target
+    trials = load_trials(data.root)
+    if rule == TargetRule() and trials is not None:  # tuned results: AlgoPerf-style fixed targets
+        rule = targets_from_trials(trials)
+    table = time_to_target(data.runs, rule, opts.smooth_fraction, opts.main_beta)
     if table.empty:
-        _skip(report, log, "time to target", f"no workload has {opts.target.reference} runs to set the target")
+        _skip(report, log, "time to target", f"no workload has {rule.reference} runs to set the target")
         return
-    md = time_to_target_markdown(table, data.runs, opts.target, 4, opts.smooth_fraction, opts.main_beta)
+    md = time_to_target_markdown(table, data.runs, rule, 4, opts.smooth_fraction, opts.main_beta)
     report.written.append(write_text(out / "time_to_target.md", md))
     report.written.append(write_csv(out / "time_to_target.csv", time_to_target_csv_frame(table)))
     report.tables.append(("Time to target", md))
+    summary = profile_summary(table)
+    _emit(report, out, "performance_profiles", "Performance profiles", profile_markdown(summary), summary, "%.6f",
+          figure=plot_profiles(table))
 
 
 def _stability(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:

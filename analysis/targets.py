@@ -56,12 +56,22 @@ class TargetRule:
     value: float | None = None
     reference: str = "sgd"
     fraction: float = 0.99
+    #: fixed targets per workload (e.g. from the tuning trials, :func:`targets_from_trials`); they
+    #: take precedence over ``value`` and the reference, and ``per_workload_how`` states their rule
+    per_workload: tuple[tuple[str, float], ...] = ()
+    per_workload_how: str = ""
+    #: "mean": mean over seeds, reported only when every seed reaches the target; "median": the
+    #: median over seeds with a seed that never reaches it counted as infinite (AlgoPerf's rule over
+    #: its studies), reported when at least half reach it
+    aggregate: Literal["mean", "median"] = "mean"
 
     def __post_init__(self) -> None:
         if self.metric not in _METRIC_NAMES:
             raise ValueError(f"metric must be one of {', '.join(_METRIC_NAMES)}, got {self.metric!r}")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must lie in (0, 1], got {self.fraction}")
+        if self.aggregate not in ("mean", "median"):
+            raise ValueError(f"aggregate must be one of ['mean', 'median'], got {self.aggregate!r}")
 
     @property
     def higher_is_better(self) -> bool:
@@ -72,11 +82,18 @@ class TargetRule:
         """Target from the reference's final value."""
         return final * self.fraction if self.higher_is_better else final / self.fraction
 
-    def caption(self, target: float, reference_final: float | None, reference_seeds: int) -> str:
+    def fixed_for(self, workload: str) -> float | None:
+        """The fixed target of ``workload``, if :attr:`per_workload` names one."""
+        return dict(self.per_workload).get(workload)
+
+    def caption(self, target: float, reference_final: float | None, reference_seeds: int,
+                workload: str | None = None) -> str:
         """The sentence that states the rule and the resulting target."""
         name = _METRIC_NAMES[self.metric]
         sign = "≥" if self.higher_is_better else "≤"
-        if self.value is not None:
+        if workload is not None and self.fixed_for(workload) is not None:
+            how = self.per_workload_how or "a fixed target"
+        elif self.value is not None:
             how = "a fixed target"
         else:
             op = f"{self.fraction:g} ×" if self.higher_is_better else f"1/{self.fraction:g} ×"
@@ -86,12 +103,14 @@ class TargetRule:
                 f"{fmt(reference_final, 4)})"
             )
         point = "evaluation" if self.metric == "test_acc" else "iteration"
+        agg = ("mean over seeds, counted only when every seed reaches it" if self.aggregate == "mean" else
+               "median over seeds, a seed that never reaches it counting as infinite (AlgoPerf), so reported "
+               "when at least half the seeds reach it")
         return (
             f"Target: {name} {sign} {fmt(target, 4)}, {how}. "
             f"Iterations, gradient evaluations and training seconds (evaluation excluded) until the first "
-            f"{point} that reaches it; mean over seeds, counted only when every seed reaches it, "
-            f'else "{NOT_REACHED}". Columns "/ {self.reference}": ratio to {self.reference} '
-            f"(below 1 = fewer than {self.reference})."
+            f'{point} that reaches it; {agg}, else "{NOT_REACHED}". Columns "/ {self.reference}": ratio to '
+            f"{self.reference} (below 1 = fewer than {self.reference})."
         )
 
 
@@ -130,6 +149,10 @@ def workload_target(
     ref = frame[frame["optimizer"] == rule.reference]
     finals = final_values(ref, column) if len(ref) else pd.Series(dtype=float)
     ref_final = float(finals.mean()) if len(finals) else None
+    workloads = runs["workload"].dropna().unique()
+    fixed = rule.fixed_for(str(workloads[0])) if len(workloads) == 1 else None
+    if fixed is not None:
+        return float(fixed), ref_final, len(finals)
     if rule.value is not None:
         return float(rule.value), ref_final, len(finals)
     if ref_final is None:
@@ -166,6 +189,11 @@ def time_to_target(
             reach = reach.reindex(run_ids)
             reached = int(reach["iteration"].notna().sum())
             complete = reached == len(run_ids) and reached > 0
+            if rule.aggregate == "median":
+                med = reach[["iteration", "grad_evals", "wall_s"]].fillna(np.inf).median()
+                stat = med.where(np.isfinite(med), np.nan) if len(run_ids) else med * np.nan
+            else:
+                stat = reach[["iteration", "grad_evals", "wall_s"]].mean() if complete else None
             per_opt[optimizer] = {
                 "workload": workload,
                 "optimizer": optimizer,
@@ -173,9 +201,9 @@ def time_to_target(
                 "target": target,
                 "seeds": len(run_ids),
                 "seeds_reached": reached,
-                "iterations": reach["iteration"].mean() if complete else np.nan,
-                "grad_evals": reach["grad_evals"].mean() if complete else np.nan,
-                "seconds": reach["wall_s"].mean() if complete else np.nan,
+                "iterations": stat["iteration"] if stat is not None else np.nan,
+                "grad_evals": stat["grad_evals"] if stat is not None else np.nan,
+                "seconds": stat["wall_s"] if stat is not None else np.nan,
             }
         ref = per_opt.get(rule.reference)
         for row in per_opt.values():
@@ -229,9 +257,23 @@ def time_to_target_markdown(
                     fmt(r["seconds_ratio"], 3),
                 ]
             )
-        caption = rule.caption(float(target), ref_final, ref_seeds) if target is not None else ""
+        caption = rule.caption(float(target), ref_final, ref_seeds, workload) if target is not None else ""
         parts.append(f"{'#' * heading_level} Time to target: {workload}\n\n{caption}\n\n{markdown_table(header, body)}")
     return "\n".join(parts)
+
+
+TRIAL_FRACTION = 0.99
+
+
+def targets_from_trials(trials: pd.DataFrame, fraction: float = TRIAL_FRACTION) -> TargetRule:
+    """AlgoPerf-style fixed targets: per workload, ``fraction`` x the best final test accuracy that any
+    optimizer's tuning trial reached (seed 0, at the trial length). They are fixed once the trials
+    have run, before any final run, and are the same for every optimizer."""
+    best = trials.groupby("workload")["final_test_acc"].max().dropna()
+    how = (f"fixed before the finals: {fraction:g} × the best final test accuracy of any optimizer's tuning trial "
+           "(seed 0, at the trial length)")
+    return TargetRule(metric="test_acc", per_workload=tuple((str(w), float(v) * fraction) for w, v in best.items()),
+                      per_workload_how=how, aggregate="median")
 
 
 def time_to_target_csv_frame(table: pd.DataFrame) -> pd.DataFrame:

@@ -83,6 +83,7 @@ def test_python_dash_m_entry_point(results_tree: Path, tmp_path: Path) -> None:
         f"skipping stability: no run CSVs under {root / 'runs'}",
         f"skipping direction kernel: no {root / 'overhead' / 'direction_kernel.csv'}",
         f"skipping threads: no {root / 'threads' / 'threads.csv'}",
+        f"skipping compiled step: no {root / 'compile'}/steps.csv and summary.csv",
         f"skipping runner overhead: no {root / 'runner' / 'runner.csv'}",
         f"skipping ours vs the authors' code: no finished runs under {root / 'authors' / 'runs'}",
         f"skipping lr sensitivity: no {root / 'tuning'}/*_trials.csv",
@@ -92,7 +93,7 @@ def test_python_dash_m_entry_point(results_tree: Path, tmp_path: Path) -> None:
 def test_every_group_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert out.count("skipping") == 11
+    assert out.count("skipping") == 12
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
