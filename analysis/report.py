@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.ablations import FOLDER as ABLATION_FOLDER
+from analysis.ablations import ablation_markdown, centre
 from analysis.compiled import compiled_markdown, compiled_summary, load_compiled
 from analysis.curves import SMOOTH_FRACTION, Band, convergence_figures
 from analysis.fairness import fairness_markdown, fairness_summary, load_fairness, plot_fairness
@@ -231,6 +233,17 @@ def _compiled(data: Results, out: Path, opts: Options, report: Report, log: Call
     _emit(report, out, "compiled_step", "Compiled step", compiled_markdown(summary), summary)
 
 
+def _ablations(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
+    runs = load_variant_runs(data.root, ABLATION_FOLDER)
+    if runs is None:
+        _skip(report, log, "ablations", f"no finished runs under {data.root / ABLATION_FOLDER / 'runs'}")
+        return
+    reference = centre(runs)
+    summary = variant_summary(runs, reference)
+    _emit(report, out, "ablations", "Ablations at the long length", ablation_markdown(summary, reference), summary,
+          figure=plot_variants(runs, summary, "mL-BFGS ablations, one setting at a time"))
+
+
 #: Figure groups in the order they are generated.
 GROUPS: tuple[Callable[[Results, Path, Options, Report, Callable[[str], None]], None], ...] = (
     _convergence,
@@ -243,6 +256,7 @@ GROUPS: tuple[Callable[[Results, Path, Options, Report, Callable[[str], None]], 
     _compiled,
     _runner,
     _variants,
+    _ablations,
     _sensitivity,
 )
 

@@ -36,10 +36,11 @@ def _label(optimizer: str, overrides: dict) -> str:
     return optimizer + (" " + " ".join(diff) if diff else "")
 
 
-def load_variant_runs(results: Path | str) -> pd.DataFrame | None:
-    """One row per finished run of ``<results>/authors/runs``: workload, variant, optimizer, seed,
-    final_test_acc, final_train_loss; None when the folder holds none."""
-    root = Path(results) / FOLDER / "runs"
+def load_variant_runs(results: Path | str, folder: str = FOLDER) -> pd.DataFrame | None:
+    """One row per finished run of ``<results>/<folder>/runs``: workload, variant, optimizer, seed,
+    final_test_acc, final_train_loss (and ``overrides``, the optimizer settings set on the command
+    line, lr excepted); None when the folder holds none."""
+    root = Path(results) / folder / "runs"
     rows = []
     labels: dict[tuple[str, str], str] = {}
     for manifest_path in sorted(root.glob("*/*.json")):
@@ -58,23 +59,27 @@ def load_variant_runs(results: Path | str) -> pd.DataFrame | None:
         tail = max(1, int(len(train) * TAIL_FRACTION))
         rows.append({"workload": manifest["workload"], "variant": label, "config": config,
                      "optimizer": optimizer, "seed": int(manifest["seed"]),
+                     "overrides": json.dumps({k: v for k, v in (manifest.get("overrides") or {}).items()
+                                              if k.startswith("optimizer.") and k != "optimizer.lr"},
+                                             sort_keys=True),
                      "final_test_acc": float(evals["test_acc"].iloc[-1]) if len(evals) else np.nan,
                      "final_train_loss": float(train["train_loss"].iloc[-tail:].mean()) if len(train) else np.nan})
     return pd.DataFrame(rows) if rows else None
 
 
-def variant_summary(runs: pd.DataFrame) -> pd.DataFrame:
+def variant_summary(runs: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
     """Mean and standard deviation over seeds per (workload, variant); delta_test_acc = the variant's
-    mean final test accuracy minus the authors' code's (``mlbfgs_authors`` with no switch)."""
+    mean final test accuracy minus the ``reference`` variant's (default: ``mlbfgs_authors`` with no
+    switch)."""
     if runs.groupby(["workload", "variant"])["config"].nunique().max() > 1:
         raise ValueError("two configurations share a label; their runs must not be pooled")
     grouped = runs.groupby(["workload", "variant", "optimizer"])
     out = grouped.agg(seeds=("seed", "nunique"), final_test_acc=("final_test_acc", "mean"),
                       final_test_acc_sd=("final_test_acc", "std"), final_train_loss=("final_train_loss", "mean"),
                       final_train_loss_sd=("final_train_loss", "std")).reset_index()
-    ref = out[out["variant"] == REFERENCE].set_index("workload")["final_test_acc"]
+    ref = out[out["variant"] == reference].set_index("workload")["final_test_acc"]
     out["delta_test_acc"] = out["final_test_acc"] - out["workload"].map(ref)
-    out["_r"] = out["variant"] != REFERENCE
+    out["_r"] = out["variant"] != reference
     out = out.sort_values(["workload", "_r", "optimizer", "variant"], kind="stable").drop(columns="_r")
     return out[list(SUMMARY_COLUMNS)].reset_index(drop=True)
 
@@ -95,7 +100,8 @@ def variant_markdown(summary: pd.DataFrame) -> str:
     return caption + "\n" + markdown_table(header, body, "llrrrr")
 
 
-def plot_variants(runs: pd.DataFrame, summary: pd.DataFrame) -> Figure:
+def plot_variants(runs: pd.DataFrame, summary: pd.DataFrame,
+                  title: str = "Ours against the authors' code, one difference at a time") -> Figure:
     """Per workload, one horizontal bar per configuration (mean final test accuracy), seeds as dots."""
     workloads = sorted(summary["workload"].unique())
     with styled():
@@ -113,5 +119,5 @@ def plot_variants(runs: pd.DataFrame, summary: pd.DataFrame) -> Figure:
             ax.set_xlim(max(0.0, lo - 0.05), min(1.0, float(np.nanmax(sub["final_test_acc"])) + 0.03))
             ax.set_xlabel("final test accuracy")
             ax.set_title(workload)
-        fig.suptitle("Ours against the authors' code, one difference at a time")
+        fig.suptitle(title)
     return fig

@@ -44,7 +44,7 @@ class _QuasiNewtonCommon(CurvatureConfig):
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
-    blocks: Any = "layer"  # one block per layer (ours; the authors' partition is in mlbfgs_authors)
+    blocks: Any = "layer"  # one block per layer (ours); "authors": the authors' partition (authors_blocks)
     process_group: Any = None
     comm_dtype: torch.dtype | None = None
 
@@ -108,6 +108,11 @@ def _build(name: str, model: nn.Module, cfg: _QuasiNewtonCommon, **fixed: float)
 
     kwargs = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
     kwargs.update(fixed)
+    if kwargs["blocks"] == "authors":  # the authors' partition; the parameters they leave outside form one block
+        from .mlbfgs_authors import authors_blocks
+
+        inside, outside = authors_blocks(model)
+        kwargs["blocks"] = inside + ([outside] if outside else [])
     opt = MLBFGS(trainable_parameters(model), **kwargs)
     return QuasiNewtonTraining(name, opt, 1.0, model)
 

@@ -176,3 +176,14 @@ def test_mlbfgs_history_dtype_by_name() -> None:
 
     with pytest.raises(ValueError, match="history_dtype"):
         build_optimizer("mlbfgs", model, history_dtype="int8")
+
+
+def test_mlbfgs_blocks_authors_uses_the_authors_partition() -> None:
+    from baselines.mlbfgs_authors import authors_blocks
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 6), torch.nn.ReLU(),
+                                torch.nn.Linear(6, 2))
+    opt = build_optimizer("mlbfgs", model, blocks="authors").optimizer
+    inside, outside = authors_blocks(model)
+    assert [[id(p) for p in b] for b in opt.blocks] == [[id(p) for p in b] for b in inside + [outside]]
+    assert len(opt.blocks) == 2  # the middle layer; the stem and the classifier together

@@ -114,6 +114,22 @@ def test_csv_log_truncates_to_checkpoint_offset(tmp_path: Path) -> None:
         CsvLog(tmp_path / "y.csv", ("a",)).write({"z": 1})
 
 
+def test_ablation_preset_changes_one_setting_at_a_time() -> None:
+    from experiments.suite import plan
+
+    runs = plan(load_preset("long_ablations"))
+
+    def settings(run) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted(tuple(a.split("=", 1)) for a in run.args if a.startswith("optimizer.")))
+
+    configs = {(r.optimizer, settings(r)) for r in runs}
+    assert len(configs) == 10 and len(runs) == 50
+    centre = ("mlbfgs", settings(runs[0]))
+    for optimizer, items in configs - {centre}:
+        changed = set(items) ^ set(centre[1])
+        assert (optimizer != "mlbfgs") + len({k for k, _ in changed}) == 1, (optimizer, changed)
+
+
 @pytest.mark.parametrize("name", ["quick", "full"])
 def test_presets_parse(name: str) -> None:
     from experiments.suite import plan
