@@ -13,7 +13,7 @@ import json
 
 import pandas as pd
 
-from analysis.tables import fmt, markdown_table
+from analysis.variants import variant_table
 
 FOLDER = "ablations"
 
@@ -40,9 +40,4 @@ def ablation_markdown(summary: pd.DataFrame, reference: str) -> str:
         "iterations), mean ± standard deviation over seeds; 'vs tuned' = mean final test accuracy minus the "
         "tuned configuration's.\n"
     )
-    header = ["workload", "configuration", "seeds", "final test acc", "final train loss", "vs tuned"]
-    body = [[r.workload, f"`{r.variant}`", str(int(r.seeds)),
-             f"{fmt(r.final_test_acc, 4)} ± {fmt(r.final_test_acc_sd, 4)}",
-             f"{fmt(r.final_train_loss, 4)} ± {fmt(r.final_train_loss_sd, 4)}",
-             ("+" if r.delta_test_acc > 0 else "") + fmt(r.delta_test_acc, 4)] for r in summary.itertuples()]
-    return caption + "\n" + markdown_table(header, body, "llrrrr")
+    return caption + "\n" + variant_table(summary, "vs tuned")

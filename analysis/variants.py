@@ -92,12 +92,17 @@ def variant_markdown(summary: pd.DataFrame) -> str:
         f"code as it is). A `{REFERENCE}` row with a setting is the authors' code with that one behaviour "
         "switched to ours.\n"
     )
-    header = ["workload", "configuration", "seeds", "final test acc", "final train loss", "vs authors"]
+    return caption + "\n" + variant_table(summary, "vs authors")
+
+
+def variant_table(summary: pd.DataFrame, delta_header: str) -> str:
+    """The markdown table of :func:`variant_summary` (one row per configuration)."""
+    header = ["workload", "configuration", "seeds", "final test acc", "final train loss", delta_header]
     body = [[r.workload, f"`{r.variant}`", str(int(r.seeds)),
              f"{fmt(r.final_test_acc, 4)} ± {fmt(r.final_test_acc_sd, 4)}",
              f"{fmt(r.final_train_loss, 4)} ± {fmt(r.final_train_loss_sd, 4)}",
              ("+" if r.delta_test_acc > 0 else "") + fmt(r.delta_test_acc, 4)] for r in summary.itertuples()]
-    return caption + "\n" + markdown_table(header, body, "llrrrr")
+    return markdown_table(header, body, "llrrrr")
 
 
 def plot_variants(runs: pd.DataFrame, summary: pd.DataFrame,

@@ -75,3 +75,31 @@ def test_lr_sensitivity_table_and_figure(tmp_path: Path) -> None:
     assert "| w | sgd | 3 | 2 | lr=0.1 | 0.8000 | 0.7000 | 0.6000 |" in md
     assert len(plot_sensitivity(trials).axes) == 1
     assert load_trials(tmp_path / "nothing") is None
+
+
+def test_the_ablation_reference_is_the_centre_of_the_design() -> None:
+    import json
+
+    import pandas as pd
+
+    from analysis.ablations import ablation_markdown, centre
+    from analysis.variants import variant_summary
+
+    tuned = {"optimizer.beta": 0.99, "optimizer.update_period": 200}
+    configs = [("mlbfgs", tuned), ("mlbfgs", {**tuned, "optimizer.beta": 0.9}),
+               ("mlbfgs", {**tuned, "optimizer.update_period": 10}), ("mlbfgs_authors", tuned),
+               ("mlbfgs", {**tuned, "optimizer.beta": 0.9, "optimizer.update_period": 10})]
+    rows = []
+    for i, (opt, over) in enumerate(configs):
+        label = opt + " " + " ".join(f"{k.split('.')[1]}={v}" for k, v in sorted(over.items()))
+        for seed in range(2):
+            rows.append({"workload": "w", "variant": label, "config": str(i), "optimizer": opt, "seed": seed,
+                         "overrides": json.dumps(over, sort_keys=True), "final_test_acc": 0.5 + 0.1 * i,
+                         "final_train_loss": 1.0})
+    runs = pd.DataFrame(rows)
+    ref = centre(runs)
+    assert ref == "mlbfgs beta=0.99 update_period=200"
+    summary = variant_summary(runs, ref)
+    assert summary.set_index("variant").loc["mlbfgs_authors beta=0.99 update_period=200", "delta_test_acc"] == \
+        pytest.approx(0.3)
+    assert "vs tuned" in ablation_markdown(summary, ref)
