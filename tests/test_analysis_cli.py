@@ -19,6 +19,9 @@ EXPECTED = {
     *(f"stability_{w}.png" for w in WORKLOADS),
     "time_to_target.md",
     "time_to_target.csv",
+    "performance_profiles.md",
+    "performance_profiles.csv",
+    "performance_profiles.png",
     "stability.md",
     "stability.csv",
     "overhead.png",
@@ -86,6 +89,7 @@ def test_python_dash_m_entry_point(results_tree: Path, tmp_path: Path) -> None:
         f"skipping compiled step: no {root / 'compile'}/steps.csv and summary.csv",
         f"skipping runner overhead: no {root / 'runner' / 'runner.csv'}",
         f"skipping ours vs the authors' code: no finished runs under {root / 'authors' / 'runs'}",
+        f"skipping ablations: no finished runs under {root / 'ablations' / 'runs'}",
         f"skipping lr sensitivity: no {root / 'tuning'}/*_trials.csv",
     ]
 
@@ -93,7 +97,7 @@ def test_python_dash_m_entry_point(results_tree: Path, tmp_path: Path) -> None:
 def test_every_group_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert out.count("skipping") == 12
+    assert out.count("skipping") == 13
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
