@@ -46,7 +46,7 @@ def compiled_markdown(summary: pd.DataFrame) -> str:
         "while timing (recompiles), 'breaks' = graph breaks at the phases that decide on the host.\n"
     )
     header = ["workload", "eager (ms)", "compiled (ms)", "compiled / eager", "graphs", "after warm-up", "breaks",
-              "max |theta difference|"]
+              "max abs. theta difference"]
     body = [[r.workload, fmt(r.eager_s * 1e3, 2), fmt(r.compiled_s * 1e3, 2), fmt(r.compiled_over_eager, 2),
              str(int(r.unique_graphs)), str(int(r.graphs_added_after_warmup)), str(int(r.graph_breaks)),
              f"{r.max_param_difference:.1e}"] for r in summary.itertuples()]
