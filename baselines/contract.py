@@ -26,7 +26,8 @@ class PicklableOptimizer(torch.optim.Optimizer):
     restores them), so a copied optimizer trains exactly like the original."""
 
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        # an LR scheduler's wrapper of ``step`` is bound to this instance: not copied (as torch does)
+        return {k: v for k, v in self.__dict__.items() if k != "step"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

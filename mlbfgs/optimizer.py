@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 
 from . import state_keys as K
 from .blocks import BlockSpec, assign_blocks, build_blocks, check_supported, load_imbalance
-from .config import CurvatureConfig
+from .config import DIRECTION_NORMS, HISTORY_DTYPES, CurvatureConfig
 from .curvature_history import CurvatureHistory
 from .damping import damped_curvature, damping_factor
 from .layout import FlatLayout, param_views
@@ -180,6 +180,23 @@ class MLBFGS(Optimizer):
         self.owners = assign_blocks(self.block_sizes, self.sharding.world_size)
         self._relayout()
         self.last_pairs: list[PairRecord] = []
+        self._create_state()
+
+    def _create_state(self) -> None:
+        """Create every state entry now (zeros; the first step sets the averages), so that a fresh
+        optimizer's ``state_dict`` already has its full structure: the distributed-checkpoint helpers
+        then neither run a zero-gradient step to create it nor load into a template that lacks it."""
+        self._global_state()
+        for b, block in enumerate(self.blocks):
+            for p in block:
+                self.state[p][K.BLOCK_INDEX] = b
+        for b in self.owned_blocks:
+            self.block_state(b)
+        for group in self.param_groups:
+            if group["momentum"] != 0:
+                for p in group["params"]:
+                    if K.MOMENTUM_BUFFER not in self.state[p]:
+                        self.state[p][K.MOMENTUM_BUFFER] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -231,8 +248,9 @@ class MLBFGS(Optimizer):
         self.blocks.extend(new_blocks)
         self.sharding.check_same_layout(self.block_sizes)
         if K.GLOBAL in self.state.get(self._first_param, {}):
-            self.state[self._first_param][K.GLOBAL][K.BLOCK_SIZES] = self.block_sizes
+            self.state[self._first_param][K.GLOBAL][K.BLOCK_SIZES] = self._block_sizes_tensor()
         self._relayout()
+        self._create_state()
 
     # ------------------------------------------------------------------ state
     @property
@@ -266,18 +284,27 @@ class MLBFGS(Optimizer):
                 K.STEP: 0,
                 K.SKIPPED_STEPS: 0,
                 K.WORLD_SIZE: self.sharding.world_size,
-                K.BLOCK_SIZES: self.block_sizes,
+                K.BLOCK_SIZES: self._block_sizes_tensor(),
                 K.SETTINGS: self._settings(),
             }
         return entry[K.GLOBAL]
 
-    def _settings(self) -> dict[str, Any]:
-        """The curvature settings as plain values (saved with the state and checked on load)."""
-        out: dict[str, Any] = {}
+    def _block_sizes_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.block_sizes, dtype=torch.int64)
+
+    def _settings(self) -> dict[str, float]:
+        """The curvature settings as numbers (saved with the state and checked on load). Numbers only,
+        so that ``flatten_optimizer_state_dict=True`` of the checkpoint helpers accepts them: a choice
+        is its index among the allowed values (None: -1), a pair two entries."""
+        out: dict[str, float] = {}
         for f in fields(CurvatureConfig):
             v = getattr(self.config, f.name)
-            out[f.name] = str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v
-        out["curvature_bounds"] = list(out["curvature_bounds"])
+            if f.name == "curvature_bounds":
+                out["curvature_bounds.low"], out["curvature_bounds.high"] = float(v[0]), float(v[1])
+            elif f.name in _CHOICES:
+                out[f.name] = float(_CHOICES[f.name].index(v)) if v is not None else -1.0
+            else:
+                out[f.name] = float(v)
         return out
 
     @property
@@ -317,7 +344,10 @@ class MLBFGS(Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         # torch.optim.Optimizer keeps only defaults, state and groups; the blocks, layout and settings
         # are needed too. The step buffers are views into scratch and are rebuilt.
-        return {**self.__dict__, "_buffers": None}
+        # An LR scheduler wraps ``step`` on the instance; that wrapper is bound to this optimizer, so it
+        # is not copied (torch's own optimizers drop it too, and a new scheduler wraps the copy).
+        state = {k: v for k, v in self.__dict__.items() if k != "step"}
+        return {**state, "_buffers": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -362,8 +392,10 @@ class MLBFGS(Optimizer):
             p = by_index[k]
             if K.GLOBAL in entry:
                 saved = entry[K.GLOBAL]
-                self.state[p][K.GLOBAL] = {n: (list(v) if isinstance(v, list) else v) for n, v in saved.items()}
+                self.state[p][K.GLOBAL] = {n: (int(v) if n in (K.STEP, K.SKIPPED_STEPS, K.WORLD_SIZE) else v)
+                                           for n, v in saved.items()}
                 self.state[p][K.GLOBAL][K.SETTINGS] = self._settings()
+                self.state[p][K.GLOBAL][K.BLOCK_SIZES] = self._block_sizes_tensor()
             if K.BLOCK in entry:
                 self.state[p][K.BLOCK] = self._cast_block_state(entry[K.BLOCK], p.device)
         self._buffers = None  # views must point at the loaded tensors
@@ -375,17 +407,19 @@ class MLBFGS(Optimizer):
                 f"optimizer runs with {self.sharding.world_size}; each rank holds only its own blocks, "
                 "so load with the same world size"
             )
-        if list(saved[K.BLOCK_SIZES]) != self.block_sizes:
+        saved_sizes = saved[K.BLOCK_SIZES]
+        saved_sizes = saved_sizes.tolist() if isinstance(saved_sizes, torch.Tensor) else list(saved_sizes)
+        if saved_sizes != self.block_sizes:
             raise ValueError(
-                f"load_state_dict: block sizes differ (saved {list(saved[K.BLOCK_SIZES])}, now {self.block_sizes}); "
+                f"load_state_dict: block sizes differ (saved {saved_sizes}, now {self.block_sizes}); "
                 "use the same model and blocks setting"
             )
         now = self._settings()
         for name, value in saved.get(K.SETTINGS, {}).items():
-            if name in now and now[name] != value:
+            if name in now and now[name] != float(value):
                 raise ValueError(
-                    f"load_state_dict: the state was saved with {name}={value!r}, but this optimizer has "
-                    f"{name}={now[name]!r}; build MLBFGS with the saved curvature settings"
+                    f"load_state_dict: the state was saved with {name}={_decode(name, value)!r}, but this optimizer "
+                    f"has {name}={_decode(name, now[name])!r}; build MLBFGS with the saved curvature settings"
                 )
 
     def _cast_block_state(self, st: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -549,7 +583,8 @@ class MLBFGS(Optimizer):
     @torch._dynamo.disable
     def _precondition(self, buf: _StepBuffers, phase: _StepPhase) -> None:
         """Phase 4 (eager under ``torch.compile``: inductor on CPU lowers the matrix-vector products
-        with the ring to generated reductions that run 2-3x slower than BLAS gemv): ``g <- H g`` per own block with pairs; for ``"kl"`` also ``g.Hg`` into the rank's slot."""
+        with the ring to generated reductions that run 2-3x slower than BLAS gemv): ``g <- H g`` per own
+        block with pairs; for ``"kl"`` also ``g.Hg`` into the rank's slot."""
         kl = self.config.direction_norm == "kl" and phase.active
         if kl:  # g.d of this rank's blocks: gamma g.g + p^T Wf p, or g.g without pairs
             slot = self.layout.slot_view(buf.flat, self.sharding.rank)
@@ -610,6 +645,20 @@ class MLBFGS(Optimizer):
                 torch._foreach_sub_(params, views)
             else:
                 torch._foreach_add_(params, step, alpha=-lr)
+
+
+_CHOICES: dict[str, tuple[Any, ...]] = {"direction_norm": DIRECTION_NORMS, "history_dtype": HISTORY_DTYPES}
+
+
+def _decode(name: str, value: float) -> Any:
+    """A saved setting back to its value, for messages."""
+    if name in _CHOICES:
+        return None if value < 0 else _CHOICES[name][int(value)]
+    if name in ("history_size", "update_period"):
+        return int(value)
+    if name == "check_finite":
+        return bool(value)
+    return value
 
 
 def _lerp_(dst: list[torch.Tensor], src: list[torch.Tensor], weight: float) -> None:
