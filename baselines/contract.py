@@ -33,10 +33,11 @@ class PicklableOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
 
 
-def check_parameters(params: Iterable[torch.Tensor]) -> None:
-    """``ValueError`` naming the first parameter a flat or block quasi-Newton method cannot train."""
+def check_parameters(params: Iterable[torch.Tensor], owner: str) -> None:
+    """``ValueError`` naming the first parameter (its index among all the optimizer's parameters) that
+    ``owner``, an optimizer coupling parameters, cannot train."""
     for i, p in enumerate(params):
-        check_supported(p, i)
+        check_supported(p, i, owner)
 
 
 def check_dense_gradients(params: Iterable[torch.Tensor], name: str) -> None:

@@ -88,14 +88,15 @@ class FlatParams:
 
 class FlatQuasiNewton(PicklableOptimizer):
     """Base of the whole-model methods (see the module docstring). Subclasses set ``STATE_KEY``,
-    allocate their flat buffers with :meth:`_buffer`, and implement :meth:`_settings`,
-    :meth:`_extra_state` and :meth:`_load_extra_state`."""
+    allocate their flat buffers with :meth:`_buffer`, implement :meth:`_settings`,
+    :meth:`_extra_state` and :meth:`_load_extra_state`, and call :meth:`_publish` at the end of
+    ``__init__``."""
 
     STATE_KEY = "flat_qn"
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], history_size: int) -> None:
         super().__init__(params, defaults)
-        check_parameters(p for g in self.param_groups for p in g["params"])
+        check_parameters((p for g in self.param_groups for p in g["params"]), type(self).__name__)
         self._flat = FlatParams(self.param_groups)
         self._ring = PairRing(history_size, self._flat.n, self._flat.dtype, self._flat.device)
         self._buffer_names: list[str] = []
@@ -121,7 +122,7 @@ class FlatQuasiNewton(PicklableOptimizer):
         super().add_param_group(param_group)
         if not hasattr(self, "_flat"):  # still in __init__
             return
-        check_parameters(p for g in self.param_groups for p in g["params"])
+        check_parameters((p for g in self.param_groups for p in g["params"]), type(self).__name__)
         old = self._flat.n
         self._flat = FlatParams(self.param_groups)
         if self._flat.n == old:
@@ -187,20 +188,21 @@ class FlatQuasiNewton(PicklableOptimizer):
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         del extra
 
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        first = first_saved_index(sd)
-        sd["state"][first] = {
-            **sd["state"].get(first, {}),
-            self.STATE_KEY: {
-                "settings": self._settings(),
-                "numel": self._flat.n,
-                "ring": self._ring.state_dict(),
-                "buffers": {name: getattr(self, name) for name in self._buffer_names},
-                **self._extra_state(),
-            },
+    def _publish(self) -> None:
+        """Put the ring, buffers, settings and extras into ``state[first parameter][STATE_KEY]`` (the
+        live tensors, current counters): ``state_dict`` and the checkpoint helpers, flattened ones
+        included, see the optimizer's whole state from construction on."""
+        self.state[self._flat.params[0]][self.STATE_KEY] = {
+            "settings": self._settings(),
+            "numel": self._flat.n,
+            "ring": self._ring.state_dict(),
+            "buffers": {name: getattr(self, name) for name in self._buffer_names},
+            **self._extra_state(),
         }
-        return sd
+
+    def state_dict(self) -> dict[str, Any]:
+        self._publish()
+        return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         name = type(self).__name__
@@ -220,3 +222,4 @@ class FlatQuasiNewton(PicklableOptimizer):
         for key, value in extra["buffers"].items():
             getattr(self, key).copy_(value)
         self._load_extra_state(extra)
+        self._publish()

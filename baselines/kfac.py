@@ -80,22 +80,34 @@ class KFACConfig:
 
 class _Factors:
     """``factors[key]`` (key "A" or "G") as an entry of a state dict; ``packed`` entries hold an
-    eigendecomposition (d, Q) as one ``(n + 1, n)`` tensor and read back as the pair."""
+    eigendecomposition (d, Q) as one ``(n + 1, n)`` tensor and read back as the pair. An entry reads
+    as None until it is first set (its ``<name>_set`` counter is 0): the tensors may exist before,
+    as zeros, so that a fresh optimizer's state already has its full structure."""
 
     def __init__(self, store: Callable[[], dict], prefix: str, packed: bool = False) -> None:
         self._store, self._prefix, self._packed = store, prefix, packed
 
     def __getitem__(self, key: str) -> Any:
-        value = self._store().get(self._prefix + key)
-        if value is None or not self._packed:
-            return value
-        return value[0], value[1:]
+        store = self._store()
+        if not store.get(self._prefix + key + "_set", 0):
+            return None
+        value = store[self._prefix + key]
+        return (value[0], value[1:]) if self._packed else value
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if self._packed and value is not None:
+        if self._packed:
             d, q = value
             value = torch.cat([d.reshape(1, -1), q])
-        self._store()[self._prefix + key] = value
+        store = self._store()
+        store[self._prefix + key] = value
+        store[self._prefix + key + "_set"] = 1
+
+    def allocate(self, key: str, n: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Zeros of the entry's shape, not yet set (kept if the entry exists)."""
+        store = self._store()
+        if self._prefix + key not in store:
+            store[self._prefix + key] = torch.zeros(n + 1 if self._packed else n, n, dtype=dtype, device=device)
+            store[self._prefix + key + "_set"] = 0
 
 
 class _Layer:
@@ -296,7 +308,7 @@ class KFAC(PicklableOptimizer, torch.optim.SGD):
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], cfg: KFACConfig) -> None:
         super().__init__(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        check_parameters(p for g in self.param_groups for p in g["params"])
+        self._check_dtypes()
         self.preconditioner = KFACPreconditioner(
             model,
             damping=cfg.damping,
@@ -309,6 +321,38 @@ class KFAC(PicklableOptimizer, torch.optim.SGD):
         )
         if not self.preconditioner.layers:
             raise ValueError("kfac: the model has no nn.Linear / nn.Conv2d layer to precondition")
+        # the whole state now (zeros, marked unset), and an entry for every parameter: the checkpoint
+        # helpers then need no zero-gradient step and find every key and every parameter
+        index = {}
+        for i, layer in enumerate(self.preconditioner.layers):
+            w = layer.module.weight
+            for key in ("A", "G"):
+                layer.factors.allocate(key, layer.dims[key], w.dtype, w.device)
+                layer.eig.allocate(key, layer.dims[key], w.dtype, w.device)
+            index.update({id(p): i for p in layer.module.parameters(recurse=False)})
+        self.preconditioner.steps = self.preconditioner.steps
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["kfac_layer"] = index.get(id(p), -1)
+                if group["momentum"] != 0:  # as torch.optim.SGD would at its first step (0 * mu + d = d)
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """A group added later (e.g. a head unfrozen) trains with SGD on its gradients, or on K-FAC
+        directions for the layers the preconditioner already tracks."""
+        super().add_param_group(param_group)
+        if hasattr(self, "preconditioner"):
+            self._check_dtypes()
+            for p in self.param_groups[-1]["params"]:
+                self.state[p].setdefault("kfac_layer", -1)
+
+    def _check_dtypes(self) -> None:
+        params = [p for g in self.param_groups for p in g["params"]]
+        check_parameters(params, "kfac")
+        for i, p in enumerate(params):
+            if p.dtype in (torch.float16, torch.bfloat16):
+                raise ValueError(f"kfac: parameter {i} (shape {tuple(p.shape)}) is {p.dtype}; the factors' "
+                                 "eigendecompositions need float32 or float64 parameters")
 
     def _store(self, module: nn.Module) -> dict:
         return self.state[module.weight]
@@ -348,11 +392,12 @@ class KFACTraining(TrainingOptimizer):
             raise ValueError(f"K-FAC state has {len(old['layers'])} layers, this model {len(pre.layers)}")
         pre.steps = int(old["steps"])
         for layer, saved in zip(pre.layers, old["layers"], strict=True):
-            store = self.optimizer.state[layer.module.weight]
             for key in ("A", "G"):
                 f, e = saved["factors"][key], saved["eig"][key]
-                store["kfac_factor_" + key] = None if f is None else f.clone()
-                store["kfac_eig_" + key] = None if e is None else e.clone()
+                if f is not None:
+                    layer.factors[key] = f.clone()
+                if e is not None:
+                    layer.eig[key] = (e[0].clone(), e[1:].clone())
 
     def _step(self, closure: CountingClosure) -> torch.Tensor:
         with self.preconditioner.recording():

@@ -205,7 +205,7 @@ class AuthorsMLBFGS(PicklableOptimizer):
             raise ValueError(f"bounds must be (sigma_L, sigma_H) with 0 <= sigma_L < 1 <= sigma_H, got {bounds}")
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
         all_params = [p for g in self.param_groups for p in g["params"]]
-        check_parameters(all_params)
+        check_parameters(all_params, "mlbfgs_authors")
         if variant == "model":
             blocks = [list(all_params)]
         elif blocks is None:
@@ -242,7 +242,7 @@ class AuthorsMLBFGS(PicklableOptimizer):
         if not hasattr(self, "blocks"):  # still in __init__
             return
         new = list(self.param_groups[-1]["params"])
-        check_parameters(new)
+        check_parameters([p for g in self.param_groups for p in g["params"]], "mlbfgs_authors")
         if new:
             self.blocks.append(new)
             if AUTHORS_KEY in self.state.get(self._first, {}):

@@ -100,6 +100,7 @@ class OLBFGS(FlatQuasiNewton):
         self._y = self._buffer("_y")
         self._second_eval_context = second_eval_context or contextlib.nullcontext
         self.last_records: list[dict[str, Any]] = []
+        self._publish()
 
     @property
     def t(self) -> int:

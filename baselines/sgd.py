@@ -82,7 +82,7 @@ class NormalizedSGD(torch.optim.Optimizer):
     ) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps))
         # the global norm couples every parameter: a shard (DTensor, FSDP1) cannot compute it alone
-        check_parameters(p for g in self.param_groups for p in g["params"] if not p.is_complex())
+        check_parameters((p for g in self.param_groups for p in g["params"] if not p.is_complex()), "sgd_normalized")
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

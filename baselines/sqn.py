@@ -115,6 +115,7 @@ class SQN(FlatQuasiNewton):
         self.hvp_count = 0
         self._hvp_context = hvp_context or contextlib.nullcontext
         self.last_records: list[dict[str, Any]] = []
+        self._publish()
 
     @property
     def k(self) -> int:

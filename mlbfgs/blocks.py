@@ -91,20 +91,21 @@ def layer_blocks(model: torch.nn.Module) -> list[list[torch.Tensor]]:
     return blocks
 
 
-def check_supported(p: torch.Tensor, index: int) -> None:
-    """Raise ``ValueError`` naming parameter ``index`` when MLBFGS cannot train it: complex dtypes,
-    DTensor parameters (FSDP2, tensor parallel) and FSDP1 flat parameters."""
+def check_supported(p: torch.Tensor, index: int, owner: str = "MLBFGS") -> None:
+    """Raise ``ValueError`` naming parameter ``index`` when ``owner`` (an optimizer that couples
+    parameters) cannot train it: complex dtypes, DTensor parameters (FSDP2, tensor parallel) and FSDP1
+    flat parameters."""
     where = f"params: parameter {index} (shape {tuple(p.shape)}, dtype {p.dtype})"
     if p.is_complex():
         raise ValueError(
-            f"{where} is complex; MLBFGS supports real floating parameters only "
+            f"{where} is complex; {owner} supports real floating parameters only "
             "(train torch.view_as_real(z) as a real parameter instead)"
         )
     if not p.is_floating_point():
-        raise ValueError(f"{where} is not floating point; MLBFGS trains float16/bfloat16/float32/float64 parameters")
+        raise ValueError(f"{where} is not floating point; {owner} trains float16/bfloat16/float32/float64 parameters")
     if type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor":
         raise ValueError(
-            f"{where} is a DTensor (FSDP2 or tensor parallel); MLBFGS does not support sharded parameters yet: "
+            f"{where} is a DTensor (FSDP2 or tensor parallel); {owner} does not support sharded parameters yet: "
             "use it with replicated parameters (DDP) and its own block sharding (process_group=...)"
         )
     if getattr(p, "_is_flat_param", False) or getattr(p, "_fsdp_flattened", False):

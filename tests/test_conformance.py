@@ -304,6 +304,52 @@ def test_distributed_checkpoint_helpers_round_trip(case: str) -> None:
     assert_params_close(model, resumed, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_checkpoint_helpers_on_a_fresh_optimizer_change_nothing(case: str) -> None:
+    """torch's helpers run a zero-gradient step on an optimizer without state; ours have their whole
+    state from construction, so asking for a checkpoint before training changes nothing."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    if case in ("adam", "adamw"):
+        pytest.skip("torch.optim.Adam creates its state lazily, so the helper's zero-gradient step counts in its "
+                    "bias correction (torch's behaviour, not this project's state)")
+    ref, model = make_model(), make_model()
+    opt_ref, opt = make_opt(case, ref), make_opt(case, model)
+    get_optimizer_state_dict(model, opt.optimizer)
+    train(opt_ref, ref, 8)
+    train(opt, model, 8)
+    assert_params_close(ref, model, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_distributed_checkpoint_on_disk_resumes_exactly(case: str, flatten: bool, tmp_path) -> None:
+    """The recipe of torch.distributed.checkpoint: save, then load into the state of a fresh optimizer."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(flatten_optimizer_state_dict=flatten)
+    model = make_model()
+    opt = make_opt(case, model)
+    train(opt, model, 8)
+    dcp.save({"model": model.state_dict(), "optim": get_optimizer_state_dict(model, opt.optimizer, options=options)},
+             checkpoint_id=str(tmp_path / "ckpt"), no_dist=True)
+    train(opt, model, 6, start=8)
+    resumed = make_model(seed=5)
+    ropt = make_opt(case, resumed)
+    state = {"model": resumed.state_dict(), "optim": get_optimizer_state_dict(resumed, ropt.optimizer, options=options)}
+    dcp.load(state, checkpoint_id=str(tmp_path / "ckpt"), no_dist=True)
+    resumed.load_state_dict(state["model"])
+    set_optimizer_state_dict(resumed, ropt.optimizer, state["optim"], options=options)
+    ropt.grad_evals = opt.grad_evals
+    train(ropt, resumed, 6, start=8)
+    assert_params_close(model, resumed, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- numerical extremes
 def _scaled(scale: float) -> Callable:
     return lambda model, x, y: scale * F.cross_entropy(model(x), y)
