@@ -55,11 +55,14 @@ def check_saved_settings(name: str, saved: Mapping[str, Any] | None, now: Mappin
     """``ValueError`` naming the first setting whose saved value differs from ``now``."""
     if saved is None:
         raise ValueError(f"{name}.load_state_dict: the state has no settings record; it was not saved by {name}")
+    def plain(v: Any) -> Any:
+        return v.tolist() if isinstance(v, torch.Tensor) else v
+
     for key, value in now.items():
-        if key in saved and saved[key] != value:
+        if key in saved and plain(saved[key]) != plain(value):
             raise ValueError(
-                f"{name}.load_state_dict: the state was saved with {key}={saved[key]!r}, but this optimizer has "
-                f"{key}={value!r}; build it with the saved settings"
+                f"{name}.load_state_dict: the state was saved with {key}={plain(saved[key])!r}, but this optimizer "
+                f"has {key}={plain(value)!r}; build it with the saved settings"
             )
 
 

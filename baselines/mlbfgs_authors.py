@@ -227,13 +227,18 @@ class AuthorsMLBFGS(PicklableOptimizer):
         self.last_pairs: list[dict[str, Any]] = []
         self._first = all_params[0]
         self._mark_blocks()
+        self._state()
+        self.state[self._first]["settings"] = self._settings()
 
     def _mark_blocks(self) -> None:
-        # every parameter holds state (its block, -1 outside), as torch's strict checkpoint loading expects
+        # every parameter holds state (its block, -1 outside; its momentum buffer), created now, as
+        # torch's strict checkpoint loading and its load-into-a-fresh-state recipe expect
         index = {id(p): b for b, block in enumerate(self.blocks) for p in block}
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p]["block_index"] = index.get(id(p), -1)
+                if group["momentum"] != 0 and "momentum_buf" not in self.state[p]:
+                    self.state[p]["momentum_buf"] = torch.zeros_like(p)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """A group added later (not in the reference, which never adds one) is one new block with a
@@ -246,46 +251,109 @@ class AuthorsMLBFGS(PicklableOptimizer):
         if new:
             self.blocks.append(new)
             if AUTHORS_KEY in self.state.get(self._first, {}):
-                self._state()["blocks"].append(self._new_block_state())
+                self._state()["blocks"][str(len(self.blocks) - 1)] = self._new_block_state(new)
+            self.state[self._first]["settings"] = self._settings()
             self._mark_blocks()
 
     def _settings(self) -> dict[str, Any]:
-        sizes = [sum(p.numel() for p in b) for b in self.blocks]
-        return {"variant": self.variant, "history_size": self.hyper["history_size"],
+        # numbers and tensors only, as flattened checkpoints need
+        sizes = torch.tensor([sum(p.numel() for p in b) for b in self.blocks], dtype=torch.int64)
+        return {"variant": ["block", "model"].index(self.variant), "history_size": self.hyper["history_size"],
                 "update_period": self.hyper["update_period"], "blocks": sizes}
 
     def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        first = first_saved_index(sd)
-        sd["state"][first] = {**sd["state"].get(first, {}), "settings": self._settings()}
-        return sd
+        self._state()
+        self.state[self._first]["settings"] = self._settings()
+        return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        name = type(self).__name__
         first = first_saved_index(state_dict)
         saved = dict(state_dict["state"])
         entry = dict(saved.get(first, {}))
         legacy = saved.pop(AUTHORS_KEY, None)  # checkpoints written before the state moved under a parameter
-        if legacy is not None:
-            entry[AUTHORS_KEY] = legacy
+        if legacy is None:
+            check_saved_settings(name, entry.pop("settings", None), self._settings())
+            authors = entry.pop(AUTHORS_KEY, None)
+            if authors is None:
+                raise ValueError(f"{name}.load_state_dict: no {AUTHORS_KEY!r} entry under the first parameter")
         else:
-            check_saved_settings(type(self).__name__, entry.pop("settings", None), self._settings())
-        entry.pop("settings", None)
+            entry.pop("settings", None)
+            authors = self._from_legacy(legacy)
         saved[first] = entry
+        # torch casts floating state to the parameter's dtype; rho stays float64, so this entry is
+        # placed here (device and parameter dtype for the vectors)
         super().load_state_dict({**state_dict, "state": saved})
+        self.state[self._first][AUTHORS_KEY] = self._place(authors)
+        self.state[self._first]["settings"] = self._settings()
         self._mark_blocks()
 
+    def _place(self, value: Any, key: str = "") -> Any:
+        if isinstance(value, torch.Tensor):
+            dtype = torch.float64 if key == "rho" else self._first.dtype
+            return value.to(device=self._first.device, dtype=dtype if value.is_floating_point() else value.dtype,
+                            copy=True)
+        if isinstance(value, dict):
+            return {k: self._place(v, k) for k, v in value.items()}
+        return int(value) if isinstance(value, bool) else value
+
+    def _from_legacy(self, legacy: dict[str, Any]) -> dict[str, Any]:
+        """The state of checkpoints written before it had fixed-size tensors (lists, None)."""
+        blocks = {}
+        for b, (block, old) in enumerate(zip(self.blocks, legacy["blocks"], strict=True)):
+            new = self._new_block_state(block)
+            for key, flag in (("P", "has_avg"), ("P0", "has_anchor"), ("y_prev_raw", "has_y_prev")):
+                new[flag] = int(old[key] is not None)
+            for key in ("P", "G", "P0", "G0", "y_prev_raw"):
+                if old[key] is not None:
+                    new[key].copy_(old[key])
+            for s, y, rho in zip(old["S"], old["Y"], old["rho"], strict=True):
+                self._ring_push(new, s, y, rho)
+            new["gamma"] = float(old["gamma"])
+            blocks[str(b)] = new
+        return {"step": int(legacy["step"]), "started": int(legacy["started"]), "blocks": blocks}
+
     # -- state (all of it in optimizer.state, so state_dict / load_state_dict resume) ----------------
-    @staticmethod
-    def _new_block_state() -> dict[str, Any]:
-        return {"P": None, "G": None, "P0": None, "G0": None, "S": [], "Y": [], "rho": [], "gamma": 1.0,
-                "y_prev_raw": None}
+    def _new_block_state(self, block: list[nn.Parameter]) -> dict[str, Any]:
+        # fixed-size tensors (the reference's lists become a ring; None becomes zeros with a flag), so
+        # a fresh optimizer's state already has its whole structure for the checkpoint helpers
+        n, m, ref = sum(p.numel() for p in block), self.hyper["history_size"], block[0]
+
+        def zeros(*shape: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=dtype or ref.dtype, device=ref.device)
+
+        return {"P": zeros(n), "G": zeros(n), "P0": zeros(n), "G0": zeros(n), "has_avg": 0, "has_anchor": 0,
+                "S": zeros(m, n), "Y": zeros(m, n), "rho": zeros(m, dtype=torch.float64), "count": 0, "head": 0,
+                "gamma": 1.0, "y_prev_raw": zeros(n), "has_y_prev": 0}
 
     def _state(self) -> dict[str, Any]:
         entry = self.state[self._first]  # under the first parameter: the state is keyed by parameters only
         if AUTHORS_KEY not in entry:
-            blocks = [self._new_block_state() for _ in self.blocks]
-            entry[AUTHORS_KEY] = {"step": 0, "started": False, "blocks": blocks}
+            blocks = {str(b): self._new_block_state(block) for b, block in enumerate(self.blocks)}
+            entry[AUTHORS_KEY] = {"step": 0, "started": 0, "blocks": blocks}
         return entry[AUTHORS_KEY]
+
+    def _block_states(self) -> list[dict[str, Any]]:
+        blocks = self._state()["blocks"]
+        return [blocks[str(b)] for b in range(len(self.blocks))]
+
+    @staticmethod
+    def _ring_order(bst: dict[str, Any]) -> list[int]:
+        m = bst["S"].shape[0]
+        return [(bst["head"] - bst["count"] + i) % m for i in range(bst["count"])]
+
+    @staticmethod
+    def _ring_drop_oldest(bst: dict[str, Any]) -> None:
+        bst["count"] -= 1
+
+    @staticmethod
+    def _ring_push(bst: dict[str, Any], s: torch.Tensor, y_hat: torch.Tensor, rho: float) -> None:
+        i = bst["head"]
+        bst["S"][i].copy_(s)
+        bst["Y"][i].copy_(y_hat)
+        bst["rho"][i] = rho
+        bst["head"] = (i + 1) % bst["S"].shape[0]
+        bst["count"] += 1
 
     @staticmethod
     def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -316,7 +384,7 @@ class AuthorsMLBFGS(PicklableOptimizer):
         k = st["step"]
         anchor_only, pair_step = self._pair_step(k)
         flats = []  # (theta, g, weight decay) of each block, flattened once per step
-        for b, (block, bst) in enumerate(zip(self.blocks, st["blocks"], strict=True)):
+        for b, (block, bst) in enumerate(zip(self.blocks, self._block_states(), strict=True)):
             # a parameter without a gradient counts as zero gradient (not in the reference, which
             # assumes every parameter has one); a block without any gradient skips the step
             wd = wd_of[id(block[0])]
@@ -335,11 +403,10 @@ class AuthorsMLBFGS(PicklableOptimizer):
                     continue
                 d = directions[id(p)] if directions is not None else p.grad + wd * p.detach()
                 pst = self.state[p]
-                if momentum != 0:
+                if momentum != 0:  # the buffer starts at zeros: 0 * momentum + d = d, the reference's clone of d
                     if "momentum_buf" not in pst:
-                        pst["momentum_buf"] = d.clone()
-                    else:
-                        pst["momentum_buf"].mul_(momentum).add_(d)
+                        pst["momentum_buf"] = torch.zeros_like(p)
+                    pst["momentum_buf"].mul_(momentum).add_(d)
                     d = pst["momentum_buf"]
                 p.add_(d, alpha=-lr)
         return loss
@@ -353,23 +420,28 @@ class AuthorsMLBFGS(PicklableOptimizer):
         else:
             g_in = g * (1.0 + wd) if beh.grad_decay == "gradient" else g + wd * theta
             weight = 1.0 if beh.averages == "sum" else 1.0 - beta
-        if bst["P"] is None:
-            bst["P"], bst["G"] = theta.clone(), g_in.clone()
+        if not bst["has_avg"]:
+            bst["P"].copy_(theta)
+            bst["G"].copy_(g_in)
+            bst["has_avg"] = 1
         else:
             bst["P"].mul_(beta).add_(theta, alpha=weight)
             bst["G"].mul_(beta).add_(g_in, alpha=weight)
-        if anchor_only or (pair_step and bst["P0"] is None):  # a block added later anchors at its first pair step
-            bst["P0"], bst["G0"] = bst["P"].clone(), bst["G"].clone()
+        if anchor_only or (pair_step and not bst["has_anchor"]):  # a block added later anchors at its first pair step
+            bst["P0"].copy_(bst["P"])
+            bst["G0"].copy_(bst["G"])
+            bst["has_anchor"] = 1
             if self.variant == "block" and beh.restart_grad_average:
-                bst["G"] = g_in.clone()
+                bst["G"].copy_(g_in)
             return
-        if not pair_step or bst["P0"] is None:
+        if not pair_step or not bst["has_anchor"]:
             return
         s = bst["P"] - bst["P0"]
         y = bst["G"] - bst["G0"]
-        bst["P0"], bst["G0"] = bst["P"].clone(), bst["G"].clone()
+        bst["P0"].copy_(bst["P"])
+        bst["G0"].copy_(bst["G"])
         if self.variant == "block" and beh.restart_grad_average:
-            bst["G"] = g_in.clone()
+            bst["G"].copy_(g_in)
         if self.variant == "block":
             self._add_block_pair(bst, s, y, b, st)
         else:
@@ -378,55 +450,53 @@ class AuthorsMLBFGS(PicklableOptimizer):
     def _add_block_pair(self, bst: dict, s: torch.Tensor, y: torch.Tensor, b: int, st: dict) -> None:
         h = self.hyper
         xi = h["pair_momentum"]
-        if bst["S"]:
-            s = (1.0 - xi) * s + xi * bst["S"][-1]
-            prev = bst["Y"][-1] if self.behaviour.pair_momentum_on == "damped" else bst["y_prev_raw"]
+        if bst["count"]:
+            newest = (bst["head"] - 1) % bst["S"].shape[0]
+            s = (1.0 - xi) * s + xi * bst["S"][newest]
+            prev = bst["Y"][newest] if self.behaviour.pair_momentum_on == "damped" else bst["y_prev_raw"]
             y = (1.0 - xi) * y + xi * prev
-        bst["y_prev_raw"] = y.clone()
+        bst["y_prev_raw"].copy_(y)
+        bst["has_y_prev"] = 1
         y_hat, mu = authors_damping(s, y, h["bounds"], h["damping"], BLOCK_EPS)
-        if len(bst["S"]) == h["history_size"]:
-            bst["S"].pop(0)
-            bst["Y"].pop(0)
-            bst["rho"].pop(0)
+        if bst["count"] == h["history_size"]:
+            self._ring_drop_oldest(bst)
         rho = float(torch.dot(s, y_hat))
-        bst["S"].append(s)
-        bst["Y"].append(y_hat)
-        bst["rho"].append(rho)
+        self._ring_push(bst, s, y_hat, rho)
         bst["gamma"] = rho / (float(torch.dot(y_hat, y_hat)) + BLOCK_EPS)
-        st["started"] = True
+        st["started"] = 1
         self.last_pairs.append({"block": b, "mu": mu, "accepted": True})
 
     def _add_model_pair(self, bst: dict, s: torch.Tensor, y: torch.Tensor, b: int, st: dict) -> None:
         h = self.hyper
-        if len(bst["S"]) == h["history_size"]:  # the reference drops the oldest before the check below
-            bst["S"].pop(0)
-        if len(bst["Y"]) == h["history_size"]:
-            bst["Y"].pop(0)
-            bst["rho"].pop(0)
+        if bst["count"] == h["history_size"]:  # the reference drops the oldest before the check below
+            self._ring_drop_oldest(bst)
         y_hat, mu = (y, float(torch.dot(s, y) / (torch.dot(s, s) + MODEL_EPS)))
         if h["damping"] > 0:
             y_hat, mu = authors_damping(s, y, h["bounds"], h["damping"], MODEL_EPS)
         rho = float(torch.dot(s, y_hat))
         accepted = rho >= h["rho_min"]
         if accepted:
-            bst["S"].append(s)
-            bst["Y"].append(y_hat)
-            bst["rho"].append(rho)
+            self._ring_push(bst, s, y_hat, rho)
             bst["gamma"] = rho / (float(torch.dot(y_hat, y_hat)) + MODEL_EPS)
-            st["started"] = True
+            st["started"] = 1
         self.last_pairs.append({"block": b, "mu": mu, "accepted": accepted})
 
     def _directions(self, st: dict, flats: list[tuple[torch.Tensor, torch.Tensor, float] | None]
                     ) -> dict[int, torch.Tensor]:
         out: dict[int, torch.Tensor] = {}
         sq, norms = 0.0, []
-        for block, bst, flat in zip(self.blocks, st["blocks"], flats, strict=True):
+        for block, bst, flat in zip(self.blocks, self._block_states(), flats, strict=True):
             if flat is None:
                 continue
             theta, g_raw, wd = flat
             g = g_raw + wd * theta
             eps = MODEL_EPS if self.variant == "model" else 0.0
-            d = authors_two_loop(g, bst["S"], bst["Y"], bst["rho"], bst["gamma"], eps) if bst["S"] else g.clone()
+            if bst["count"]:
+                order = self._ring_order(bst)
+                d = authors_two_loop(g, [bst["S"][i] for i in order], [bst["Y"][i] for i in order],
+                                     [float(bst["rho"][i]) for i in order], bst["gamma"], eps)
+            else:
+                d = g.clone()
             if self.variant == "model":
                 dot = float(torch.dot(g_raw, d))
                 if dot < 0:

@@ -374,8 +374,13 @@ class MLBFGS(Optimizer):
             )
         first = next(iter(index), None)
         saved_global = saved_state.get(first, {}).get(K.GLOBAL) if first is not None else None
-        if saved_global is not None:
-            self._check_saved(saved_global)
+        if saved_global is None:
+            raise ValueError(
+                "load_state_dict: no MLBFGS record (counters, settings) under the first parameter; the state was "
+                "not saved by MLBFGS, or its first parameter was left out (e.g. frozen when loading through the "
+                "distributed-checkpoint helpers, which skip parameters that do not require gradients)"
+            )
+        self._check_saved(saved_global)
         # torch casts floating state to the parameter's dtype; the curvature state keeps its own
         # dtypes, so it is set aside and placed here.
         plain, curvature = {}, {}
