@@ -420,7 +420,15 @@ class MLBFGS(Optimizer):
                 "use the same model and blocks setting"
             )
         now = self._settings()
-        for name, value in saved.get(K.SETTINGS, {}).items():
+        saved_settings = dict(saved.get(K.SETTINGS, {}))
+        if "curvature_bounds" in saved_settings:  # mlbfgs 0.2 before settings were numbers: convert
+            low, high = saved_settings.pop("curvature_bounds")
+            saved_settings["curvature_bounds.low"], saved_settings["curvature_bounds.high"] = low, high
+            for name, choices in _CHOICES.items():
+                value = saved_settings.get(name)
+                names = [str(c).removeprefix("torch.") for c in choices]
+                saved_settings[name] = -1.0 if value is None else float(names.index(value))
+        for name, value in saved_settings.items():
             if name in now and now[name] != float(value):
                 raise ValueError(
                     f"load_state_dict: the state was saved with {name}={_decode(name, value)!r}, but this optimizer "
