@@ -300,7 +300,7 @@ class MLBFGS(Optimizer):
         for f in fields(CurvatureConfig):
             v = getattr(self.config, f.name)
             if f.name == "curvature_bounds":
-                out["curvature_bounds.low"], out["curvature_bounds.high"] = float(v[0]), float(v[1])
+                out["curvature_bounds_low"], out["curvature_bounds_high"] = float(v[0]), float(v[1])
             elif f.name in _CHOICES:
                 out[f.name] = float(_CHOICES[f.name].index(v)) if v is not None else -1.0
             else:
@@ -404,6 +404,13 @@ class MLBFGS(Optimizer):
             if K.BLOCK in entry:
                 self.state[p][K.BLOCK] = self._cast_block_state(entry[K.BLOCK], p.device)
         self._buffers = None  # views must point at the loaded tensors
+        missing = [b for b in self.owned_blocks if K.BLOCK not in self.state.get(self.blocks[b][0], {})]
+        if missing:
+            raise ValueError(
+                f"load_state_dict: the curvature state of block(s) {missing} is missing (their first parameter's "
+                "entry was left out, e.g. frozen when loading through the distributed-checkpoint helpers, which "
+                "skip parameters that do not require gradients); unfreeze before loading"
+            )
 
     def _check_saved(self, saved: dict[str, Any]) -> None:
         if saved[K.WORLD_SIZE] != self.sharding.world_size:
@@ -421,9 +428,9 @@ class MLBFGS(Optimizer):
             )
         now = self._settings()
         saved_settings = dict(saved.get(K.SETTINGS, {}))
-        if "curvature_bounds" in saved_settings:  # mlbfgs 0.2 before settings were numbers: convert
+        if isinstance(saved_settings.get("curvature_bounds"), (list, tuple)):  # settings as strings: convert
             low, high = saved_settings.pop("curvature_bounds")
-            saved_settings["curvature_bounds.low"], saved_settings["curvature_bounds.high"] = low, high
+            saved_settings["curvature_bounds_low"], saved_settings["curvature_bounds_high"] = low, high
             for name, choices in _CHOICES.items():
                 value = saved_settings.get(name)
                 names = [str(c).removeprefix("torch.") for c in choices]
