@@ -497,17 +497,7 @@ class MLBFGS(Optimizer):
         if not any(p.grad is not None for g in self.param_groups for p in g["params"]):
             return False
         if self._buffers is None or self._buffers.signature != key:
-            self._global_state()
-            for b, block in enumerate(self.blocks):
-                for p in block:
-                    self.state[p][K.BLOCK_INDEX] = b
-            for b in self.owned_blocks:
-                self.block_state(b)
-            for group in self.param_groups:
-                if group["momentum"] != 0:
-                    for p in group["params"]:
-                        if p.grad is not None and K.MOMENTUM_BUFFER not in self.state[p]:
-                            self.state[p][K.MOMENTUM_BUFFER] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            self._create_state()  # entries missing after a load or a momentum switched on
             self._buffers = _StepBuffers(self, key)
         return True
 
