@@ -20,6 +20,11 @@ import torch
 
 from mlbfgs import check_supported
 
+#: why a saved entry may be missing, for load errors
+FROZEN_HINT = ("; was it saved by this optimizer, and was its first parameter frozen when loading through the "
+               "distributed-checkpoint helpers (they skip parameters that do not require gradients)? Unfreeze "
+               "before loading")
+
 
 class PicklableOptimizer(torch.optim.Optimizer):
     """Keeps the whole ``__dict__`` through ``copy.deepcopy`` and ``pickle`` (hooks included, as torch
@@ -54,7 +59,7 @@ def check_dense_gradients(params: Iterable[torch.Tensor], name: str) -> None:
 def check_saved_settings(name: str, saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> None:
     """``ValueError`` naming the first setting whose saved value differs from ``now``."""
     if saved is None:
-        raise ValueError(f"{name}.load_state_dict: the state has no settings record; it was not saved by {name}")
+        raise ValueError(f"{name}.load_state_dict: the state has no settings record" + FROZEN_HINT)
     def plain(v: Any) -> Any:
         return v.tolist() if isinstance(v, torch.Tensor) else v
 

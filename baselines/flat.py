@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .contract import (
+    FROZEN_HINT,
     PicklableOptimizer,
     check_dense_gradients,
     check_parameters,
@@ -210,7 +211,8 @@ class FlatQuasiNewton(PicklableOptimizer):
         entry = dict(state_dict["state"].get(first, {}))
         extra = entry.pop(self.STATE_KEY, None)
         if extra is None:
-            raise ValueError(f"{name}.load_state_dict: no {self.STATE_KEY!r} entry under the first parameter")
+            raise ValueError(f"{name}.load_state_dict: no {self.STATE_KEY!r} entry under the first parameter"
+                             + FROZEN_HINT)
         check_saved_settings(name, extra.get("settings"), self._settings())
         if extra["numel"] != self._flat.n:
             raise ValueError(

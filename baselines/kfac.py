@@ -354,6 +354,17 @@ class KFAC(PicklableOptimizer, torch.optim.SGD):
                 raise ValueError(f"kfac: parameter {i} (shape {tuple(p.shape)}) is {p.dtype}; the factors' "
                                  "eigendecompositions need float32 or float64 parameters")
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        marked = any("kfac_layer" in entry for entry in state_dict["state"].values())
+        first = self.preconditioner.layers[0].module.weight
+        if marked and "kfac_steps" not in self.state[first]:  # (checkpoints before the markers migrate later)
+            raise ValueError(
+                "kfac.load_state_dict: the K-FAC step counter (under the first layer's weight) is missing: that "
+                "weight's entry was left out, e.g. frozen when loading through the distributed-checkpoint helpers, "
+                "which skip parameters that do not require gradients; unfreeze before loading"
+            )
+
     def _store(self, module: nn.Module) -> dict:
         return self.state[module.weight]
 

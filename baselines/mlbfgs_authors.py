@@ -59,6 +59,7 @@ from torch import nn
 from .base import TrainingOptimizer, trainable_parameters
 from .config import check_int, check_nonneg, check_unit_interval
 from .contract import (
+    FROZEN_HINT,
     PicklableOptimizer,
     check_dense_gradients,
     check_parameters,
@@ -276,7 +277,8 @@ class AuthorsMLBFGS(PicklableOptimizer):
             check_saved_settings(name, entry.pop("settings", None), self._settings())
             authors = entry.pop(AUTHORS_KEY, None)
             if authors is None:
-                raise ValueError(f"{name}.load_state_dict: no {AUTHORS_KEY!r} entry under the first parameter")
+                raise ValueError(f"{name}.load_state_dict: no {AUTHORS_KEY!r} entry under the first parameter"
+                                 + FROZEN_HINT)
         else:
             entry.pop("settings", None)
             authors = self._from_legacy(legacy)

@@ -350,6 +350,26 @@ def test_distributed_checkpoint_on_disk_resumes_exactly(case: str, flatten: bool
     assert_params_close(model, resumed, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_loading_with_the_first_parameter_frozen_resumes_or_says_why(case: str) -> None:
+    """The helpers skip frozen parameters when loading; state kept under the first parameter then cannot
+    arrive, and the optimizer must say so instead of restarting its curvature silently."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    if case in ELEMENTWISE | {"sgd_normalized"}:
+        pytest.skip("per-parameter state only: a frozen parameter's own state is skipped, as torch does")
+    model = make_model()
+    opt = make_opt(case, model)
+    train(opt, model, 8)
+    saved = copy.deepcopy(get_optimizer_state_dict(model, opt.optimizer))
+    resumed = make_model()
+    resumed.load_state_dict(model.state_dict())
+    ropt = make_opt(case, resumed)
+    resumed[0].requires_grad_(False)
+    with pytest.raises(ValueError, match="frozen"):
+        set_optimizer_state_dict(resumed, ropt.optimizer, saved)
+
+
 # ---------------------------------------------------------------- numerical extremes
 def _scaled(scale: float) -> Callable:
     return lambda model, x, y: scale * F.cross_entropy(model(x), y)
