@@ -69,8 +69,8 @@ def profile_markdown(summary: pd.DataFrame) -> str:
     )
     parts = [caption]
     for measure, name in MEASURES.items():
-        sub = summary[summary["measure"] == measure].dropna(axis=1, how="all")
-        workloads = [c[2:] for c in sub.columns if c.startswith("r.")]
+        sub = summary[summary["measure"] == measure]
+        workloads = [c[2:] for c in sub.columns if c.startswith("r.") and sub[c].notna().any()]
         header = ["optimizer", *[f"r: {w}" for w in workloads], *[f"rho({t:g})" for t in TAUS_SHOWN]]
         body = [[r["optimizer"], *[("inf" if np.isinf(r[f"r.{w}"]) else fmt(r[f"r.{w}"], 2)) for w in workloads],
                  *[fmt(r[f"rho@{t:g}"], 2) for t in TAUS_SHOWN]] for _, r in sub.iterrows()]

@@ -60,3 +60,12 @@ def test_median_over_seeds_counts_unreached_as_infinite() -> None:
     assert np.isnan(table.loc["adam", "iterations"])  # 1 of 3 seeds: median is infinite
     mean_rule = TargetRule(value=0.85)
     assert np.isnan(time_to_target(_runs(), mean_rule).set_index("optimizer").loc["sgd", "iterations"])
+
+
+def test_no_workload_reached_gives_empty_profiles_not_an_error() -> None:
+    table = TABLE[TABLE["workload"] == "w3"]
+    assert ratios(table, "iterations").shape[1] == 0
+    summary = profile_summary(table)
+    assert summary["rho@1"].isna().all()
+    assert "| sgd |" in profile_markdown(summary)
+    assert len(plot_profiles(table).axes) == 2
