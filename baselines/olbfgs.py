@@ -19,7 +19,8 @@ re-implementations): ``c = 0.1``, ``lam = 0``, ``tau = 2e4``, ``eta_0 = 0.1``, `
 
 Deviations, both forced by float32 training of non-convex networks:
   * the paper's first step uses ``eps = 1e-10``; in float32 such a step does not move the weights,
-    so no first pair could ever form. Default ``eps = 1e-4``.
+    so no first pair could ever form. Default ``eps = 1e-4``. With float16/bfloat16 parameters even
+    that step is below their resolution and no pair forms: train oLBFGS in float32 or float64.
   * the paper assumes a convex objective (s.y > 0 always). We drop a pair whose
     ``s.y <= curvature_eps * |s| |y|`` (and any non-finite pair) and keep the history unchanged;
     deciding this costs one host synchronisation per step.
