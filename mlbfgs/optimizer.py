@@ -539,20 +539,19 @@ class MLBFGS(Optimizer):
         """Phase 2: the parameter and gradient averages of the blocks with gradients."""
         if not phase.blocks:
             return
-        ema = [v for b in phase.blocks for v in buf.block_ema_views[b]]
-        params = [p for b in phase.blocks for p in buf.block_params[b]]
-        grad_avg = [buf.block_state[b][K.GRAD_AVG] for b in phase.blocks]
-        g = [buf.block_grads[b] for b in phase.blocks]
         if phase.first:
-            torch._foreach_copy_(ema, params)
-            torch._foreach_copy_(grad_avg, g)
-            torch._foreach_copy_([buf.block_state[b][K.PARAM_ANCHOR] for b in phase.blocks],
-                                 [buf.block_state[b][K.PARAM_AVG] for b in phase.blocks])
-            torch._foreach_copy_([buf.block_state[b][K.GRAD_ANCHOR] for b in phase.blocks], g)
+            torch._foreach_copy_(buf.live_ema, buf.live_params)
+            torch._foreach_copy_(buf.live_grad_avg, buf.live_grads)
+            torch._foreach_copy_(buf.live_param_anchor, buf.live_param_avg)
+            torch._foreach_copy_(buf.live_grad_anchor, buf.live_grads)
         else:
             weight = 1.0 - self.config.beta
-            _lerp_(ema, params, weight)
-            torch._foreach_lerp_(grad_avg, g, weight)
+            if buf.live_same_dtype:
+                torch._foreach_lerp_(buf.live_ema, buf.live_params, weight)
+            else:  # e.g. bfloat16 parameters, float32 averages: lerp needs one dtype
+                torch._foreach_mul_(buf.live_ema, 1.0 - weight)
+                torch._foreach_add_(buf.live_ema, buf.live_params, alpha=weight)
+            torch._foreach_lerp_(buf.live_grad_avg, buf.live_grads, weight)
 
     @torch._dynamo.disable
     def _form_pairs(self, buf: _StepBuffers, phase: _StepPhase) -> None:
@@ -671,14 +670,6 @@ def _decode(name: str, value: float) -> Any:
     return value
 
 
-def _lerp_(dst: list[torch.Tensor], src: list[torch.Tensor], weight: float) -> None:
-    if all(d.dtype == s.dtype for d, s in zip(dst, src)):
-        torch._foreach_lerp_(dst, src, weight)
-    else:
-        torch._foreach_mul_(dst, 1.0 - weight)
-        torch._foreach_add_(dst, src, alpha=weight)
-
-
 def _check_group_values(lr: Any, momentum: Any, weight_decay: Any) -> None:
     if isinstance(lr, torch.Tensor):
         if lr.numel() != 1:
@@ -724,6 +715,16 @@ class _StepBuffers:
             b: param_views(self.block_state[b][K.PARAM_AVG], 0, opt.blocks[b]) for b in opt.owned_blocks
         }
         self.histories = {b: CurvatureHistory(self.block_state[b]) for b in opt.owned_blocks}
+        # the lists phase 2 works on (the blocks with gradients), built once per signature, not per step
+        live = self.live_blocks
+        self.live_ema = [v for b in live for v in self.block_ema_views[b]]
+        self.live_params = [p for b in live for p in self.block_params[b]]
+        self.live_grads = [self.block_grads[b] for b in live]
+        self.live_grad_avg = [self.block_state[b][K.GRAD_AVG] for b in live]
+        self.live_param_avg = [self.block_state[b][K.PARAM_AVG] for b in live]
+        self.live_param_anchor = [self.block_state[b][K.PARAM_ANCHOR] for b in live]
+        self.live_grad_anchor = [self.block_state[b][K.GRAD_ANCHOR] for b in live]
+        self.live_same_dtype = all(v.dtype == p.dtype for v, p in zip(self.live_ema, self.live_params))
         self.group_params = [[p for p in g["params"] if id(p) in has_grad] for g in opt.param_groups]
         self.group_views = [[view_of[id(p)] for p in ps] for ps in self.group_params]
         self.group_momenta = [
