@@ -20,4 +20,5 @@ __all__ = [
     "load_imbalance",
     "state_keys",
 ]
+# the one place the version is written: pyproject.toml reads it (tool.setuptools.dynamic)
 __version__ = "0.2.0"

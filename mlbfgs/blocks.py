@@ -82,9 +82,10 @@ def layer_blocks(model: torch.nn.Module) -> list[list[torch.Tensor]]:
     block of the first module that owns it, so the result is valid for ``MLBFGS(blocks=...)``.
     Parameters that do not require gradients are left out.
     """
-    blocks, seen = [], set()
+    blocks: list[list[torch.Tensor]] = []
+    seen: set[int] = set()
     for module in model.modules():
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
+        own: list[torch.Tensor] = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
         seen.update(id(p) for p in own)
         if own:
             blocks.append(own)
@@ -123,7 +124,7 @@ def assign_blocks(sizes: Sequence[float], world_size: int) -> list[int]:
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    load = [0] * world_size
+    load: list[float] = [0] * world_size
     owners = [0] * len(sizes)
     for b in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
         r = min(range(world_size), key=lambda k: (load[k], k))

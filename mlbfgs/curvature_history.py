@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .compact import apply_compact, compact_matrix, time_order, update_gram
@@ -38,7 +40,7 @@ class CurvatureHistory:
     overflows float16.
     """
 
-    def __init__(self, state: dict) -> None:
+    def __init__(self, state: dict[str, Any]) -> None:
         self.state = state
         history = state[HISTORY]
         self.capacity = history.shape[0] // 2
@@ -51,7 +53,7 @@ class CurvatureHistory:
     @staticmethod
     def new_state(
         numel: int, capacity: int, dtype: torch.dtype, device: torch.device, work_dtype: torch.dtype | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Empty ring of ``capacity`` pairs of ``numel`` elements; ``work_dtype`` defaults to float32
         (float64 when ``dtype`` is float64)."""
         work = work_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
@@ -67,7 +69,8 @@ class CurvatureHistory:
 
     @property
     def num_pairs(self) -> int:
-        return self.state[NUM_PAIRS]
+        n: int = self.state[NUM_PAIRS]
+        return n
 
     @property
     def gamma(self) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, overload
 
 import torch
 from torch.optim import Optimizer
@@ -18,6 +18,7 @@ from .damping import damped_curvature, damping_factor
 from .layout import FlatLayout, param_views
 
 _GROUP_KEYS = ("lr", "momentum", "weight_decay")
+_Loss = TypeVar("_Loss")  # what a step's closure returns (usually the loss tensor), returned by step
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,8 @@ class MLBFGS(Optimizer):
                 st[K.Y_PREV] = torch.zeros(n, dtype=work, device=device)
             st.update({K.PAIRS_FORMED: 0, K.PAIRS_ACCEPTED: 0, K.PAIRS_REJECTED: 0})
             entry[K.BLOCK] = st
-        return entry[K.BLOCK]
+        block: dict[str, Any] = entry[K.BLOCK]
+        return block
 
     def _global_state(self) -> dict[str, Any]:
         entry = self.state[self._first_param]
@@ -287,7 +289,8 @@ class MLBFGS(Optimizer):
                 K.BLOCK_SIZES: self._block_sizes_tensor(),
                 K.SETTINGS: self._settings(),
             }
-        return entry[K.GLOBAL]
+        global_state: dict[str, Any] = entry[K.GLOBAL]
+        return global_state
 
     def _block_sizes_tensor(self) -> torch.Tensor:
         return torch.tensor(self.block_sizes, dtype=torch.int64)
@@ -363,7 +366,7 @@ class MLBFGS(Optimizer):
         (naming the first difference), or by the pre-0.2 layout (``"block0"`` keys).
         """
         saved_state = state_dict["state"]
-        index = {}
+        index: dict[int, None] = {}
         for g in state_dict["param_groups"]:
             index.update({i: None for i in g["params"]})
         old = [k for k in saved_state if k not in index]
@@ -453,8 +456,14 @@ class MLBFGS(Optimizer):
         return out
 
     # ------------------------------------------------------------------ step
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], _Loss]) -> _Loss: ...
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], _Loss] | None = None) -> _Loss | None:
         """One mL-BFGS step (the phases of the class docstring); returns ``closure()``'s loss."""
         loss = None
         if closure is not None:
@@ -462,7 +471,7 @@ class MLBFGS(Optimizer):
                 loss = closure()
         if not self._init_group():  # no parameter has a gradient
             return loss
-        buf = self._buffers
+        buf: _StepBuffers = self._buffers  # type: ignore[assignment]  # built by _init_group
         self._gather_gradient(buf)
         phase = self._begin_step(buf)
         if phase is None:  # non-finite gradient: skipped and counted
@@ -477,7 +486,7 @@ class MLBFGS(Optimizer):
         self._momentum_update(buf)
         return loss
 
-    @torch._dynamo.disable
+    @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _init_group(self) -> bool:
         """Check gradients, create missing state and (re)build the step's tensor lists
         (``self._buffers``) when the set of parameters with gradients or the groups' momentum settings
@@ -510,7 +519,7 @@ class MLBFGS(Optimizer):
             if group["weight_decay"] != 0 and views:
                 torch._foreach_add_(views, params, alpha=group["weight_decay"])
 
-    @torch._dynamo.disable
+    @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _begin_step(self, buf: _StepBuffers) -> _StepPhase | None:  # a NamedTuple: torch.compile can hold it
         """Skip a non-finite step (one host sync), else advance the counters and say what this step does."""
         gs = self._global_state()
@@ -530,9 +539,9 @@ class MLBFGS(Optimizer):
             with_pairs=tuple(b for b in buf.live_blocks if buf.histories[b].num_pairs > 0),
         )
 
-    @torch._dynamo.disable
+    @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _with_pairs(self, phase: _StepPhase) -> _StepPhase:
-        with_pairs = tuple(b for b in phase.blocks if self._buffers.histories[b].num_pairs > 0)
+        with_pairs = tuple(b for b in phase.blocks if self._buffers.histories[b].num_pairs > 0)  # type: ignore[union-attr]
         return phase._replace(with_pairs=with_pairs)
 
     def _update_averages(self, buf: _StepBuffers, phase: _StepPhase) -> None:
@@ -553,7 +562,7 @@ class MLBFGS(Optimizer):
                 torch._foreach_add_(buf.live_ema, buf.live_params, alpha=weight)
             torch._foreach_lerp_(buf.live_grad_avg, buf.live_grads, weight)
 
-    @torch._dynamo.disable
+    @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _form_pairs(self, buf: _StepBuffers, phase: _StepPhase) -> None:
         """Phase 3: a pair per block with gradients; one host sync per block (accepting is a decision)."""
         cfg = self.config
@@ -589,7 +598,7 @@ class MLBFGS(Optimizer):
             st[K.PARAM_ANCHOR].copy_(st[K.PARAM_AVG])
             st[K.GRAD_ANCHOR].copy_(st[K.GRAD_AVG])
 
-    @torch._dynamo.disable
+    @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _precondition(self, buf: _StepBuffers, phase: _StepPhase) -> None:
         """Phase 4 (eager under ``torch.compile``: inductor on CPU lowers the matrix-vector products
         with the ring to generated reductions that run 2-3x slower than BLAS gemv): ``g <- H g`` per own
