@@ -1,11 +1,16 @@
-"""One registry for every optimizer of the comparison.
+"""One registry for every optimizer of the comparison, and for any ``torch.optim.Optimizer`` by import path.
 
     opt = build_optimizer(name, model, **config)   # -> TrainingOptimizer
-    available_optimizers()                         # -> the valid names
+    available_optimizers()                         # -> the built-in names
+    build_optimizer("torch.optim:RAdam", model, lr=3e-3)   # any Optimizer subclass: "module.path:Class"
 
 Each entry names the module holding the optimizer, its config dataclass (defaults and their sources
 are documented there) and its builder. Modules are imported on first use, so ``import baselines``
 stays light and an optimizer whose dependency is missing fails only when it is built.
+
+A name with ``:`` is an import path (:mod:`baselines.external`): every function here accepts it, its
+"config" being the constructor's named arguments with the defaults of its signature. It is not
+listed by :func:`available_optimizers`, which stays the list of built-in names.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from . import external
 from .base import TrainingOptimizer
 from .config import make_config
 
@@ -72,47 +78,104 @@ _ENTRIES: dict[str, OptimizerEntry] = {
 
 
 def available_optimizers() -> list[str]:
-    """The registered optimizer names, in a fixed order."""
+    """The built-in optimizer names, in a fixed order (import paths ``module:Class`` are accepted too)."""
     return list(_ENTRIES)
+
+
+def _unknown(name: object) -> ValueError:
+    hint = ""
+    if isinstance(name, str) and "." in name:
+        module, _, cls = name.rpartition(".")
+        hint = f" (did you mean {module + external.SEPARATOR + cls!r}?)"
+    return ValueError(f"optimizer must be one of {available_optimizers()} (the valid names) or an import path "
+                      f"'module.path:Class' naming a torch.optim.Optimizer subclass (e.g. {external.EXAMPLE!r}), "
+                      f"got {name!r}{hint}")
 
 
 def _entry(name: str) -> OptimizerEntry:
     try:
         return _ENTRIES[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown optimizer {name!r}; valid names: {available_optimizers()}") from None
+        raise _unknown(name) from None
 
 
 def _module(entry: OptimizerEntry) -> Any:
     return importlib.import_module(f"{__package__}.{entry.module}")
 
 
+def is_import_path(name: object) -> bool:
+    """Whether ``name`` is an import path ``module.path:Class`` rather than a built-in name."""
+    return external.is_import_path(name)
+
+
+def check_optimizer_name(name: str, *, resolve: bool = True) -> None:
+    """``ValueError`` (listing the valid names and the import-path form) unless ``name`` is a built-in
+    name or an import path; with ``resolve``, the path's module is imported and the class checked to be
+    a ``torch.optim.Optimizer`` subclass (see :func:`baselines.external.optimizer_class`)."""
+    if external.is_import_path(name):
+        if resolve:
+            external.optimizer_class(name)
+        else:
+            external.check_import_path(name, "optimizer")
+        return
+    _entry(name)
+
+
 def config_class(name: str) -> type:
-    """The config dataclass of optimizer ``name``."""
+    """The config dataclass of optimizer ``name`` (for an import path: generated from the constructor)."""
+    if external.is_import_path(name):
+        return external.config_class(name)
     entry = _entry(name)
     return getattr(_module(entry), entry.config)
 
 
 def default_config(name: str) -> dict[str, Any]:
-    """The default hyper-parameters of optimizer ``name`` as a dict."""
+    """The default hyper-parameters of optimizer ``name`` as a dict (for an import path: the constructor
+    arguments that have defaults in its signature)."""
+    if external.is_import_path(name):
+        return external.default_arguments(name)
     return dataclasses.asdict(config_class(name)())
 
 
+def accepted_arguments(name: str) -> list[str]:
+    """The argument names ``build_optimizer(name, ...)`` accepts."""
+    if external.is_import_path(name):
+        return external.accepted_arguments(name)
+    return [f.name for f in dataclasses.fields(config_class(name))]
+
+
+def check_settings(name: str, settings: dict[str, Any]) -> None:
+    """``ValueError`` naming an unknown argument (and listing the valid ones), or, for a built-in, an invalid
+    value; for an import path also a required argument that is missing. Builds nothing."""
+    if external.is_import_path(name):
+        external.check_arguments(name, settings)
+    else:
+        make_config(config_class(name), name, settings)
+
+
 def describe(name: str) -> str:
-    """One line saying what optimizer ``name`` is."""
+    """One line saying what optimizer ``name`` is (for an import path: its docstring's first line)."""
+    if external.is_import_path(name):
+        return external.describe(name)
     return _entry(name).summary
 
 
 def build_optimizer(name: str, model: nn.Module, **config: Any) -> TrainingOptimizer:
     """Build optimizer ``name`` for ``model``; ``config`` overrides its documented defaults.
 
+    ``name`` is a built-in name (:func:`available_optimizers`) or an import path ``"module.path:Class"``
+    of a ``torch.optim.Optimizer`` subclass, built by :func:`baselines.external.build_external`.
+
     Raises ``ValueError`` for an unknown name (listing the valid names), an unknown argument
     (listing the valid arguments), an invalid value (naming the argument), or a module with sparse
-    gradients for an optimizer that needs dense ones (naming the module and parameter).
+    gradients for an optimizer that needs dense ones (naming the module and parameter); for an import
+    path also a module that does not import, a missing attribute or a class that is not an optimizer.
     """
-    entry = _entry(name)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if external.is_import_path(name):
+        return external.build_external(name, model, config)
+    entry = _entry(name)
     if not entry.sparse_gradients:
         for module_name, module in model.named_modules():
             if getattr(module, "sparse", False) is True:

@@ -3,6 +3,7 @@
     python -m experiments.run --workload fmnist-cnn --optimizer sgd --seed 0 \
         [--epochs N] [--max-iters N] [--out runs/default] [--set key=value ...]
     python -m experiments.run --workload fmnist-cnn --optimizer sgd adam mlbfgs   # lockstep
+    python -m experiments.run --workload path/to/my.json --optimizer torch.optim:RAdam --set optimizer.lr=3e-3
     torchrun --nproc_per_node 2 -m experiments.run --workload fmnist-cnn --optimizer mlbfgs
 
 One optimizer: the run trains alone in this process (separate mode). Several: they train in
@@ -31,27 +32,61 @@ from experiments.data.errors import DatasetMissingError
 from experiments.distributed import DEVICES, setup, teardown
 from experiments.lockstep import check_group, train_lockstep
 from experiments.manifest import command_line
-from experiments.runspec import make_run_spec
+from experiments.runspec import RunSpec, make_run_spec
 from experiments.trainer import DEFAULT_THREADS, RunOptions, progress_enabled, train
 
 
 def check_optimizer_settings(name: str, settings: dict) -> None:
-    """Fail before any data is loaded when the workload's settings do not fit the optimizer."""
-    from baselines import config_class
-    from baselines.config import make_config
+    """Fail before any data is loaded when the workload's settings do not fit the optimizer (ValueError
+    naming the argument: unknown, invalid for a built-in, or required by an imported class's constructor)."""
+    from baselines.registry import check_settings
 
-    make_config(config_class(name), name, settings)
+    check_settings(name, settings)
+
+
+def check_workload_names(spec: RunSpec) -> None:
+    """Fail before any data is loaded when the workload's model or dataset does not resolve: ValueError
+    naming ``model.name`` or ``data.name`` (not registered, or an import path that does not import, lacks
+    the attribute, or is not callable)."""
+    from experiments.data import dataset_builder
+    from experiments.models import model_builder
+
+    model_builder(spec.workload.model.name)
+    dataset_builder(spec.workload.data.name)
+
+
+def _catalogue() -> str:
+    """What --optimizer and --workload accept, and the models and datasets workloads can name (--help)."""
+    from baselines.registry import available_optimizers, describe
+    from experiments.data import available_datasets
+    from experiments.models import available_models
+
+    names = available_optimizers()
+    width = max(len(n) for n in names) + 2
+    lines = ["optimizers (--optimizer NAME; or module.path:Class, any torch.optim.Optimizer subclass, e.g.",
+             "torch.optim:RAdam, built with the model's parameters and --set optimizer.x=... as arguments):"]
+    lines += [f"  {n:<{width}}{describe(n)}" for n in names]
+    lines += ["", "workloads (--workload NAME; or path/to/workload.json, same schema, runs named by its 'name'):",
+              "  " + ", ".join(available_workloads()),
+              "", "models (a workload's model.name; or module.path:function, or experiments.models.register_model):",
+              "  " + ", ".join(available_models()),
+              "", "datasets (a workload's data.name; or module.path:function, or experiments.data.register_dataset):",
+              "  " + ", ".join(available_datasets())]
+    return "\n".join(lines)
 
 
 def _add_run_arguments(p: argparse.ArgumentParser, group_mode: bool = False) -> None:
     """The arguments that define one run (the rest say where and how the process runs)."""
-    p.add_argument("--workload", required=group_mode, help=f"one of {available_workloads()}")
+    p.add_argument("--workload", required=group_mode, metavar="NAME_OR_FILE",
+                   help=f"one of {available_workloads()}, or the path of a workload JSON file (same schema; its "
+                        "runs are named by its 'name' key)")
     if group_mode:
         p.add_argument("--optimizer", required=True)
     else:
         p.add_argument("--optimizer", nargs="+", default=None, metavar="NAME",
-                       help="a name from baselines.available_optimizers(); several names train in lockstep "
-                            "in this process (same data and seed, each optimizer timed on its own)")
+                       help="a built-in name (listed below) or module.path:Class, any torch.optim.Optimizer "
+                            "subclass (e.g. torch.optim:RAdam); several train in lockstep in this process "
+                            "(same data and seed, each optimizer timed on its own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="override the workload's epochs")
     p.add_argument("--max-iters", type=int, default=None,
@@ -66,7 +101,7 @@ RUN_KEYS = ("workload", "optimizer", "seed", "epochs", "max_iters", "overrides",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__, epilog=_catalogue(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_arguments(p)
     p.add_argument("--group", default=None, metavar="JSON",
@@ -109,12 +144,12 @@ def _spec(ns: argparse.Namespace, optimizer: str):
         overrides["data.dir"] = ns.data_dir
     if ns.checkpoint_every is not None:
         overrides["checkpoint_interval"] = ns.checkpoint_every
+    from baselines.registry import check_optimizer_name
+
+    check_optimizer_name(optimizer)
     spec = make_run_spec(ns.workload, optimizer, ns.seed, overrides=overrides, epochs=ns.epochs,
                          max_iters=ns.max_iters)
-    from baselines import available_optimizers
-
-    if optimizer not in available_optimizers():
-        raise ValueError(f"optimizer must be one of {available_optimizers()}, got {optimizer!r}")
+    check_workload_names(spec)
     check_optimizer_settings(optimizer, spec.optimizer_settings)
     return spec
 

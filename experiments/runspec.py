@@ -1,8 +1,16 @@
-"""What one run is: workload config (with overrides), optimizer, seed, length; its id and file paths."""
+"""What one run is: workload config (with overrides), optimizer, seed, length; its id and file paths.
+
+Run ids, ``<workload>__<optimizer>__s<seed>[__<hash of non-defaults>]``, name files and directories.
+A workload given as a file contributes its ``name`` key. An optimizer named by import path has its
+``:`` and ``.`` replaced (:func:`optimizer_id`): ``torch.optim:RAdam`` -> ``torch-optim--RAdam``,
+``my_pkg.opt:Lion`` -> ``my_pkg-opt--Lion``. Python identifiers hold neither ``-`` nor ``--``, so
+the mapping is one-to-one (distinct paths, distinct ids) and no dot can be taken for a file
+extension; the manifest and the CSV rows keep the import path itself. Built-in names are unchanged.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +19,7 @@ from experiments.config import (
     apply_overrides,
     load_workload_dict,
     override_hash,
+    workload_file,
     workload_from_dict,
 )
 
@@ -57,6 +66,12 @@ def _identity(raw: dict[str, Any], optimizer: str, max_iters: int | None) -> dic
     return {"workload": tree, "optimizer": cfg.optimizer_settings(optimizer), "max_iters": max_iters}
 
 
+def optimizer_id(optimizer: str) -> str:
+    """The optimizer's part of a run id: a built-in name as is; an import path with ``:`` -> ``--`` and
+    ``.`` -> ``-`` (``torch.optim:RAdam`` -> ``torch-optim--RAdam``; one-to-one, see the module docstring)."""
+    return optimizer.replace(":", "--").replace(".", "-")
+
+
 def make_run_spec(
     workload: str,
     optimizer: str,
@@ -66,7 +81,13 @@ def make_run_spec(
     epochs: int | None = None,
     max_iters: int | None = None,
 ) -> RunSpec:
-    """Resolve the config and the run id ``<workload>__<optimizer>__s<seed>[__<hash of non-defaults>]``."""
+    """Resolve the config and the run id ``<workload>__<optimizer>__s<seed>[__<hash of non-defaults>]``.
+
+    ``workload``: a built-in name or the path of a workload JSON file (its ``name`` key then names the
+    run; its absolute path goes to ``config.file``). ``optimizer``: a built-in name or an import path
+    ``module.path:Class`` (its run-id form: :func:`optimizer_id`). ValueError for a bad workload, seed,
+    length or override, naming it.
+    """
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if max_iters is not None and max_iters <= 0:
@@ -77,6 +98,9 @@ def make_run_spec(
     default_raw = load_workload_dict(workload)
     raw = apply_overrides(default_raw, overrides, optimizer)
     cfg = workload_from_dict(raw)
+    path = workload_file(workload)
+    if path is not None:
+        cfg = replace(cfg, file=str(path))
     suffix = override_hash(_identity(default_raw, optimizer, None), _identity(raw, optimizer, max_iters))
-    run_id = f"{workload}__{optimizer}__s{seed}" + (f"__{suffix}" if suffix else "")
+    run_id = f"{default_raw['name']}__{optimizer_id(optimizer)}__s{seed}" + (f"__{suffix}" if suffix else "")
     return RunSpec(cfg, optimizer, seed, overrides, max_iters, run_id)

@@ -1,7 +1,9 @@
-"""Datasets of the suite behind one function, ``build_data(config)``."""
+"""Datasets of the suite behind one function, ``build_data(config)``; ``register_dataset`` and import
+paths (``"my_pkg.data:build_data"``) add more (see experiments/data/registry.py)."""
 
 from experiments.data.base import DataSource
 from experiments.data.errors import DatasetMissingError
-from experiments.data.registry import available_datasets, build_data
+from experiments.data.registry import available_datasets, build_data, dataset_builder, register_dataset
 
-__all__ = ["DataSource", "DatasetMissingError", "available_datasets", "build_data"]
+__all__ = ["DataSource", "DatasetMissingError", "available_datasets", "build_data", "dataset_builder",
+           "register_dataset"]

@@ -67,12 +67,68 @@ _BUILDERS: dict[str, Callable[[DataConfig, torch.device], DataSource]] = {
 }
 
 
+BUILTIN_DATASETS = tuple(sorted(_BUILDERS))
+DatasetBuilder = Callable[[DataConfig, torch.device], DataSource]
+# what the runner reads of a DataSource (experiments/data/base.py)
+_SOURCE_ATTRIBUTES = ("num_train", "num_test", "num_classes", "input_shape", "train_batches", "test_batches")
+
+
 def available_datasets() -> list[str]:
+    """The registered dataset names: the built-ins and those given to :func:`register_dataset` in this process."""
     return sorted(_BUILDERS)
 
 
+def register_dataset(name: str, builder: DatasetBuilder, *, replace: bool = False) -> None:
+    """Make ``name`` a valid ``data.name`` in this process (e.g. in a script before it calls
+    ``experiments.run.main()``; runs started in new processes need an import path instead).
+
+    ``builder(cfg, device)`` gets the workload's :class:`~experiments.config.DataConfig` (``dir``, the
+    subsets, ``augment`` ...) and the ``torch.device`` of the run, and returns a
+    :class:`~experiments.data.base.DataSource` (``TensorData(x_train, y_train, x_test, y_test,
+    num_classes, device=device)`` for tensors in memory). ValueError when ``name`` is not a non-empty
+    string without ``:``, ``builder`` is not callable, or ``name`` is taken (unless ``replace``; built-ins
+    cannot be replaced).
+    """
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"register_dataset: name must be a non-empty string without ':', got {name!r}")
+    if not callable(builder):
+        raise ValueError(f"register_dataset: builder for {name!r} must be callable, got {type(builder).__name__}")
+    if name in BUILTIN_DATASETS or (name in _BUILDERS and not replace and _BUILDERS[name] is not builder):
+        raise ValueError(f"register_dataset: {name!r} is already registered (registered: {available_datasets()}); "
+                         "choose another name" + ("" if name in BUILTIN_DATASETS else " or pass replace=True"))
+    _BUILDERS[name] = builder
+
+
+def dataset_builder(name: str) -> DatasetBuilder:
+    """The builder of ``data.name`` = ``name``: a registered name, or an import path
+    ``"my_pkg.data:build_data"`` (imported now) of a builder as :func:`register_dataset` describes.
+
+    ValueError listing the registered names and the import-path form for an unknown name; for an import
+    path, one naming ``data.name`` for a module that does not import, a missing attribute or an object
+    that is not callable.
+    """
+    from baselines.external import import_object, is_import_path
+
+    if is_import_path(name):
+        builder = import_object(name, "data.name", "callables", callable)
+        if not callable(builder):
+            raise ValueError(f"data.name: {name!r} is a {type(builder).__name__}, not a callable dataset builder")
+        return builder
+    if name not in _BUILDERS:
+        raise ValueError(f"data.name must be one of {available_datasets()} or an import path 'module.path:function' "
+                         f"of a builder(cfg, device) -> DataSource, got {name!r}")
+    return _BUILDERS[name]
+
+
 def build_data(cfg: DataConfig, device: torch.device | str = "cpu") -> DataSource:
-    """Load a dataset; DatasetMissingError (with the expected layout) when its files are absent."""
-    if cfg.name not in _BUILDERS:
-        raise ValueError(f"data.name must be one of {available_datasets()}, got {cfg.name!r}")
-    return _BUILDERS[cfg.name](cfg, torch.device(device))
+    """Load a dataset; DatasetMissingError (with the expected layout) when its files are absent.
+
+    ValueError for an unknown ``cfg.name`` (see :func:`dataset_builder`) or a builder whose result lacks
+    what the runner reads of a DataSource (naming the missing attributes).
+    """
+    source = dataset_builder(cfg.name)(cfg, torch.device(device))
+    missing = [a for a in _SOURCE_ATTRIBUTES if not hasattr(source, a)]
+    if missing:
+        raise ValueError(f"data.name {cfg.name!r}: its builder returned a {type(source).__name__} without {missing}; "
+                         "a dataset builder returns a DataSource (experiments/data/base.py)")
+    return source

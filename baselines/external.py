@@ -1,0 +1,225 @@
+"""Optimizers named by import path: ``"module.path:Class"`` is any ``torch.optim.Optimizer`` subclass.
+
+    build_optimizer("torch.optim:RAdam", model, lr=3e-3)      # through baselines.registry
+    python -m experiments.run --workload mnist1d-mlp --optimizer torch.optim:RAdam --set optimizer.lr=3e-3
+
+The module is imported (it must be importable: installed, or on ``sys.path``/``PYTHONPATH``) and the
+attribute after ``:`` looked up (dots walk nested attributes, ``pkg.mod:Outer.Inner``). The class is
+constructed as ``Class(params, **arguments)`` with the model's trainable parameters (one param group).
+
+Arguments: the constructor's *named* parameters after the first (the parameters), with the defaults of
+its signature. Nothing reaches a ``**kwargs`` of the constructor: an argument must be named in the
+signature to be checked and recorded (wrap the class otherwise). An unknown argument, or a missing one
+that has no default, is a ``ValueError`` naming it and listing the valid arguments; invalid values are
+the constructor's own errors, re-raised as ``ValueError`` with the optimizer's name and arguments.
+
+Driving (:class:`ExternalOptimizer`): like the built-ins, one gradient evaluation (the runner's
+closure: zero the gradients, forward, backward) and then ``optimizer.step()``. A class whose ``step``
+*requires* a closure (a first parameter without a default, e.g. ``torch.optim.LBFGS``) is instead
+stepped as ``optimizer.step(closure)`` with a closure that takes no argument, re-evaluates the
+mini-batch with backward and returns the loss; every call counts one gradient evaluation, and the
+step returns the loss of the first. The runner's LR schedule scales each param group's ``lr``
+(a constructor whose groups have no ``lr`` is refused); checkpoints hold ``optimizer.state_dict()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import CountingClosure, TrainingOptimizer, trainable_parameters
+
+SEPARATOR = ":"
+EXAMPLE = "torch.optim:RAdam"
+
+
+def is_import_path(name: object) -> bool:
+    """Whether ``name`` has the ``module.path:Name`` form (a string with ``:``); nothing is imported."""
+    return isinstance(name, str) and SEPARATOR in name
+
+
+def check_import_path(path: str, argument: str) -> tuple[str, list[str]]:
+    """The module name and attribute chain of ``path`` = ``"module.path:Attr[.Attr]"``.
+
+    Raises ``ValueError`` naming ``argument`` when ``path`` is not of that form (dotted Python
+    identifiers on both sides of one ``:``). Nothing is imported.
+    """
+    module_name, sep, attr_path = path.partition(SEPARATOR) if isinstance(path, str) else ("", "", "")
+    ok = bool(sep) and all(p.isidentifier() for p in module_name.split(".")) and all(
+        p.isidentifier() for p in attr_path.split("."))
+    if not ok:
+        raise ValueError(f"{argument}: {path!r} is not an import path of the form 'module.path:Name' "
+                         f"(e.g. {EXAMPLE!r})")
+    return module_name, attr_path.split(".")
+
+
+def import_object(path: str, argument: str, kinds: str = "objects",
+                  candidate: Callable[[Any], bool] | None = None) -> Any:
+    """The object that ``path`` (``"module.path:Name"``) names, importing its module.
+
+    Raises ``ValueError`` naming ``argument`` for a malformed path, a module that does not import
+    (with the import's own error), or a missing attribute; the last lists the module's public
+    attributes that satisfy ``candidate`` (the allowed ``kinds`` of object, a plural label), when given.
+    """
+    module_name, attrs = check_import_path(path, argument)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as err:  # any error raised while importing the user's module
+        raise ValueError(f"{argument}: module {module_name!r} of {path!r} does not import ({type(err).__name__}: "
+                         f"{err}); is it installed or on sys.path/PYTHONPATH?") from err
+    module = obj
+    for i, attr in enumerate(attrs):
+        if not hasattr(obj, attr):
+            where = ".".join([module_name, *attrs[:i]])
+            hint = ""
+            if candidate is not None and obj is module:
+                found = sorted(n for n, v in vars(module).items() if not n.startswith("_") and candidate(v))
+                hint = f"; its {kinds}: {found}" if found else f"; it defines no {kinds}"
+            raise ValueError(f"{argument}: {where!r} has no attribute {attr!r} ({path!r}){hint}")
+        obj = getattr(obj, attr)
+    return obj
+
+
+def _is_optimizer_class(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The ``torch.optim.Optimizer`` subclass that import path ``name`` names.
+
+    Raises ``ValueError`` (naming ``optimizer`` and ``name``) for a malformed path, a module that does
+    not import, a missing attribute (listing the module's optimizer classes) or an object that is not
+    a ``torch.optim.Optimizer`` subclass.
+    """
+    obj = import_object(name, "optimizer", "torch.optim.Optimizer subclasses", _is_optimizer_class)
+    if not _is_optimizer_class(obj):
+        what = f"class {obj.__qualname__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
+        raise ValueError(f"optimizer: {name!r} is {what}, not a torch.optim.Optimizer subclass")
+    return obj
+
+
+def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The named parameters of ``cls.__init__`` after ``self`` and the parameters: the valid arguments."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p for p in params if p.kind in named}
+
+
+@functools.cache
+def _config_class(cls: type) -> type:
+    fields = []
+    for param in constructor_parameters(cls).values():
+        if param.default is inspect.Parameter.empty:
+            fields.append((param.name, Any))
+        elif getattr(type(param.default), "__hash__", None) is None:  # mutable default: copied per instance
+            fields.append((param.name, Any, dataclasses.field(
+                default_factory=functools.partial(copy.deepcopy, param.default))))
+        else:
+            fields.append((param.name, Any, dataclasses.field(default=param.default)))
+    config = dataclasses.make_dataclass(f"{cls.__name__}Arguments", fields, frozen=True, kw_only=True)
+    config.__doc__ = (f"The constructor arguments of {cls.__module__}.{cls.__qualname__} after its parameters, "
+                      "with the defaults of its signature (generated from it).")
+    return config
+
+
+def config_class(name: str) -> type:
+    """A frozen dataclass of the constructor arguments of optimizer ``name`` (import path), with the
+    defaults of its signature; generated from the signature (see the module docstring)."""
+    return _config_class(optimizer_class(name))
+
+
+def default_arguments(name: str) -> dict[str, Any]:
+    """The constructor arguments of ``name`` that have defaults, with those defaults (copies)."""
+    return {p.name: copy.deepcopy(p.default) for p in constructor_parameters(optimizer_class(name)).values()
+            if p.default is not inspect.Parameter.empty}
+
+
+def accepted_arguments(name: str) -> list[str]:
+    """The names of the constructor arguments of ``name``, in signature order."""
+    return list(constructor_parameters(optimizer_class(name)))
+
+
+def check_arguments(name: str, arguments: dict[str, Any]) -> None:
+    """``ValueError`` for an argument the constructor does not name, or a required one missing;
+    the message names the argument(s) and lists the valid arguments."""
+    params = constructor_parameters(optimizer_class(name))
+    unknown = sorted(set(arguments) - set(params))
+    if unknown:
+        raise ValueError(f"unknown argument(s) {unknown} for optimizer {name!r}; valid arguments: {sorted(params)} "
+                         "(the named parameters of its constructor)")
+    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in arguments]
+    if missing:
+        raise ValueError(f"optimizer {name!r}: argument(s) {missing} have no default and must be given "
+                         f"(e.g. --set optimizer.{missing[0]}=...)")
+
+
+def describe(name: str) -> str:
+    """The first line of the class's docstring, or its qualified name."""
+    cls = optimizer_class(name)
+    doc = (cls.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def step_needs_closure(cls: type) -> bool:
+    """Whether ``cls.step`` has a first parameter without a default (``torch.optim.LBFGS.step(closure)``)."""
+    try:
+        params = list(inspect.signature(cls.step).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return bool(params) and params[0].kind in positional and params[0].default is inspect.Parameter.empty
+
+
+class ExternalOptimizer(TrainingOptimizer):
+    """A ``torch.optim.Optimizer`` named by import path, driven and counted like the built-ins.
+
+    ``needs_closure``: step it as ``optimizer.step(closure)`` (see the module docstring); otherwise
+    one evaluation, then ``optimizer.step()``.
+    """
+
+    def __init__(self, name: str, optimizer: torch.optim.Optimizer, model: nn.Module | None,
+                 needs_closure: bool) -> None:
+        super().__init__(name, optimizer, 1.0, model)
+        self.needs_closure = needs_closure
+
+    def _step(self, closure: CountingClosure) -> torch.Tensor:
+        if not self.needs_closure:
+            return super()._step(closure)
+        losses: list[torch.Tensor] = []
+
+        def evaluate() -> torch.Tensor:
+            loss = closure(backward=True)
+            losses.append(loss)
+            return loss
+
+        self._optimizer.step(evaluate)
+        if not losses:
+            raise RuntimeError(f"{self.name}: step(closure) returned without evaluating the closure")
+        return losses[0]
+
+
+def build_external(name: str, model: nn.Module, arguments: dict[str, Any]) -> ExternalOptimizer:
+    """Construct optimizer ``name`` (import path) on ``model``'s trainable parameters with ``arguments``.
+
+    Raises ``ValueError`` for a bad name (see :func:`optimizer_class`), bad arguments (see
+    :func:`check_arguments`), a constructor that refuses its arguments (its error, with the name and the
+    arguments), or param groups without an ``lr`` (the runner's schedule scales it).
+    """
+    cls = optimizer_class(name)
+    check_arguments(name, arguments)
+    try:
+        optimizer = cls(trainable_parameters(model), **arguments)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"optimizer {name!r} with arguments {arguments}: {type(err).__name__}: {err}") from err
+    if any("lr" not in group for group in optimizer.param_groups):
+        raise ValueError(f"optimizer {name!r}: its param groups have no 'lr' entry; the runner's learning-rate "
+                         "schedule scales param_group['lr'] (only such optimizers can be driven)")
+    return ExternalOptimizer(name, optimizer, model, step_needs_closure(cls))
