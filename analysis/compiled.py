@@ -1,5 +1,5 @@
 """The MLBFGS step eager against ``torch.compile`` (``results/compile/``, written by
-``python -m experiments.bench_compile``): median milliseconds per step, interleaved, with the
+``python -m experiments.bench.compile``): median milliseconds per step, interleaved, with the
 compiler's graph counts."""
 
 from __future__ import annotations

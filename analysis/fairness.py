@@ -1,7 +1,7 @@
 """Fairness of the training clock: seconds per iteration relative to sgd, idle vs loaded machine.
 
 Reads ``<results>/fairness/<mode>-<condition>/runs/<workload>/<run_id>.csv`` (written by
-``python -m experiments.bench_fairness``): the same comparison trained in ``lockstep`` or ``separate``
+``python -m experiments.bench.fairness``): the same comparison trained in ``lockstep`` or ``separate``
 mode, on an ``idle`` machine and beside busy processes (``loaded``). Per run, seconds per iteration =
 ``wall_s`` of the last train row / its iteration (training clock, evaluation excluded; ``cpu_s`` the
 same for process CPU seconds). The ratio of an optimizer is its seconds per iteration divided by

@@ -1,5 +1,5 @@
 """Cost of the runner against a bare PyTorch loop, and a run's start-up (``results/runner/*.csv``,
-written by ``python -m experiments.bench_runner``).
+written by ``python -m experiments.bench.runner``).
 
 Per (workload, optimizer): the median seconds per iteration of each contestant over interleaved
 repeats, and its overhead against ``bare``: the median over repeats of the paired ratio (contestant /

@@ -1,5 +1,5 @@
 """Seconds per iteration by torch thread count, idle and beside other work (``results/threads/threads.csv``,
-written by ``python -m experiments.bench_threads``): the evidence behind the runner's default thread count."""
+written by ``python -m experiments.bench.threads``): the evidence behind the runner's default thread count."""
 
 from __future__ import annotations
 

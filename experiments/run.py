@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write CSV rows to disk every N rows (and at least every 2 s)")
     p.add_argument("--threads", type=int, default=None,
                    help=f"torch CPU threads per process (default: {DEFAULT_THREADS}, chosen by "
-                        "python -m experiments.bench_threads; results/threads/)")
+                        "python -m experiments.bench.threads; results/threads/)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--force", action="store_true", help="start over even if finished or checkpointed")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the last checkpoint when finished")

@@ -47,7 +47,7 @@ if _TRAIN_ROW != RUN_COLUMNS:
     raise ImportError(f"experiments.trainer writes train rows as {_TRAIN_ROW}, the schema is {RUN_COLUMNS}")
 
 # Torch CPU threads per process unless told otherwise: measured, not assumed, by
-# `python -m experiments.bench_threads` (results/threads/), idle and beside other work.
+# `python -m experiments.bench.threads` (results/threads/), idle and beside other work.
 DEFAULT_THREADS = 1
 NONFINITE_CHECK_EVERY = 25
 # errors that are the optimizer's numerical failure (a factor that cannot be decomposed, a non-finite

@@ -41,6 +41,17 @@ def test_unknown_name_lists_valid_names():
         build_optimizer("lbfgs_torch", _model())
     for name in EXPECTED:
         assert name in str(info.value)
+    assert "'module.path:Class'" in str(info.value)  # the import-path form is named too
+
+
+def test_import_path_goes_through_the_registry_but_is_not_listed():
+    opt = build_optimizer("torch.optim:Adamax", _model(), lr=0.01)
+    assert type(opt.optimizer) is torch.optim.Adamax and opt.name == "torch.optim:Adamax"
+    assert "torch.optim:Adamax" not in available_optimizers()
+    assert default_config("torch.optim:Adamax")["lr"] == 0.002  # the constructor's default
+    with pytest.raises(ValueError, match="valid arguments") as info:
+        build_optimizer("torch.optim:Adamax", _model(), learning_rate=0.1)
+    assert "'lr'" in str(info.value)
 
 
 @pytest.mark.parametrize("name", EXPECTED)

@@ -10,6 +10,7 @@ import json
 import re
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,7 @@ class NeedsLR(torch.optim.Optimizer):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cached_mnist1d():
+def cached_mnist1d() -> Iterator[None]:
     """MNIST-1D is generated once for the module (each generation takes seconds)."""
     original = data_registry.load_mnist1d
     data_registry.load_mnist1d = functools.cache(original)
@@ -93,7 +94,7 @@ def cached_mnist1d():
 
 
 @pytest.fixture()
-def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A module written into tmp_path and put on sys.path, as a researcher's own code would be; its name."""
     name = f"user_ext_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(USER_MODULE)

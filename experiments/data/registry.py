@@ -1,8 +1,12 @@
-"""``build_data(config)``: dataset name -> a DataSource (subsets applied, tensors on the device)."""
+"""``build_data(config)``: dataset name -> a DataSource (subsets applied, tensors on the device).
+
+``dataset_info(config)``: the input shape and number of classes of a dataset, without loading it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -12,6 +16,22 @@ from experiments.data.base import DataSource
 from experiments.data.imagenet import ImageFolderData
 from experiments.data.mnist1d import load_mnist1d
 from experiments.data.tensor_data import TensorData, normalizer
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset, known without loading it.
+
+    ``input_shape``: one example's shape without the batch dimension, e.g. ``(3, 32, 32)`` (channels,
+    height, width) for CIFAR or ``(40,)`` for an MNIST-1D sequence; ``num_classes``: the number of labels.
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+IMAGENET_IMAGE_SIZE = 224  # side in pixels when the workload's data.image_size is not set
+IMAGENET_CLASSES = 1000  # ImageNet-1k; a loaded ImageFolder tree counts its own class folders
 
 
 def _subset(arrays: dict[str, torch.Tensor], cfg: DataConfig) -> dict[str, torch.Tensor]:
@@ -49,7 +69,7 @@ def _cifar(layout: cifar.CifarLayout) -> Callable[[DataConfig, torch.device], Da
 def _imagenet(cfg: DataConfig, device: torch.device) -> DataSource:
     return ImageFolderData(
         cfg.dir,
-        image_size=cfg.image_size or 224,
+        image_size=cfg.image_size or IMAGENET_IMAGE_SIZE,
         train_subset=cfg.train_subset,
         test_subset=cfg.test_subset,
         augment=cfg.augment,
@@ -64,6 +84,20 @@ _BUILDERS: dict[str, Callable[[DataConfig, torch.device], DataSource]] = {
     "cifar10": _cifar(cifar.CIFAR10),
     "cifar100": _cifar(cifar.CIFAR100),
     "imagenet": _imagenet,
+}
+
+
+def _square_rgb(side: int, classes: int) -> DatasetInfo:
+    return DatasetInfo((3, side, side), classes)
+
+
+# the shape and classes each builder above yields, known without loading (tests compare the two)
+_INFO: dict[str, Callable[[DataConfig], DatasetInfo]] = {
+    "fashion-mnist": lambda cfg: DatasetInfo((1, 28, 28), 10),
+    "mnist1d": lambda cfg: DatasetInfo((40,), 10),  # the mnist1d package's default final_seq_length
+    "cifar10": lambda cfg: _square_rgb(32, cifar.CIFAR10.num_classes),
+    "cifar100": lambda cfg: _square_rgb(32, cifar.CIFAR100.num_classes),
+    "imagenet": lambda cfg: _square_rgb(cfg.image_size or IMAGENET_IMAGE_SIZE, IMAGENET_CLASSES),
 }
 
 
@@ -132,3 +166,18 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu") -> DataSourc
         raise ValueError(f"data.name {cfg.name!r}: its builder returned a {type(source).__name__} without {missing}; "
                          "a dataset builder returns a DataSource (experiments/data/base.py)")
     return source
+
+
+def dataset_info(cfg: DataConfig | str) -> DatasetInfo:
+    """Input shape and number of classes of a dataset, without reading or generating its data.
+
+    ``cfg``: a workload's ``DataConfig`` (its ``image_size`` sets ImageNet's shape, default
+    :data:`IMAGENET_IMAGE_SIZE`) or just a dataset name. Known for the datasets built in here; ValueError
+    naming them for any other name (such a dataset declares no shape: build it and read its
+    ``input_shape`` and ``num_classes``).
+    """
+    cfg = DataConfig(name=cfg) if isinstance(cfg, str) else cfg
+    if cfg.name not in _INFO:
+        raise ValueError(f"dataset_info: data.name must be one of the built-in datasets {sorted(_INFO)}, got "
+                         f"{cfg.name!r} (any other dataset: build it and read input_shape and num_classes)")
+    return _INFO[cfg.name](cfg)

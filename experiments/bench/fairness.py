@@ -1,16 +1,16 @@
 """Are the suite's seconds fair? The quick comparison, lockstep and separate, on an idle and a loaded machine.
 
-    python -m experiments.bench_fairness [--preset quick] [--out results/fairness] [--load 2]
+    python -m experiments.bench.fairness [--preset quick] [--out results/fairness] [--load 2]
                                          [--modes lockstep separate] [--conditions idle loaded]
 
 For each condition and mode, ``python -m experiments.suite --preset <preset> --mode <mode>`` writes its
 runs to ``<out>/<mode>-<condition>/runs``. "idle" runs on the machine as it is (keep it quiet);
 "loaded" runs beside ``--load`` processes that each keep one core busy and stop by themselves
-(:class:`experiments.bench_common.BusyLoad`). ``python -m analysis`` then reports, per optimizer,
+(:class:`experiments.bench.busy_load.BusyLoad`). ``python -m analysis`` then reports, per optimizer,
 seconds per iteration divided by sgd's under both conditions (``fairness.md``, ``fairness.png``): in
 lockstep they should agree; in separate processes the load of the moment enters the ratio.
 Resumable: finished runs are skipped (``--force`` retrains). ``<out>/manifest.json`` records the
-commands, the commit and each condition's seconds.
+commands, the commit (and whether the tree was dirty) and each condition's seconds.
 """
 
 from __future__ import annotations
@@ -22,15 +22,16 @@ import time
 from pathlib import Path
 
 from experiments.atomic import read_json, write_json
-from experiments.bench_common import BusyLoad
-from experiments.manifest import git_state, now_iso
+from experiments.bench.busy_load import BusyLoad
+from experiments.bench.records import provenance
+from experiments.manifest import now_iso
 from experiments.suite import MODES
 
 CONDITIONS = ("idle", "loaded")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_fairness", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.fairness", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="quick")
     p.add_argument("--out", type=Path, default=Path("results/fairness"))
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     manifest_path = args.out / "manifest.json"
     manifest = read_json(manifest_path) or {"conditions": {}}
-    manifest.update(command="python -m experiments.bench_fairness " + " ".join(argv or sys.argv[1:]),
-                    preset=args.preset, load_processes=args.load, **git_state(), last_start=now_iso())
+    manifest.update(**provenance("experiments.bench.fairness", argv), preset=args.preset,
+                    load_processes=args.load, last_start=now_iso())
     failures = 0
     for condition in args.conditions:
         for mode in args.modes:

@@ -1,6 +1,6 @@
 """Per-iteration overhead of each optimizer relative to SGD, and the mL-BFGS direction kernel.
 
-    python -m experiments.bench_overhead [--workloads fmnist-cnn cifar10-resnet18]
+    python -m experiments.bench.overhead [--workloads fmnist-cnn cifar10-resnet18]
                                          [--optimizers sgd adam kfac mlbfgs] [--repeats 15]
 
 Part 1 (optimizers). For each model, one copy per optimizer (same initial weights, one fixed
@@ -21,29 +21,32 @@ The bandwidth bound of a method is the bytes it must move divided by the copy ba
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
 import platform
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from baselines import build_optimizer
-from experiments.bench_common import git_commit, median_time, workload_model
+from experiments.atomic import write_json
+from experiments.bench.records import provenance, write_csv
+from experiments.bench.timing import median_time, timed
+from experiments.bench.workload import synthetic_batch, workload_model
+from experiments.manifest import now_iso
 from mlbfgs import CurvatureHistory
 from mlbfgs.compact import apply_two_loop
 
 
 def bench_optimizers(workload: str, optimizers: list[str], repeats: int, batch: int) -> list[dict]:
+    """Part 1: ``repeats`` interleaved turns of every optimizer on ``workload``'s model and one synthetic
+    batch of ``batch`` examples; rows ``model, optimizer, measure (iteration | step), repeat, seconds``."""
     base, shape, classes = workload_model(workload)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, *shape, generator=gen)
-    y = torch.randint(0, classes, (batch,), generator=gen)
+    x, y = synthetic_batch(shape, classes, batch)
     runs = {}
     for name in optimizers:
         model = workload_model(workload)[0]
@@ -102,6 +105,9 @@ def copy_bandwidth(numel: int, repeats: int) -> float:
 
 
 def bench_kernel(numel: int, history: int, repeats: int) -> tuple[list[dict], float]:
+    """Part 2: the direction of a full ring of ``history`` pairs on ``numel`` elements, per method
+    (interleaved, ``repeats`` times, the cost of resetting the vector subtracted), beside its bandwidth
+    bound; the rows of ``direction_kernel.csv`` and the copy bandwidth in bytes per second."""
     bandwidth = copy_bandwidth(numel * 4, repeats)
     gen = torch.Generator().manual_seed(0)
     methods = {}
@@ -136,13 +142,9 @@ def bench_kernel(numel: int, history: int, repeats: int) -> tuple[list[dict], fl
         for n in names:
             run(n)
     for _ in range(repeats):
-        start = time.perf_counter()
-        work.copy_(g)
-        copy_seconds.append(time.perf_counter() - start)
+        copy_seconds.append(timed(lambda: work.copy_(g)))
         for n in names:
-            start = time.perf_counter()
-            run(n)
-            times[n].append(time.perf_counter() - start)
+            times[n].append(timed(partial(run, n)))
     copy_med = statistics.median(copy_seconds)
     rows = []
     for n in names:
@@ -164,16 +166,9 @@ def bench_kernel(numel: int, history: int, repeats: int) -> tuple[list[dict], fl
     return rows, bandwidth
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench.overhead",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", nargs="+", default=["fmnist-cnn", "cifar10-resnet18"])
     parser.add_argument("--optimizers", nargs="+", default=["sgd", "adam", "kfac", "mlbfgs"])
     parser.add_argument("--repeats", type=int, default=15)
@@ -189,16 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     manifest = {
-        "command": " ".join(
-            ["python", "-m", "experiments.bench_overhead", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "git_commit": git_commit(),
+        **provenance("experiments.bench.overhead", argv),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "repeats": args.repeats,
         "batch_size": args.batch_size,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "started": now_iso(),
     }
     rows, bandwidth = bench_kernel(args.kernel_numel, args.history_size, args.repeats)
     write_csv(args.out / "direction_kernel.csv", rows)
@@ -229,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                         if r["model"] == workload and r["optimizer"] == name and r["measure"] == measure
                     )
                     print(f"{workload:18s} {measure:9s} {name:8s} {med * 1e3:9.1f} ms  x{med / sgd:6.2f} of sgd")
-    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest["finished"] = now_iso()
+    write_json(args.out / "manifest.json", manifest)
     return 0
 
 

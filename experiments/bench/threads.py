@@ -1,6 +1,6 @@
 """How many torch threads a run should use on this machine, idle and with other work on the cores.
 
-    python -m experiments.bench_threads [--workloads fmnist-cnn mnist1d-mlp] [--threads 1 2]
+    python -m experiments.bench.threads [--workloads fmnist-cnn mnist1d-mlp] [--threads 1 2]
                                         [--repeats 7] [--iters 20] [--load 2] [--out results/threads]
 
 For each workload: one model and one SGD optimizer on a fixed synthetic batch of the workload's
@@ -17,8 +17,7 @@ workloads, ties (within 10%) going to the fewer threads; it is printed and writt
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import os
 import platform
 import statistics
 import sys
@@ -28,16 +27,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from experiments.bench_common import BusyLoad, git_commit, workload_model
+from experiments.atomic import write_json
+from experiments.bench.busy_load import BusyLoad
+from experiments.bench.records import provenance, write_csv
+from experiments.bench.workload import synthetic_batch, workload_model
 
 COLUMNS = ("workload", "condition", "threads", "repeat", "seconds", "cpu_seconds")
 
 
 def bench(workload: str, threads: list[int], repeats: int, iters: int, batch: int, condition: str) -> list[dict]:
+    """Every thread count in turn, ``repeats`` times, ``iters`` SGD iterations each on ``workload``'s model
+    and one synthetic batch; rows of :data:`COLUMNS` (seconds per iteration) labelled ``condition``."""
     model, shape, classes = workload_model(workload)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, *shape, generator=gen)
-    y = torch.randint(0, classes, (batch,), generator=gen)
+    x, y = synthetic_batch(shape, classes, batch)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def iteration() -> None:
@@ -79,7 +81,7 @@ def recommend(rows: list[dict], tolerance: float = 0.10) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_threads", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.threads", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", nargs="+", default=["fmnist-cnn", "mnist1d-mlp"])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -103,16 +105,11 @@ def main(argv: list[str] | None = None) -> int:
                                             and r["condition"] == condition and r["threads"] == t)
                     print(f"{workload:12s} {condition:6s} threads={t}: {med * 1e3:8.2f} ms/iteration", flush=True)
     choice = recommend(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "threads.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    manifest = {"command": "python -m experiments.bench_threads " + " ".join(argv or sys.argv[1:]),
-                "git_commit": git_commit(), "torch_version": torch.__version__, "machine": platform.machine(),
-                "cores": len(__import__("os").sched_getaffinity(0)), "load_processes": args.load,
+    write_csv(args.out / "threads.csv", rows, COLUMNS)
+    manifest = {**provenance("experiments.bench.threads", argv), "torch_version": torch.__version__,
+                "machine": platform.machine(), "cores": len(os.sched_getaffinity(0)), "load_processes": args.load,
                 "recommended_threads": choice, "rule": recommend.__doc__}
-    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(args.out / "manifest.json", manifest)
     print(f"recommended threads per process: {choice}")
     return 0
 

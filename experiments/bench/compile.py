@@ -1,6 +1,6 @@
 """The MLBFGS step eager against ``torch.compile(opt.step)`` (inductor), interleaved.
 
-    python -m experiments.bench_compile [--workloads fmnist-cnn cifar10-resnet18] [--repeats 15]
+    python -m experiments.bench.compile [--workloads fmnist-cnn cifar10-resnet18] [--repeats 15]
                                         [--threads 2] [--out results/compile]
 
 For each workload's model (random init), two copies with identical MLBFGS optimizers (the suite's
@@ -12,23 +12,24 @@ medians (compiled / eager) is reported with the recompile and graph counts of ``
 and the largest parameter difference between the two copies (they follow the same trajectory).
 
 Rows: ``workload, variant, step, seconds`` in ``<out>/steps.csv``; ``<out>/summary.csv`` and
-``<out>/manifest.json`` (command, commit, torch, threads).
+``<out>/manifest.json`` (command, commit and dirty flag, torch, threads).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from experiments.bench_common import git_commit, workload_model
+from experiments.atomic import write_json
+from experiments.bench.records import provenance, write_csv
+from experiments.bench.timing import timed
+from experiments.bench.workload import workload_model
+from experiments.manifest import now_iso
 from mlbfgs import MLBFGS
 
 SETTINGS = dict(lr=0.1, momentum=0.9, history_size=10, update_period=5, beta=0.999, pair_momentum=0.9,
@@ -36,6 +37,8 @@ SETTINGS = dict(lr=0.1, momentum=0.9, history_size=10, update_period=5, beta=0.9
 
 
 def bench(workload: str, repeats: int) -> tuple[list[dict], dict]:
+    """Steps of ``workload``'s model, eager against compiled, interleaved for ``repeats`` periods of T steps:
+    one row per timed step (``workload, variant, step, seconds``) and the workload's summary row."""
     from torch._dynamo.utils import counters
 
     eager_model, _, _ = workload_model(workload)
@@ -54,11 +57,6 @@ def bench(workload: str, repeats: int) -> tuple[list[dict], dict]:
             g = torch.randn(a.shape, generator=gen) * 1e-2
             a.grad = g + 0.1 * a.detach()
             b.grad = g + 0.1 * b.detach()
-
-    def timed(fn) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
 
     warmup = period * (SETTINGS["history_size"] + 2)
     t0 = time.perf_counter()
@@ -94,7 +92,8 @@ def bench(workload: str, repeats: int) -> tuple[list[dict], dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.compile", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", nargs="+", default=["fmnist-cnn", "cifar10-resnet18"])
     p.add_argument("--repeats", type=int, default=15, help="periods of T steps timed per variant")
     p.add_argument("--threads", type=int, default=2)
@@ -104,27 +103,20 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    manifest = {"command": "python -m experiments.bench_compile " + " ".join(argv or sys.argv[1:]),
-                "git_commit": git_commit(), "torch": torch.__version__, "threads": args.threads,
-                "machine": platform.machine(), "settings": SETTINGS, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    manifest = {**provenance("experiments.bench.compile", argv), "torch": torch.__version__, "threads": args.threads,
+                "machine": platform.machine(), "settings": SETTINGS, "started": now_iso()}
     all_rows, summaries = [], []
     for workload in args.workloads:
-        print(f"[bench_compile] {workload}: warm-up (compiles every phase), then {args.repeats} x "
+        print(f"[bench.compile] {workload}: warm-up (compiles every phase), then {args.repeats} x "
               f"{SETTINGS['update_period']} interleaved steps", flush=True)
         rows, summary = bench(workload, args.repeats)
         all_rows += rows
         summaries.append(summary)
-        print(f"[bench_compile] {summary}", flush=True)
-    with open(args.out / "steps.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(all_rows[0]))
-        w.writeheader()
-        w.writerows(all_rows)
-    with open(args.out / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(summaries[0]))
-        w.writeheader()
-        w.writerows(summaries)
-    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        print(f"[bench.compile] {summary}", flush=True)
+    write_csv(args.out / "steps.csv", all_rows)
+    write_csv(args.out / "summary.csv", summaries)
+    manifest["finished"] = now_iso()
+    write_json(args.out / "manifest.json", manifest)
     return 0
 
 

@@ -1,6 +1,6 @@
 """What the runner costs: its iteration against a bare PyTorch loop, and the start-up of a run.
 
-    python -m experiments.bench_runner [--workloads mnist1d-mlp fmnist-cnn] [--optimizers sgd mlbfgs]
+    python -m experiments.bench.runner [--workloads mnist1d-mlp fmnist-cnn] [--optimizers sgd mlbfgs]
                                        [--repeats 15] [--iters 50] [--out results/runner]
 
 Per iteration. For each (workload, optimizer), on the workload's real data (the quick preset's
@@ -33,8 +33,6 @@ the evaluation at iteration 0), ``--startup-repeats`` times each; rows
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import platform
 import statistics
 import subprocess
@@ -48,7 +46,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from experiments.bench_common import git_commit
+from experiments.atomic import write_json
+from experiments.bench.records import provenance, write_csv
 from experiments.distributed import DistContext
 from experiments.lockstep import set_torch_rng_state, torch_rng_state
 from experiments.presets import load_preset
@@ -112,6 +111,8 @@ class BareLoop:
 
 
 def bench_iterations(workload: str, optimizer: str, repeats: int, iters: int, tmp: Path) -> list[dict]:
+    """The contestants of ``(workload, optimizer)`` alternating iteration by iteration, ``iters`` iterations
+    per repeat; rows ``workload, optimizer, contestant, repeat, seconds`` (mean per iteration), files in ``tmp``."""
     total = (repeats + 1) * iters * 2 + 10
     spec = quick_spec(workload, optimizer, total)
     ctx = DistContext()
@@ -161,6 +162,8 @@ def bench_iterations(workload: str, optimizer: str, repeats: int, iters: int, tm
 
 
 def bench_startup(workload: str, repeats: int, tmp: Path) -> list[dict]:
+    """Seconds of the imports, the data and the run set-up of ``workload``, ``repeats`` times each;
+    rows ``workload, stage, repeat, seconds``, files in ``tmp``."""
     rows = []
     for rep in range(repeats):
         start = time.perf_counter()
@@ -180,15 +183,8 @@ def bench_startup(workload: str, repeats: int, tmp: Path) -> list[dict]:
     return rows
 
 
-def _write(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_runner", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.runner", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", nargs="+", default=["mnist1d-mlp", "fmnist-cnn"],
                    choices=["mnist1d-mlp", "fmnist-cnn"])
@@ -225,13 +221,11 @@ def main(argv: list[str] | None = None) -> int:
                 med = statistics.median(r["seconds"] for r in startup if r["workload"] == workload
                                         and r["stage"] == stage)
                 print(f"{workload:12s} start-up {stage:9s} {med:7.3f} s", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    _write(args.out / "runner.csv", RUN_COLUMNS, rows)
-    _write(args.out / "startup.csv", STARTUP_COLUMNS, startup)
-    manifest = {"command": "python -m experiments.bench_runner " + " ".join(argv or sys.argv[1:]),
-                "git_commit": git_commit(), "torch_version": torch.__version__, "machine": platform.machine(),
-                "threads": args.threads, "repeats": args.repeats, "iters": args.iters}
-    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_csv(args.out / "runner.csv", rows, RUN_COLUMNS)
+    write_csv(args.out / "startup.csv", startup, STARTUP_COLUMNS)
+    manifest = {**provenance("experiments.bench.runner", argv), "torch_version": torch.__version__,
+                "machine": platform.machine(), "threads": args.threads, "repeats": args.repeats, "iters": args.iters}
+    write_json(args.out / "manifest.json", manifest)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Per-rank curvature memory and direction time of block-sharded mL-BFGS, for several world sizes.
 
-    python -m experiments.bench_distributed [--workloads fmnist-cnn cifar10-resnet18] [--world-sizes 1 2 4]
+    python -m experiments.bench.distributed [--workloads fmnist-cnn cifar10-resnet18] [--world-sizes 1 2 4]
 
 For each world size it starts that many gloo processes on this machine (the numbers are about how
 the work is divided, which does not need separate machines), builds the model, fills every ring
@@ -15,7 +15,6 @@ Writes ``results/distributed/<workload>.csv`` (schema in DEVELOPERS.md) and a ma
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -27,17 +26,23 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from experiments.bench_common import git_commit, median_time, workload_model
+from experiments.atomic import write_json
+from experiments.bench.records import provenance, write_csv
+from experiments.bench.timing import median_time
+from experiments.bench.workload import workload_model
 from mlbfgs import MLBFGS
 
 HISTORY = 10
 
 
 def block_state_bytes(numel: int, history: int, dtype: torch.dtype = torch.float32) -> int:
-    """Curvature state of one block, from the definition: P, G, P0, G0, the 2M x n ring, 2M x 2M matrices."""
+    """Bytes of one block's curvature state, from the definition: P, G, P0, G0 (``numel`` each), the
+    2M x n ring, the 2M x 2M Gram (float64) and compact matrices, the 2M row norms and gamma (the last
+    three in the working dtype: float32, float64 for a float64 block). Parameters and history in ``dtype``."""
     item = torch.empty((), dtype=dtype).element_size()
+    work = 8 if dtype == torch.float64 else 4
     ring = 2 * history * numel * item
-    small = (2 * history) ** 2 * (8 + item)  # Gram matrix in float64 + compact matrix
+    small = (2 * history) ** 2 * (8 + work) + 2 * history * work + work
     return 4 * numel * item + ring + small
 
 
@@ -81,7 +86,11 @@ def _worker(rank: int, world: int, init_file: str, workload: str, repeats: int, 
     dist.destroy_process_group()
 
 
-def run(workloads: list[str], world_sizes: list[int], repeats: int, out_dir: Path) -> bool:
+def run(workloads: list[str], world_sizes: list[int], repeats: int, out_dir: Path,
+        argv: list[str] | None = None) -> bool:
+    """Measure every workload at every world size; write ``<out_dir>/<workload>.csv`` and its ``.json``
+    manifest (``argv``: the command-line arguments it records, default this process's). True when both
+    checks held everywhere."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ok = True
     for workload in workloads:
@@ -130,13 +139,9 @@ def run(workloads: list[str], world_sizes: list[int], repeats: int, out_dir: Pat
                     }
                 )
         path = out_dir / f"{workload}.csv"
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(path, rows)
         manifest = {
-            "command": " ".join([Path(sys.executable).name, "-m", "experiments.bench_distributed", *sys.argv[1:]]),
-            "git_commit": git_commit(),
+            **provenance("experiments.bench.distributed", argv),
             "torch": torch.__version__,
             "history_size": HISTORY,
             "blocks": "layer",
@@ -145,14 +150,14 @@ def run(workloads: list[str], world_sizes: list[int], repeats: int, out_dir: Pat
             "cpu_threads": torch.get_num_threads(),
             "checks_passed": ok,
         }
-        with open(path.with_suffix(".json"), "w") as f:
-            json.dump(manifest, f, indent=2)
+        write_json(path.with_suffix(".json"), manifest)
         print(f"wrote {path}")
     return ok
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench.distributed",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", nargs="+", default=["fmnist-cnn", "cifar10-resnet18"])
     parser.add_argument("--world-sizes", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=20)
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(w < 1 for w in args.world_sizes):
         parser.error("--world-sizes: every world size must be >= 1")
-    return 0 if run(args.workloads, sorted(set(args.world_sizes)), args.repeats, args.out) else 1
+    return 0 if run(args.workloads, sorted(set(args.world_sizes)), args.repeats, args.out, argv) else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,33 @@
+"""What a benchmark writes: rows as CSV, and the provenance every manifest of a benchmark starts with."""
+
+from __future__ import annotations
+
+import csv
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.manifest import git_state
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """Write ``rows`` to ``path`` (its folder created) with a header of ``columns`` (default: the keys of
+    the first row, in order). ValueError when there are no rows and no columns to name the header."""
+    if columns is None:
+        if not rows:
+            raise ValueError(f"{path}: no rows, and no columns given for the header")
+        columns = list(rows[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def provenance(module: str, argv: list[str] | None) -> dict[str, Any]:
+    """``command`` (``python -m <module> <args>``, shell-quoted; ``argv`` None means this process's
+    ``sys.argv[1:]``), ``git_commit`` and ``git_dirty`` (:func:`experiments.manifest.git_state`)."""
+    args = sys.argv[1:] if argv is None else argv
+    return {"command": " ".join(shlex.quote(a) for a in ["python", "-m", module, *args]), **git_state()}

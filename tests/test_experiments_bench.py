@@ -1,0 +1,196 @@
+"""The benchmarks (``experiments/bench/``): shared pieces, command lines, and tiny runs whose files the
+analysis reads (the committed results' schemas)."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.bench import distributed, fairness, overhead, records, runner, threads, timing
+from experiments.bench.busy_load import BusyLoad
+from experiments.bench.workload import synthetic_batch, workload_model
+from experiments.manifest import REPO_ROOT
+from mlbfgs import MLBFGS
+
+BENCHMARKS = ("compile", "distributed", "fairness", "overhead", "runner", "threads")
+
+
+@pytest.fixture
+def restore_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _check_provenance(manifest: dict, module: str, argv: list[str]) -> None:
+    assert manifest["command"] == " ".join(["python", "-m", module, *argv])
+    assert manifest["git_commit"] == _head()
+    assert isinstance(manifest["git_dirty"], bool)
+
+
+# ---- command lines -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_help_names_the_module(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    module = importlib.import_module(f"experiments.bench.{name}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert f"python -m experiments.bench.{name}" in capsys.readouterr().out
+
+
+def test_help_runs_as_a_module() -> None:
+    out = subprocess.run([sys.executable, "-m", "experiments.bench.threads", "--help"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "--load" in out
+
+
+# ---- shared pieces -------------------------------------------------------------------------------
+
+
+def test_workload_model_takes_its_shape_from_the_data_registry() -> None:
+    model, shape, classes = workload_model("fmnist-cnn")
+    assert (shape, classes) == ((1, 28, 28), 10)
+    x, y = synthetic_batch(shape, classes, batch=3)
+    assert model(x).shape == (3, 10) and y.shape == (3,) and 0 <= int(y.min()) and int(y.max()) < 10
+    again, _, _ = workload_model("fmnist-cnn")
+    other, _, _ = workload_model("fmnist-cnn", seed=1)
+    first = next(model.parameters())
+    assert torch.equal(first, next(again.parameters())) and not torch.equal(first, next(other.parameters()))
+    with pytest.raises(ValueError, match="workload must be one of"):
+        workload_model("no-such-workload")
+
+
+def test_synthetic_batch_is_seeded() -> None:
+    x, y = synthetic_batch((40,), 10, batch=16)
+    x2, y2 = synthetic_batch((40,), 10, batch=16)
+    assert x.shape == (16, 40) and torch.equal(x, x2) and torch.equal(y, y2)
+    assert not torch.equal(x, synthetic_batch((40,), 10, batch=16, seed=1)[0])
+    with pytest.raises(ValueError, match="batch must be >= 1, got 0"):
+        synthetic_batch((40,), 10, batch=0)
+
+
+def test_median_time_is_the_median_of_the_timed_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    durations = iter([100.0, 5.0, 1.0, 3.0])  # the first call is the warm-up
+    calls = []
+
+    def fn() -> None:
+        calls.append(1)
+        clock[0] += next(durations)
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    assert timing.median_time(fn, repeats=3, warmup=1) == 3.0
+    assert len(calls) == 4
+    with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
+        timing.median_time(fn, repeats=0)
+
+
+def test_busy_load_runs_while_open_and_stops_by_itself() -> None:
+    with BusyLoad(1, seconds=60, kind="spin") as load:
+        assert len(load.procs) == 1 and load.procs[0].poll() is None
+        proc = load.procs[0]
+    assert proc.poll() is not None and load.procs == []
+    with BusyLoad(1, seconds=0.2) as load:
+        assert load.procs[0].wait(timeout=30) == 0  # its own deadline, before the context ends
+    for kwargs, message in (({"n": -1}, "n must be >= 0"), ({"seconds": 0}, "seconds must be > 0"),
+                            ({"kind": "disk"}, r"kind must be one of \['spin', 'torch'\], got 'disk'")):
+        with pytest.raises(ValueError, match=message):
+            BusyLoad(**{"n": 1, "seconds": 1.0, **kwargs})
+
+
+def test_write_csv_header(tmp_path: Path) -> None:
+    records.write_csv(tmp_path / "a" / "rows.csv", [{"b": 1, "a": 2}])
+    assert (tmp_path / "a" / "rows.csv").read_text().splitlines() == ["b,a", "1,2"]
+    records.write_csv(tmp_path / "empty.csv", [], columns=("x", "y"))
+    assert (tmp_path / "empty.csv").read_text().splitlines() == ["x,y"]
+    with pytest.raises(ValueError, match="no rows, and no columns"):
+        records.write_csv(tmp_path / "none.csv", [])
+
+
+def test_provenance_records_the_command_and_the_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    got = records.provenance("experiments.bench.overhead", ["--out", "a b"])
+    assert got["command"] == "python -m experiments.bench.overhead --out 'a b'"
+    assert got["git_commit"] == _head() and isinstance(got["git_dirty"], bool)
+    monkeypatch.setattr(sys, "argv", ["overhead.py", "--repeats", "3"])
+    assert records.provenance("experiments.bench.overhead", None)["command"].endswith(" --repeats 3")
+
+
+# ---- what each benchmark writes ------------------------------------------------------------------
+
+
+def test_csv_schemas_are_the_ones_analysis_reads() -> None:
+    from analysis import runner as runner_analysis
+    from analysis import threads as threads_analysis
+
+    assert runner.RUN_COLUMNS == runner_analysis.RUN_COLUMNS
+    assert runner.STARTUP_COLUMNS == runner_analysis.STARTUP_COLUMNS
+    assert threads.COLUMNS == threads_analysis.COLUMNS
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_block_state_bytes_is_what_mlbfgs_holds(dtype: torch.dtype) -> None:
+    model, shape, classes = workload_model("mnist1d-mlp")
+    model.to(dtype)
+    params = list(model.parameters())
+    opt = MLBFGS(params, lr=0.01, history_size=3, update_period=1, blocks="layer")
+    for _ in range(5):
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-2 + 1e-3 * p.detach()
+        opt.step()
+    expected = sum(distributed.block_state_bytes(opt.block_sizes[b], 3, dtype) for b in opt.owned_blocks)
+    assert opt.curvature_bytes() == expected
+
+
+def test_overhead_writes_what_analysis_reads(tmp_path: Path, restore_threads: None) -> None:
+    from analysis import load_overhead
+
+    argv = ["--workloads", "mnist1d-mlp", "--optimizers", "sgd", "mlbfgs", "--repeats", "3", "--batch-size", "8",
+            "--kernel-numel", "2000", "--history-size", "2", "--threads", "1", "--out", str(tmp_path / "overhead")]
+    assert overhead.main(argv) == 0
+    frame = load_overhead(tmp_path)
+    assert sorted(set(zip(frame["optimizer"], frame["measure"]))) == [
+        ("mlbfgs", "iteration"), ("mlbfgs", "step"), ("sgd", "iteration"), ("sgd", "step")]
+    assert len(frame) == 4 * 3
+    with open(tmp_path / "overhead" / "direction_kernel.csv") as f:
+        kernel = list(csv.DictReader(f))
+    assert {r["method"] for r in kernel} == {"compact-float32", "two-loop-float32", "compact-bfloat16"}
+    assert set(kernel[0]) == {"method", "numel", "history_size", "repeat", "seconds", "bytes_moved",
+                              "bound_seconds", "bandwidth_gbs"}
+    _check_provenance(json.loads((tmp_path / "overhead" / "manifest.json").read_text()),
+                      "experiments.bench.overhead", argv)
+
+
+def test_threads_writes_what_analysis_reads(tmp_path: Path, restore_threads: None) -> None:
+    from analysis.threads import load_threads
+
+    argv = ["--workloads", "mnist1d-mlp", "--threads", "1", "--repeats", "2", "--iters", "1", "--batch", "8",
+            "--load", "1", "--out", str(tmp_path / "threads")]
+    assert threads.main(argv) == 0
+    frame = load_threads(tmp_path)
+    assert sorted(set(frame["condition"])) == ["idle", "spin", "torch"] and len(frame) == 3 * 2
+    manifest = json.loads((tmp_path / "threads" / "manifest.json").read_text())
+    _check_provenance(manifest, "experiments.bench.threads", argv)
+    assert manifest["recommended_threads"] == 1
+
+
+def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert fairness.main(["--load", "0"]) == 2
+    assert "load must be a positive integer, got 0" in capsys.readouterr().err
+    assert threads.main(["--iters", "0"]) == 2
+    with pytest.raises(ValueError, match=r"optimizer must be one of \['sgd', 'adam', 'mlbfgs'\], got 'kfac'"):
+        runner.bare_optimizer("kfac", torch.nn.Linear(2, 2), {})
