@@ -30,15 +30,24 @@ def restore_threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _head() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                          check=True).stdout.strip()
+def _head() -> str | None:
+    """This checkout's commit; None outside a git checkout (then the manifests record None too)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _check_tree(fields: dict) -> None:
+    head = _head()
+    assert fields["git_commit"] == head
+    assert isinstance(fields["git_dirty"], bool) if head else fields["git_dirty"] is None
 
 
 def _check_provenance(manifest: dict, module: str, argv: list[str]) -> None:
     assert manifest["command"] == " ".join(["python", "-m", module, *argv])
-    assert manifest["git_commit"] == _head()
-    assert isinstance(manifest["git_dirty"], bool)
+    _check_tree(manifest)
 
 
 # ---- command lines -------------------------------------------------------------------------------
@@ -125,7 +134,7 @@ def test_write_csv_header(tmp_path: Path) -> None:
 def test_provenance_records_the_command_and_the_tree(monkeypatch: pytest.MonkeyPatch) -> None:
     got = records.provenance("experiments.bench.overhead", ["--out", "a b"])
     assert got["command"] == "python -m experiments.bench.overhead --out 'a b'"
-    assert got["git_commit"] == _head() and isinstance(got["git_dirty"], bool)
+    _check_tree(got)
     monkeypatch.setattr(sys, "argv", ["overhead.py", "--repeats", "3"])
     assert records.provenance("experiments.bench.overhead", None)["command"].endswith(" --repeats 3")
 
