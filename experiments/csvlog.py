@@ -2,7 +2,9 @@
 
 Flushes every ``max_rows`` rows or ``max_seconds`` seconds, whichever comes first, so a crash loses
 at most a few seconds of rows; the checkpoint records ``offset()`` and a resumed run truncates the
-file back to it, so rows written after the last checkpoint are never duplicated.
+file back to it, so rows written after the last checkpoint are never duplicated. ``on_flush`` receives
+each flushed batch of rows, materialised (the optional TensorBoard copy,
+:mod:`experiments.tensorboard_log`), so whatever mirrors the CSV costs nothing between flushes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import csv
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +48,15 @@ class CsvLog:
         resume_offset: int | None = None,
         max_rows: int = 64,
         max_seconds: float = 2.0,
+        on_flush: Callable[[list[list[Any]]], None] | None = None,
     ) -> None:
-        """Start a new file (header only), or with ``resume_offset`` truncate an existing one to it."""
+        """Start a new file (header only), or with ``resume_offset`` truncate an existing one to it.
+
+        ``on_flush`` is called with every batch of rows written, after they are written: values in
+        column order, tensors already turned into Python numbers, empty cells None.
+        """
         self.path = Path(path)
+        self.on_flush = on_flush
         self.columns = tuple(columns)
         self._column_set = frozenset(self.columns)
         self.max_rows, self.max_seconds = max_rows, max_seconds
@@ -106,17 +114,20 @@ class CsvLog:
             self._rows[i][j] = v
 
     def flush(self, fsync: bool = False) -> None:
+        written: list[list[Any]] = []
         if self._rows:
             self._materialise()
             if not self.nonfinite_seen:
                 self.nonfinite_seen = any(isinstance(v, float) and not math.isfinite(v)
                                           for row in self._rows for v in row)
             self._writer.writerows(self._rows)
-            self._rows.clear()
+            written, self._rows = self._rows, []
         self._file.flush()
         if fsync:
             os.fsync(self._file.fileno())
         self._last_flush = time.monotonic()
+        if written and self.on_flush is not None:
+            self.on_flush(written)
 
     def offset(self) -> int:
         """Byte length of the file after flushing everything buffered (for checkpoints)."""
@@ -124,5 +135,8 @@ class CsvLog:
         return self._file.tell()
 
     def close(self) -> None:
+        """Write what is buffered and close the file (again: nothing)."""
+        if self._file.closed:
+            return
         self.flush()
         self._file.close()

@@ -111,19 +111,27 @@ def train_lockstep(specs: list[RunSpec], opts: RunOptions, ctx: DistContext,
         runs: list[Run] = []
         streams: dict[str, Any] = {}
         host = None
-        for spec in pending:
-            set_rng_state(start_state, ctx.device)
-            run_opts = replace(opts, command=(commands or {}).get(spec.run_id, opts.command))
-            run = Run(spec, run_opts, ctx, data)
-            run.start()
-            streams[spec.run_id] = torch_rng_state(ctx.device)
-            if host is None:
-                host = host_rng_state()
-            elif not same_host_rng_state(host, host_rng_state()):
-                raise HostRngDrawError(f"{spec.run_id}: Python's or NumPy's global RNG is not in the state of the "
-                                       "group's other runs (a resumed run that drew from them?); use --mode separate")
-            runs.append(run)
-        failed = _drive(runs, streams, host, opts, ctx)
+        try:
+            for spec in pending:
+                set_rng_state(start_state, ctx.device)
+                run_opts = replace(opts, command=(commands or {}).get(spec.run_id, opts.command))
+                run = Run(spec, run_opts, ctx, data)
+                runs.append(run)
+                run.start()
+                streams[spec.run_id] = torch_rng_state(ctx.device)
+                if host is None:
+                    host = host_rng_state()
+                elif not same_host_rng_state(host, host_rng_state()):
+                    raise HostRngDrawError(f"{spec.run_id}: Python's or NumPy's global RNG is not in the state of "
+                                           "the group's other runs (a resumed run that drew from them?); use --mode "
+                                           "separate")
+            failed = _drive(runs, streams, host, opts, ctx)
+        except BaseException:
+            # an error that stops the group (or an interrupt): every run's rows so far reach its CSV and
+            # TensorBoard files; their manifests still say running, and a rerun resumes them
+            for run in runs:
+                run.close_logs()
+            raise
         for run in runs:
             summaries[run.spec.run_id] = failed[run.spec.run_id] if run.spec.run_id in failed else run.finish()
     return [summaries[s.run_id] for s in specs]

@@ -33,6 +33,7 @@ from experiments.distributed import DEVICES, setup, teardown
 from experiments.lockstep import check_group, train_lockstep
 from experiments.manifest import command_line
 from experiments.runspec import RunSpec, make_run_spec
+from experiments.tensorboard_log import require_tensorboard
 from experiments.trainer import DEFAULT_THREADS, RunOptions, progress_enabled, train
 
 
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="start over even if finished or checkpointed")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the last checkpoint when finished")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                   help="also write each run's CSV numbers as TensorBoard event files in DIR/<run id>/ (needs the "
+                        "tensorboard package: pip install 'mlbfgs[tensorboard]')")
     return p
 
 
@@ -192,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"flush-rows must be a positive integer, got {args.flush_rows}")
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"threads must be a positive integer, got {args.threads}")
+        if args.tensorboard is not None:
+            require_tensorboard()
         lockstep = len(specs) > 1
         if lockstep:
             check_group(specs)
-    except ValueError as err:
+    except (ValueError, ModuleNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -205,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_dir = args.checkpoint_dir or args.out / "checkpoints"
     common = ["--out", str(args.out), "--checkpoint-dir", str(checkpoint_dir), "--threads", str(threads),
               "--device", args.device, "--flush-rows", str(args.flush_rows)]
+    if args.tensorboard is not None:
+        common += ["--tensorboard", str(args.tensorboard)]
     base = RunOptions(out=args.out, checkpoint_root=checkpoint_dir, threads=threads,
                       progress=progress_enabled() and not args.no_progress, force=args.force,
-                      keep_checkpoint=args.keep_checkpoint, flush_rows=args.flush_rows,
+                      keep_checkpoint=args.keep_checkpoint, flush_rows=args.flush_rows, tensorboard=args.tensorboard,
                       mode="lockstep" if lockstep else "separate",
                       group=tuple(s.run_id for s in specs) if lockstep else (),
                       group_command=command_line(argv) if lockstep else "")

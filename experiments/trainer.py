@@ -3,7 +3,8 @@
 Order within an iteration t (1-based after the step), inside the run's clock: fetch the batch, set the
 LR for step t-1, step. Then, outside the clock: log the train row, evaluate (every ``eval_interval``
 and at the end) and checkpoint (every ``checkpoint_interval``, and at an epoch end when 30 s passed
-since the last checkpoint). The data position is a
+since the last checkpoint); the optional TensorBoard copy of the CSV rows is written when the CSV
+flushes, so outside the clock too. The data position is a
 function of the iteration, so a checkpoint at iteration t resumes with the batch of iteration t+1.
 
 The clock of a run is its own: ``wall_s`` sums the wall seconds of its iterations and ``cpu_s`` the
@@ -39,6 +40,7 @@ from experiments.manifest import Manifest, device_description, git_state, is_fin
 from experiments.models import build_model
 from experiments.runspec import RunSpec
 from experiments.schedule import LRSchedule
+from experiments.tensorboard_log import TensorBoardLog
 
 # the order of a train row (write_values); checked against the CSV schema at import
 _TRAIN_ROW = ("run_id", "workload", "optimizer", "seed", "kind", "epoch", "iteration", "train_loss", "lr", "wall_s",
@@ -71,6 +73,7 @@ class RunOptions:
     mode: str = "separate"  # "separate" (one run per process) or "lockstep" (recorded in the manifest)
     group: tuple[str, ...] = ()  # run ids trained in the same lockstep process
     group_command: str = ""  # the command of that lockstep process
+    tensorboard: Path | None = None  # a copy of the CSV rows as TensorBoard event files in <tensorboard>/<run id>/
 
 
 def progress_enabled() -> bool:
@@ -214,6 +217,7 @@ class Run:
 
         self.run_log: CsvLog | None = None
         self.curv_log: _CurvatureLog | None = None
+        self.tensorboard: TensorBoardLog | None = None
         self.manifest: Manifest | None = None
         if ctx.is_main:
             self._open_logs(resume_at)
@@ -233,8 +237,11 @@ class Run:
 
     def _open_logs(self, resume_at: int | None) -> None:
         spec, opts, ctx, cfg = self.spec, self.opts, self.ctx, self.spec.workload
+        if opts.tensorboard is not None:
+            self.tensorboard = TensorBoardLog(opts.tensorboard / spec.run_id, RUN_COLUMNS, resume_at)
         self.run_log = CsvLog(spec.csv_path(opts.out), RUN_COLUMNS, resume_offset=self.offsets["run"],
-                              max_rows=opts.flush_rows)
+                              max_rows=opts.flush_rows,
+                              on_flush=None if self.tensorboard is None else self.tensorboard.write_rows)
         self.curv_log = _CurvatureLog(spec.curvature_path(opts.out), self.offsets["curvature"],
                                       resume_at is not None, opts.flush_rows)
         base = {
@@ -370,11 +377,20 @@ class Run:
         checkpoint), the logs are closed; returns the run's summary."""
         self.error = f"{type(err).__name__}: {err}"
         if self.ctx.is_main:
-            self.run_log.close()
-            self.curv_log.close()
+            self.close_logs()
             self.manifest.update(status="failed", end_time=now_iso(), error=self.error)
             self.manifest.save()
         return {"run_id": self.spec.run_id, "status": "failed", "error": self.error}
+
+    def close_logs(self) -> None:
+        """Write what the logs buffer and close them: the CSVs, then the TensorBoard copy (again: nothing).
+        :meth:`finish` and :meth:`fail` call it, and so does a crash that ends the process."""
+        if self.run_log is not None:
+            self.run_log.close()
+        if self.curv_log is not None:
+            self.curv_log.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def finish(self) -> dict[str, Any]:
         """Close the logs, mark the manifest finished, drop the checkpoint; returns the run's summary."""
@@ -386,8 +402,7 @@ class Run:
         if self.error is not None:
             summary["error"] = self.error
         if self.ctx.is_main:
-            self.run_log.close()
-            self.curv_log.close()
+            self.close_logs()
             self.manifest.update(status="finished", end_time=now_iso(), iterations_done=self.iteration,
                                  train_s=round(self.wall, 3), cpu_s=round(self.cpu, 3), outcome=summary["outcome"],
                                  grad_evals=self.opt.grad_evals,
@@ -412,15 +427,21 @@ def train(spec: RunSpec, opts: RunOptions, ctx: DistContext) -> dict[str, Any]:
     if skipped is not None:
         return skipped
     run = Run(spec, opts, ctx, load_data(spec, ctx))
-    run.start()
     from tqdm import tqdm
 
-    with tqdm(total=run.total, initial=run.iteration, desc=spec.run_id, dynamic_ncols=True, leave=False,
-              disable=not (opts.progress and ctx.is_main)) as bar:
-        while not run.done:
-            run.step()
-            bar.update(1)
-            if run.last_eval and not bar.disable:
-                bar.set_postfix(test_acc=f"{run.last_eval['test_acc']:.4f}", refresh=False)
+    try:
+        run.start()
+        with tqdm(total=run.total, initial=run.iteration, desc=spec.run_id, dynamic_ncols=True, leave=False,
+                  disable=not (opts.progress and ctx.is_main)) as bar:
+            while not run.done:
+                run.step()
+                bar.update(1)
+                if run.last_eval and not bar.disable:
+                    bar.set_postfix(test_acc=f"{run.last_eval['test_acc']:.4f}", refresh=False)
+    except BaseException:
+        # a crash or an interrupt: the rows so far reach the CSV and the TensorBoard files; the manifest
+        # still says running, and a rerun resumes from the last checkpoint
+        run.close_logs()
+        raise
     return run.finish()
 
