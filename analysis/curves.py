@@ -15,8 +15,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
+from analysis.configs import with_labels
 from analysis.select import MAIN_BETA, main_runs
-from analysis.style import line_style, new_figure, optimizer_color, plain_log_ticks, sort_optimizers, styled
+from analysis.style import line_style, new_figure, optimizer_color, optimizer_sort_key, plain_log_ticks, styled
 
 #: Default EMA span as a fraction of a run's train rows (2%: 1,000 iterations -> span 20).
 SMOOTH_FRACTION = 0.02
@@ -33,6 +34,9 @@ X_AXES: dict[str, str] = {
 MAX_POINTS = 400
 
 Band = Literal["minmax", "std"]
+
+#: Line dashes of the configurations of one optimizer, in order.
+DASHES: tuple[str, ...] = ("-", "--", ":", "-.")
 
 
 def smoothing_span(n: int, fraction: float = SMOOTH_FRACTION) -> int:
@@ -270,21 +274,41 @@ def plot_convergence(
     data = main_runs(runs[runs["workload"] == workload], main_beta)
     if data.empty:
         raise ValueError(f"workload {workload!r} has no runs; known: {', '.join(sorted(runs['workload'].unique()))}")
+    return plot_configurations(data, band, smooth_fraction, f"{workload}: convergence")
+
+
+def plot_configurations(
+    data: pd.DataFrame,
+    band: Band = "minmax",
+    smooth_fraction: float = SMOOTH_FRACTION,
+    title: str = "convergence",
+) -> Figure:
+    """The convergence grid of ``data`` (rows of :func:`analysis.load.load_runs`): one curve per
+    configuration (:mod:`analysis.configs`; runs differing only in the seed share a curve), labelled
+    with the settings that tell it apart, coloured by optimizer, configurations of one optimizer told
+    apart by the line's dashes."""
+    data = with_labels(data)
     train = smoothed_train(data, smooth_fraction)
     ev = evals(data)
-    optimizers = sort_optimizers(data["optimizer"])
+    first = data.drop_duplicates("label")
+    optimizer_of = dict(zip(first["label"], first["optimizer"], strict=True))
+    labels = sorted(optimizer_of, key=lambda lab: (optimizer_sort_key(optimizer_of[lab]), lab))
+    dashes = {}
+    for lab in labels:
+        same = [other for other in labels if optimizer_of[other] == optimizer_of[lab]]
+        dashes[lab] = DASHES[same.index(lab) % len(DASHES)]
     span = smoothing_span(int(train.groupby("run_id").size().median()) if len(train) else 1, smooth_fraction)
     return plot_curve_grid(
         train,
         ev,
-        optimizers,
-        "optimizer",
-        optimizer_color,
-        line_style,
+        labels,
+        "label",
+        lambda lab: optimizer_color(optimizer_of[lab]),
+        lambda lab: {**line_style(optimizer_of[lab]), "linestyle": dashes[lab]},
         str,
         X_AXES,
         band,
-        f"{workload}: convergence (train loss EMA span {span} iterations)",
+        f"{title} (train loss EMA span {span} iterations)",
     )
 
 

@@ -1,31 +1,15 @@
-"""The mL-BFGS direction kernel against the machine's bandwidth bound (experiments.bench_overhead).
+"""The mL-BFGS direction kernel against the machine's bandwidth bound (the overhead benchmark).
 
-Input ``results/overhead/direction_kernel.csv``: ``method, numel, history_size, repeat, seconds,
-bytes_moved, bound_seconds, bandwidth_gbs`` (one row per repeat).
+Input ``results/overhead/direction_kernel.csv``, read by :func:`analysis.load.load_kernel`:
+``method, numel, history_size, repeat, seconds, bytes_moved, bound_seconds, bandwidth_gbs`` (one row
+per repeat).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from analysis.tables import fmt, markdown_table
-
-KERNEL_FILE = Path("overhead") / "direction_kernel.csv"
-KERNEL_COLUMNS = ("method", "numel", "history_size", "repeat", "seconds", "bytes_moved", "bound_seconds",
-                  "bandwidth_gbs")
-
-
-def load_kernel(results: Path) -> pd.DataFrame | None:
-    path = Path(results) / KERNEL_FILE
-    if not path.is_file():
-        return None
-    frame = pd.read_csv(path)
-    missing = [c for c in KERNEL_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    return frame
 
 
 def kernel_summary(frame: pd.DataFrame) -> pd.DataFrame:

@@ -6,7 +6,12 @@ Layout read (every group optional)::
     <results>/runs/<workload>/<run_id>.json            run manifest
     <results>/runs/<workload>/<run_id>.curvature.csv   curvature pairs (quasi-Newton optimizers)
     <results>/overhead/*.csv                           per-step / per-iteration timings
+    <results>/overhead/direction_kernel.csv            the direction kernel against the bandwidth bound
     <results>/distributed/*.csv                        per-rank curvature memory and direction time
+
+Run CSVs may also be given as the folder ``python -m experiments.run --out DIR`` wrote (``DIR`` holds
+``<workload>/<run_id>.csv``), a workload folder, or one run CSV: see :func:`run_csv_paths`. Manifests
+and curvature CSVs are read from next to the run CSVs.
 
 A file that breaks its schema raises :class:`SchemaError` naming the file and the missing columns.
 """
@@ -22,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from analysis.configs import config_key, config_of_run_id, manifest_settings
 
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id",
@@ -70,6 +77,19 @@ DISTRIBUTED_COLUMNS: tuple[str, ...] = (
 )
 DISTRIBUTED_NUMERIC: tuple[str, ...] = ("world_size", "rank", "blocks", "curvature_bytes", "direction_seconds")
 
+KERNEL_FILE = Path("overhead") / "direction_kernel.csv"
+KERNEL_COLUMNS: tuple[str, ...] = (
+    "method",
+    "numel",
+    "history_size",
+    "repeat",
+    "seconds",
+    "bytes_moved",
+    "bound_seconds",
+    "bandwidth_gbs",
+)
+KERNEL_NUMERIC: tuple[str, ...] = KERNEL_COLUMNS[1:]
+
 #: Suffix of curvature CSVs next to the run CSVs.
 CURVATURE_SUFFIX = ".curvature.csv"
 
@@ -94,6 +114,7 @@ class Results:
     curvature: pd.DataFrame | None
     overhead: pd.DataFrame | None
     distributed: pd.DataFrame | None
+    kernel: pd.DataFrame | None = None
     #: CSVs found in overhead/ or distributed/ that belong to another table (see :func:`belongs_to`).
     ignored: list[str] = field(default_factory=list)
 
@@ -134,23 +155,43 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True)
 
 
-def _run_csv_paths(results: Path) -> list[Path]:
-    runs_dir = results / "runs"
-    if not runs_dir.is_dir():
+def run_csv_paths(path: Path | str) -> list[Path]:
+    """The run CSVs under ``path``, sorted.
+
+    ``path`` may be a results tree (its ``runs/`` folder is searched), the folder the runner wrote
+    (``--out``: ``<out>/<workload>/<run_id>.csv``), one workload's folder, or one run CSV. Outside a
+    ``runs/`` folder, only CSVs at most one folder deep whose header holds the run columns count
+    (other tables sharing the folder are not runs); curvature CSVs never do. A file that is not a
+    CSV raises :class:`SchemaError`.
+    """
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".csv" or path.name.endswith(CURVATURE_SUFFIX):
+            raise SchemaError(f"{path}: not a run CSV (a run is <run_id>.csv next to its <run_id>.json)")
+        return [path]
+    runs_dir = path / "runs"
+    if runs_dir.is_dir():
+        return sorted(p for p in runs_dir.rglob("*.csv") if not p.name.endswith(CURVATURE_SUFFIX))
+    if not path.is_dir():
         return []
-    return sorted(p for p in runs_dir.rglob("*.csv") if not p.name.endswith(CURVATURE_SUFFIX))
+    # the runner writes <out>/<workload>/<run_id>.csv: look two levels deep, not into other groups' trees
+    found = (p for pattern in ("*.csv", "*/*.csv") for p in path.glob(pattern) if not p.name.endswith(CURVATURE_SUFFIX))
+    return sorted(p for p in found if belongs_to(p, RUN_COLUMNS))
 
 
 def load_runs(results: Path | str) -> pd.DataFrame | None:
-    """All run CSVs under ``results/runs`` in one DataFrame (``None`` when there are none).
+    """All run CSVs under ``results`` (see :func:`run_csv_paths`) in one DataFrame (``None`` when there
+    are none).
 
-    Adds the columns ``source`` (file path), ``beta`` (from the manifest, see :func:`manifest_beta`)
-    and ``epoch_progress`` (epochs completed as a float, see :func:`epoch_progress`). Eval rows with an
-    empty ``wall_s`` or ``grad_evals`` take the value of the train row at the same iteration.
+    Adds the columns ``source`` (file path), ``beta`` (from the manifest, see :func:`manifest_beta`),
+    ``config`` and ``settings`` (the run's configuration without the seed and its settings as JSON,
+    see :mod:`analysis.configs`; runs are seeds of one configuration exactly when their ``config`` is
+    equal) and ``epoch_progress`` (epochs completed as a float, see :func:`epoch_progress`). Eval rows
+    with an empty ``wall_s`` or ``grad_evals`` take the value of the train row at the same iteration.
     """
-    results = Path(results)
+    paths = run_csv_paths(results)
     frames = []
-    for path in _run_csv_paths(results):
+    for path in paths:
         df = read_checked_csv(path, RUN_COLUMNS, RUN_NUMERIC)
         kinds = set(df["kind"].dropna().unique())
         unknown = sorted(kinds - set(RUN_KINDS))
@@ -161,9 +202,18 @@ def load_runs(results: Path | str) -> pd.DataFrame | None:
     runs = _concat(frames)
     if runs is None:
         return None
-    manifests = load_manifests(results)
+    manifests = _manifests_of(paths)
+    known = {} if manifests is None else manifests.set_index("run_id")
     beta = {} if manifests is None else dict(zip(manifests["run_id"], manifests["beta"], strict=True))
     runs["beta"] = [_beta_of(rid, opt, beta) for rid, opt in zip(runs["run_id"], runs["optimizer"], strict=True)]
+    config, settings = {}, {}
+    for rid in runs["run_id"].unique():
+        if len(known) and rid in known.index:
+            config[rid], settings[rid] = known.at[rid, "config"], known.at[rid, "settings"]
+        else:
+            config[rid], settings[rid] = config_of_run_id(str(rid)), ""
+    runs["config"] = runs["run_id"].map(config)
+    runs["settings"] = runs["run_id"].map(settings)
     runs = _fill_eval_progress(runs)
     runs["epoch_progress"] = epoch_progress(runs)
     return runs
@@ -265,13 +315,17 @@ def _get(obj: Any, *keys: str) -> Any:
 
 
 def load_manifests(results: Path | str) -> pd.DataFrame | None:
-    """One row per manifest JSON under ``results/runs``: run_id, workload, optimizer, seed, beta,
-    path and the parsed manifest (column ``manifest``). ``None`` when there are none."""
-    runs_dir = Path(results) / "runs"
-    if not runs_dir.is_dir():
-        return None
+    """One row per manifest: the ``<run_id>.json`` next to each run CSV under ``results`` (see
+    :func:`run_csv_paths`). Columns: run_id, workload, optimizer, seed, beta, config, settings (see
+    :func:`load_runs`), path and the parsed manifest (column ``manifest``). ``None`` when there are none."""
+    return _manifests_of(run_csv_paths(results))
+
+
+def _manifests_of(csv_paths: Sequence[Path]) -> pd.DataFrame | None:
     rows = []
-    for path in sorted(runs_dir.rglob("*.json")):
+    for path in (p.with_suffix(".json") for p in csv_paths):
+        if not path.is_file():
+            continue
         try:
             manifest = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -279,13 +333,17 @@ def load_manifests(results: Path | str) -> pd.DataFrame | None:
         if not isinstance(manifest, dict):
             raise SchemaError(f"{path}: a manifest must be a JSON object")
         beta = manifest_beta(manifest)
+        workload = manifest.get("workload", path.parent.name)
+        settings = manifest_settings(manifest)
         rows.append(
             {
                 "run_id": str(manifest.get("run_id", path.stem)),
-                "workload": manifest.get("workload", path.parent.name),
+                "workload": workload,
                 "optimizer": manifest.get("optimizer"),
                 "seed": manifest.get("seed"),
                 "beta": float("nan") if beta is None else beta,
+                "config": f"{workload}__{manifest.get('optimizer')}__{config_key(settings)}",
+                "settings": json.dumps(settings, sort_keys=True, default=str),
                 "path": str(path),
                 "manifest": manifest,
             }
@@ -294,12 +352,13 @@ def load_manifests(results: Path | str) -> pd.DataFrame | None:
 
 
 def load_curvature(results: Path | str) -> pd.DataFrame | None:
-    """All ``<run_id>.curvature.csv`` files in one DataFrame with ``accepted`` as bool."""
-    runs_dir = Path(results) / "runs"
-    if not runs_dir.is_dir():
-        return None
+    """The ``<run_id>.curvature.csv`` next to each run CSV under ``results`` (see :func:`run_csv_paths`)
+    in one DataFrame, with ``accepted`` as bool."""
     frames = []
-    for path in sorted(runs_dir.rglob("*" + CURVATURE_SUFFIX)):
+    for run_csv in run_csv_paths(results):
+        path = run_csv.with_name(run_csv.stem + CURVATURE_SUFFIX)
+        if not path.is_file():
+            continue
         df = read_checked_csv(path, CURVATURE_COLUMNS, CURVATURE_NUMERIC)
         df["accepted"] = _to_bool(df["accepted"], path)
         df["source"] = str(path)
@@ -363,6 +422,17 @@ def load_distributed(results: Path | str, ignored: list[str] | None = None) -> p
     return _concat(frames)
 
 
+def load_kernel(results: Path | str) -> pd.DataFrame | None:
+    """``<results>/overhead/direction_kernel.csv`` (columns :data:`KERNEL_COLUMNS`, one row per repeat
+    of ``python -m experiments.bench.overhead``'s kernel benchmark); ``None`` when absent."""
+    path = Path(results) / KERNEL_FILE
+    if not path.is_file():
+        return None
+    frame = read_checked_csv(path, KERNEL_COLUMNS, KERNEL_NUMERIC)
+    frame["source"] = str(path)
+    return frame
+
+
 def load_results(results: Path | str) -> Results:
     """Read every group of the results tree (see the module docstring)."""
     root = Path(results)
@@ -374,11 +444,12 @@ def load_results(results: Path | str) -> Results:
         curvature=load_curvature(root),
         overhead=load_overhead(root, ignored),
         distributed=load_distributed(root, ignored),
-        ignored=ignored,
+        kernel=load_kernel(root),
+        ignored=[p for p in ignored if Path(p) != root / KERNEL_FILE],
     )
 
 
 def run_info(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: run_id, workload, optimizer, seed, beta (sorted by run_id)."""
-    cols = ["run_id", "workload", "optimizer", "seed", "beta"]
+    """One row per run: run_id, workload, optimizer, seed, beta, config (sorted by run_id)."""
+    cols = ["run_id", "workload", "optimizer", "seed", "beta", "config"]
     return runs[cols].drop_duplicates("run_id").sort_values("run_id").reset_index(drop=True)

@@ -1,5 +1,7 @@
 """Display helpers for the notebooks: each shows one figure group (figures and markdown tables) or a
-one-line notice when its CSVs are absent. Needs IPython (imported on call)."""
+one-line notice when its CSVs are absent: :func:`show` for every group of :mod:`analysis.groups`,
+and the per-workload convergence, time-to-target and stability views. Needs IPython (imported on
+call)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,8 @@ import os
 from pathlib import Path
 
 from analysis.curves import Band, convergence_figures
-from analysis.fairness import fairness_markdown, fairness_summary, load_fairness, plot_fairness
+from analysis.groups import group_named
 from analysis.load import Results
-from analysis.overhead import overhead_markdown, overhead_summary, plot_overhead
-from analysis.scaling import plot_scaling, scaling_markdown, scaling_summary
 from analysis.stability import DEFAULT_BOUNDS, stability_figures, stability_markdown, stability_summary
 from analysis.targets import TargetRule, time_to_target, time_to_target_markdown
 
@@ -76,31 +76,16 @@ def show_stability(data: Results, bounds: tuple[float, float] = DEFAULT_BOUNDS) 
     _markdown(stability_markdown(stability_summary(data.runs, data.curvature, bounds), bounds))
 
 
-def show_overhead(data: Results) -> None:
-    """Overhead bar chart and table."""
-    if data.overhead is None:
-        _markdown("_No overhead CSVs._")
+def show(name: str, data: Results) -> None:
+    """Figure (when the group draws one) and table of the group ``name`` of the registry
+    :data:`analysis.groups.GROUPS` (e.g. "overhead", "fairness", "distributed scaling"), or a notice
+    saying which files are missing. ValueError listing the names for an unknown group."""
+    group = group_named(name)
+    raw = group.load(data)
+    if raw is None:
+        _markdown(f"_{group.title}: {group.missing.format(root=data.root)}._")
         return
-    summary = overhead_summary(data.overhead)
-    _display(plot_overhead(summary))
-    _markdown(overhead_markdown(summary))
-
-
-def show_scaling(data: Results) -> None:
-    """Distributed scaling figure and table."""
-    if data.distributed is None:
-        _markdown("_No distributed CSVs._")
-        return
-    _display(plot_scaling(data.distributed))
-    _markdown(scaling_markdown(scaling_summary(data.distributed)))
-
-
-def show_fairness(data: Results) -> None:
-    """Fairness figure and table: seconds ratios to sgd, idle vs loaded, lockstep vs separate."""
-    runs = load_fairness(data.root)
-    if runs is None:
-        _markdown("_No fairness runs (python -m experiments.bench_fairness)._")
-        return
-    summary = fairness_summary(runs)
-    _display(plot_fairness(summary))
-    _markdown(fairness_markdown(summary))
+    summary = group.summarise(raw)
+    if group.plot is not None:
+        _display(group.plot(raw, summary))
+    _markdown(group.markdown(raw, summary))

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.style import new_figure, optimizer_color, sort_optimizers, styled
+from analysis.style import new_figure, optimizer_color, optimizer_sort_key, styled
 from analysis.tables import fmt, markdown_table
 
 TAU_MAX = 4.0
@@ -28,13 +28,14 @@ def ratios(table: pd.DataFrame, measure: str) -> pd.DataFrame:
     NaN = the optimizer did not run on the workload or no optimizer reached the target there."""
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {list(MEASURES)}, got {measure!r}")
-    t = table.pivot(index="optimizer", columns="workload", values=measure).astype(float)
-    ran = table.pivot(index="optimizer", columns="workload", values="seeds").notna()
+    solver = "label" if "label" in table else "optimizer"  # a solver is one configuration
+    t = table.pivot(index=solver, columns="workload", values=measure).astype(float)
+    ran = table.pivot(index=solver, columns="workload", values="seeds").notna()
     t = t.where(~(t.isna() & ran), np.inf)  # ran but not every seed reached the target
     best = t.replace(np.inf, np.nan).min(axis=0)
     r = t / best
     r = r.loc[:, best.notna()]
-    return r.loc[sort_optimizers(r.index)]
+    return r.loc[sorted(r.index, key=lambda lab: (optimizer_sort_key(str(lab).split(' ')[0]), str(lab)))]
 
 
 def profile(r: pd.DataFrame, taus: np.ndarray) -> pd.DataFrame:
@@ -87,7 +88,8 @@ def plot_profiles(table: pd.DataFrame) -> Figure:
             r = ratios(table, measure)
             rho = profile(r, taus)
             for o in rho.index:
-                ax.step(taus, rho.loc[o].to_numpy(), where="post", label=o, color=optimizer_color(o), lw=1.8)
+                color = optimizer_color(str(o).split(" ")[0])  # a label starts with its optimizer's name
+                ax.step(taus, rho.loc[o].to_numpy(), where="post", label=o, color=color, lw=1.8)
             ax.set_xscale("log")
             ax.set_xlim(1.0, TAU_MAX)
             ax.set_ylim(-0.02, 1.02)

@@ -1,20 +1,15 @@
 """Regenerate every figure and table from whatever CSVs a results directory holds.
 
-Output files (under ``out``):
+Output files (under ``out``), drawn here:
 
-- ``convergence_<workload>.png``                 curves per workload (runs)
+- ``convergence_<workload>.png``                 curves per workload, one per configuration (runs)
 - ``time_to_target.md`` / ``.csv``               time-to-target table (runs)
-- ``stability_<workload>.png``, ``stability.md`` / ``.csv``   beta ablation (runs + curvature)
-- ``overhead.png``, ``overhead.md`` / ``.csv``   per-step / per-iteration cost (overhead)
-- ``direction_kernel.md`` / ``.csv``              direction time vs bandwidth bound (overhead)
-- ``distributed_scaling.png``, ``distributed_scaling.md`` / ``.csv``  (distributed)
-- ``fairness.png``, ``fairness.md`` / ``.csv``   seconds ratios idle vs loaded, lockstep vs separate (fairness)
 - ``performance_profiles.md`` / ``.csv`` / ``.png``   AlgoPerf performance profiles from the time to target
-- ``threads.md`` / ``.csv``                       seconds per iteration by thread count and load (threads)
-- ``compiled_step.md`` / ``.csv``                 the MLBFGS step eager against torch.compile (compile)
-- ``runner.md`` / ``.csv``                        the runner's iteration vs a bare loop, start-up (runner)
-- ``authors_variants.png``, ``.md`` / ``.csv``    ours vs the authors' code, one difference at a time (authors)
-- ``lr_sensitivity.png``, ``.md`` / ``.csv``      final accuracy of every tuning trial against its lr (tuning)
+- ``stability_<workload>.png``, ``stability.md`` / ``.csv``   beta ablation (runs + curvature)
+
+and ``<stem>.md`` / ``.csv`` (/ ``.png``) of every group of the registry :data:`analysis.groups.GROUPS`
+(overhead, direction kernel, distributed scaling, fairness, threads, compiled step, runner overhead,
+ours vs the authors' code, ablations, learning-rate sensitivity).
 
 A group whose CSVs are absent is skipped with a one-line notice. Tables are byte-stable (fixed float
 formats, sorted rows, no timestamps); PNGs carry no software/version metadata.
@@ -27,20 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.ablations import FOLDER as ABLATION_FOLDER
-from analysis.ablations import ablation_markdown, centre
-from analysis.compiled import compiled_markdown, compiled_summary, load_compiled
 from analysis.curves import SMOOTH_FRACTION, Band, convergence_figures
-from analysis.fairness import fairness_markdown, fairness_summary, load_fairness, plot_fairness
-from analysis.kernel import kernel_markdown, kernel_summary, load_kernel
+from analysis.groups import GROUPS, FigureGroup
 from analysis.load import Results, load_results
-from analysis.overhead import overhead_markdown, overhead_summary, plot_overhead
 from analysis.profiles import plot_profiles, profile_markdown, profile_summary
 from analysis.readme import relative_link, results_section, update_readme
-from analysis.runner import load_runner, runner_markdown, runner_summary
-from analysis.scaling import plot_scaling, scaling_markdown, scaling_summary
 from analysis.select import MAIN_BETA
-from analysis.sensitivity import load_trials, plot_sensitivity, sensitivity_markdown, sensitivity_summary
+from analysis.sensitivity import load_trials
 from analysis.stability import DEFAULT_BOUNDS, stability_figures, stability_markdown, stability_summary
 from analysis.style import safe_name, save_figure
 from analysis.tables import write_csv, write_text
@@ -51,8 +39,6 @@ from analysis.targets import (
     time_to_target_csv_frame,
     time_to_target_markdown,
 )
-from analysis.threads import load_threads, threads_markdown, threads_summary
-from analysis.variants import load_variant_runs, plot_variants, variant_markdown, variant_summary
 
 
 @dataclass(frozen=True)
@@ -149,116 +135,15 @@ def _emit(report: Report, out: Path, stem: str, title: str, md: str, frame, floa
     report.tables.append((title, md))
 
 
-def _overhead(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
-    if data.overhead is None:
-        _skip(report, log, "overhead", f"no CSVs under {data.root / 'overhead'}")
+def _write_group(group: FigureGroup, data: Results, out: Path, report: Report, log: Callable[[str], None]) -> None:
+    raw = group.load(data)
+    if raw is None:
+        _skip(report, log, group.name, group.missing.format(root=data.root))
         return
-    summary = overhead_summary(data.overhead)
-    _emit(report, out, "overhead", "Optimizer overhead", overhead_markdown(summary), summary,
-          figure=plot_overhead(summary))
-
-
-def _kernel(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
-    frame = load_kernel(data.root)
-    if frame is None:
-        _skip(report, log, "direction kernel", f"no {data.root / 'overhead' / 'direction_kernel.csv'}")
-        return
-    summary = kernel_summary(frame)
-    _emit(report, out, "direction_kernel", "mL-BFGS direction kernel", kernel_markdown(summary), summary)
-
-
-def _distributed(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
-    if data.distributed is None:
-        _skip(report, log, "distributed scaling", f"no CSVs under {data.root / 'distributed'}")
-        return
-    summary = scaling_summary(data.distributed)
-    _emit(report, out, "distributed_scaling", "Distributed scaling", scaling_markdown(summary), summary,
-          figure=plot_scaling(data.distributed), key="distributed")
-
-
-def _fairness(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
-    runs = load_fairness(data.root)
-    if runs is None:
-        _skip(report, log, "fairness", f"no run CSVs under {data.root / 'fairness'}/<mode>-<condition>/runs")
-        return
-    summary = fairness_summary(runs)
-    _emit(report, out, "fairness", "Fairness of the training clock", fairness_markdown(summary), summary,
-          figure=plot_fairness(summary))
-
-
-def _runner(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
-    runs, startup = load_runner(data.root)
-    if runs is None:
-        _skip(report, log, "runner overhead", f"no {data.root / 'runner' / 'runner.csv'}")
-        return
-    summary = runner_summary(runs)
-    _emit(report, out, "runner", "Runner overhead", runner_markdown(summary, startup), summary)
-
-
-def _variants(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
-    runs = load_variant_runs(data.root)
-    if runs is None:
-        _skip(report, log, "ours vs the authors' code", f"no finished runs under {data.root / 'authors' / 'runs'}")
-        return
-    summary = variant_summary(runs)
-    _emit(report, out, "authors_variants", "Ours against the authors' code", variant_markdown(summary), summary,
-          "%.6f", figure=plot_variants(runs, summary))
-
-
-def _sensitivity(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
-    trials = load_trials(data.root)
-    if trials is None:
-        _skip(report, log, "lr sensitivity", f"no {data.root / 'tuning'}/*_trials.csv")
-        return
-    summary = sensitivity_summary(trials)
-    _emit(report, out, "lr_sensitivity", "Learning-rate sensitivity of the tuning trials",
-          sensitivity_markdown(summary), summary, "%.6f", figure=plot_sensitivity(trials))
-
-
-def _threads(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
-    frame = load_threads(data.root)
-    if frame is None:
-        _skip(report, log, "threads", f"no {data.root / 'threads' / 'threads.csv'}")
-        return
-    summary = threads_summary(frame)
-    _emit(report, out, "threads", "Threads per process", threads_markdown(summary), summary)
-
-
-def _compiled(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
-    loaded = load_compiled(data.root)
-    if loaded is None:
-        _skip(report, log, "compiled step", f"no {data.root / 'compile'}/steps.csv and summary.csv")
-        return
-    summary = compiled_summary(*loaded)
-    _emit(report, out, "compiled_step", "Compiled step", compiled_markdown(summary), summary)
-
-
-def _ablations(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:
-    runs = load_variant_runs(data.root, ABLATION_FOLDER)
-    if runs is None:
-        _skip(report, log, "ablations", f"no finished runs under {data.root / ABLATION_FOLDER / 'runs'}")
-        return
-    reference = centre(runs)
-    summary = variant_summary(runs, reference)
-    _emit(report, out, "ablations", "Ablations at the long length", ablation_markdown(summary, reference), summary,
-          figure=plot_variants(runs, summary, "mL-BFGS ablations, one setting at a time"))
-
-
-#: Figure groups in the order they are generated.
-GROUPS: tuple[Callable[[Results, Path, Options, Report, Callable[[str], None]], None], ...] = (
-    _convergence,
-    _stability,
-    _overhead,
-    _kernel,
-    _distributed,
-    _fairness,
-    _threads,
-    _compiled,
-    _runner,
-    _variants,
-    _ablations,
-    _sensitivity,
-)
+    summary = group.summarise(raw)
+    figure = group.plot(raw, summary) if group.plot is not None else None
+    _emit(report, out, group.stem, group.title, group.markdown(raw, summary), summary, group.float_format,
+          figure=figure, key=group.figure_key)
 
 
 def generate(
@@ -276,8 +161,10 @@ def generate(
         line = f"ignoring {path}: not a table of this folder's schema (see DEVELOPERS.md)"
         report.notices.append(line)
         log(line)
+    _convergence(data, out, opts, report, log)
+    _stability(data, out, opts, report, log)
     for group in GROUPS:
-        group(data, out, opts, report, log)
+        _write_group(group, data, out, report, log)
     return report
 
 

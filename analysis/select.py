@@ -50,6 +50,18 @@ def main_runs(runs: pd.DataFrame, main_beta: float = MAIN_BETA) -> pd.DataFrame:
 
 
 def ablation_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the beta ablation: mlbfgs and slbfgs runs with a known beta (slbfgs counts as 0)."""
+    """Rows of the beta ablation: mlbfgs and slbfgs runs with a known beta (slbfgs counts as 0).
+
+    Runs that differ in anything but the seed are never averaged: when one beta of a workload holds
+    several configurations (column ``config``, :mod:`analysis.configs`), the ablation takes the one
+    with the most runs (ties: the first configuration key); the others appear in the convergence
+    figures only."""
     mask = runs["optimizer"].isin(ABLATION_OPTIMIZERS) & runs["beta"].notna()
-    return runs[mask]
+    abl = runs[mask]
+    if "config" not in abl or abl.empty:
+        return abl
+    per_run = abl.drop_duplicates("run_id")
+    counts = per_run.groupby(["workload", "beta", "config"]).size().reset_index(name="n")
+    counts = counts.sort_values(["workload", "beta", "n", "config"], ascending=[True, True, False, True])
+    chosen = set(counts.drop_duplicates(["workload", "beta"])["config"])
+    return abl[abl["config"].isin(chosen)]

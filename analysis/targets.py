@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from analysis.configs import with_labels
 from analysis.curves import SMOOTH_FRACTION, evals, smoothed_train
 from analysis.select import MAIN_BETA, main_runs
 from analysis.style import optimizer_sort_key
@@ -27,6 +28,7 @@ NOT_REACHED = "not reached"
 TABLE_COLUMNS: tuple[str, ...] = (
     "workload",
     "optimizer",
+    "label",
     "metric",
     "target",
     "seeds",
@@ -140,13 +142,24 @@ def first_reach(frame: pd.DataFrame, column: str, target: float, higher_is_bette
     return out
 
 
+def reference_label(runs: pd.DataFrame, reference: str) -> str | None:
+    """The configuration label (``label`` column, :func:`analysis.configs.with_labels`) of the reference
+    optimizer in ``runs``: its only configuration, ``None`` when it has none or several (then no
+    configuration is the reference: ratios are n/a and a target needs a fixed value)."""
+    if "label" not in runs:
+        return None
+    labels = runs.loc[runs["optimizer"] == reference, "label"].unique()
+    return str(labels[0]) if len(labels) == 1 else None
+
+
 def workload_target(
     runs: pd.DataFrame, rule: TargetRule, smooth_fraction: float = SMOOTH_FRACTION
 ) -> tuple[float | None, float | None, int]:
     """(target, reference final value, reference seeds) for the runs of one workload; target ``None``
     when the rule needs the reference and it has no runs."""
     frame, column = _metric_frame(runs, rule, smooth_fraction)
-    ref = frame[frame["optimizer"] == rule.reference]
+    ref_label = reference_label(runs, rule.reference)
+    ref = frame[frame["label"] == ref_label] if "label" in frame and ref_label is not None else frame.iloc[:0]
     finals = final_values(ref, column) if len(ref) else pd.Series(dtype=float)
     ref_final = float(finals.mean()) if len(finals) else None
     workloads = runs["workload"].dropna().unique()
@@ -177,15 +190,17 @@ def time_to_target(
     rows = []
     data = main_runs(runs, main_beta)
     for workload in sorted(data["workload"].dropna().unique()):
-        wl = data[data["workload"] == workload]
+        wl = with_labels(data[data["workload"] == workload])
         target, _, _ = workload_target(wl, rule, smooth_fraction)
         if target is None:
             continue
         frame, column = _metric_frame(wl, rule, smooth_fraction)
         per_opt = {}
-        for optimizer in sorted(wl["optimizer"].unique(), key=optimizer_sort_key):
-            run_ids = sorted(wl.loc[wl["optimizer"] == optimizer, "run_id"].unique())
-            reach = first_reach(frame[frame["optimizer"] == optimizer], column, target, rule.higher_is_better)
+        first = wl.drop_duplicates("label")
+        optimizer_of = dict(zip(first["label"], first["optimizer"], strict=True))
+        for label in sorted(optimizer_of, key=lambda lab: (optimizer_sort_key(optimizer_of[lab]), lab)):
+            run_ids = sorted(wl.loc[wl["label"] == label, "run_id"].unique())
+            reach = first_reach(frame[frame["label"] == label], column, target, rule.higher_is_better)
             reach = reach.reindex(run_ids)
             reached = int(reach["iteration"].notna().sum())
             complete = reached == len(run_ids) and reached > 0
@@ -194,9 +209,10 @@ def time_to_target(
                 stat = med.where(np.isfinite(med), np.nan) if len(run_ids) else med * np.nan
             else:
                 stat = reach[["iteration", "grad_evals", "wall_s"]].mean() if complete else None
-            per_opt[optimizer] = {
+            per_opt[label] = {
                 "workload": workload,
-                "optimizer": optimizer,
+                "optimizer": optimizer_of[label],
+                "label": label,
                 "metric": rule.metric,
                 "target": target,
                 "seeds": len(run_ids),
@@ -205,7 +221,8 @@ def time_to_target(
                 "grad_evals": stat["grad_evals"] if stat is not None else np.nan,
                 "seconds": stat["wall_s"] if stat is not None else np.nan,
             }
-        ref = per_opt.get(rule.reference)
+        ref_label = reference_label(wl, rule.reference)
+        ref = per_opt.get(ref_label) if ref_label is not None else None
         for row in per_opt.values():
             for col in ("iterations", "grad_evals", "seconds"):
                 denom = ref[col] if ref is not None else np.nan
@@ -232,7 +249,8 @@ def time_to_target_markdown(
     data = main_runs(runs, main_beta)
     for workload in sorted(table["workload"].unique()):
         rows = table[table["workload"] == workload]
-        target, ref_final, ref_seeds = workload_target(data[data["workload"] == workload], rule, smooth_fraction)
+        target, ref_final, ref_seeds = workload_target(with_labels(data[data["workload"] == workload]), rule,
+                                                       smooth_fraction)
         header = [
             "optimizer",
             "seeds reaching",
@@ -247,7 +265,7 @@ def time_to_target_markdown(
         for _, r in rows.iterrows():
             body.append(
                 [
-                    r["optimizer"],
+                    r["label"],
                     f"{r['seeds_reached']}/{r['seeds']}",
                     fmt(r["iterations"], 1, NOT_REACHED),
                     fmt(r["grad_evals"], 1, NOT_REACHED),

@@ -63,13 +63,13 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "relative to sgd, per model. " + REGEN,
         ),
         ("code", SETUP),
-        ("code", "nb.show_overhead(data)"),
+        ("code", "nb.show('overhead', data)"),
         (
             "md",
             "## Is the training clock fair?\n\nSeconds per iteration relative to sgd, the quick comparison "
             "trained in lockstep and in separate processes, on an idle machine and beside two busy processes.",
         ),
-        ("code", "nb.show_fairness(data)"),
+        ("code", "nb.show('fairness', data)"),
     ],
     "distributed_scaling.ipynb": [
         (
@@ -78,7 +78,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "distributed mlbfgs against the number of workers, with the 1/N ideal. " + REGEN,
         ),
         ("code", SETUP),
-        ("code", "nb.show_scaling(data)"),
+        ("code", "nb.show('distributed scaling', data)"),
     ],
 }
 

@@ -57,8 +57,8 @@ def test_cli_writes_every_figure_and_table(generated: Path) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert b"Software" not in png.read_bytes()  # no matplotlib version stamp
     csv_text = (generated / "time_to_target.csv").read_text()
-    assert csv_text.splitlines()[0].startswith("workload,optimizer,metric,target,seeds,seeds_reached")
-    assert "mnist1d_mlp,mlbfgs,test_acc,0.891000,2,2,62.500000,62.500000,0.781250,0.625000" in csv_text
+    assert csv_text.splitlines()[0].startswith("workload,optimizer,label,metric,target,seeds,seeds_reached")
+    assert "mnist1d_mlp,mlbfgs,mlbfgs,test_acc,0.891000,2,2,62.500000,62.500000,0.781250,0.625000" in csv_text
 
 
 def test_regeneration_is_byte_identical(results_tree: Path, generated: Path, tmp_path: Path) -> None:
@@ -95,9 +95,11 @@ def test_python_dash_m_entry_point(results_tree: Path, tmp_path: Path) -> None:
 
 
 def test_every_group_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 0
-    out = capsys.readouterr().out
-    assert out.count("skipping") == 13
+    (tmp_path / "empty").mkdir()
+    assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("skipping") == 13
+    assert "error: no results found under" in captured.err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from analysis.kernel import kernel_markdown, kernel_summary, load_kernel
+from analysis.kernel import kernel_markdown, kernel_summary
+from analysis.load import load_kernel
 
 
 def test_kernel_summary_uses_medians(tmp_path) -> None:
