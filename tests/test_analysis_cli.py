@@ -10,7 +10,7 @@ import pytest
 
 from analysis.__main__ import main
 from analysis.readme import END_MARKER, START_MARKER, replace_between_markers
-from tests.fixtures_results import WORKLOADS, make_tree, write_results_tree
+from tests.fixtures_results import WORKLOADS, write_results_tree
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,11 +37,6 @@ EXPECTED = {
 
 README_HEAD = "# mlbfgs\n\nSome introduction that must stay.\n\n## Results\n\n"
 README_TAIL = "\n\n## License\n\nMIT, unchanged.\n"
-
-
-@pytest.fixture(scope="module")
-def results_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tree(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

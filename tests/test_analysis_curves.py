@@ -13,12 +13,7 @@ from analysis.curves import X_AXES, diverged_runs, ema, plot_convergence, seed_b
 from analysis.load import load_runs
 from analysis.select import chosen_beta, main_runs
 from analysis.style import OPTIMIZER_COLORS, optimizer_color
-from tests.fixtures_results import DIVERGE_AT, OPTIMIZERS, make_tree
-
-
-@pytest.fixture(scope="module")
-def results_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tree(tmp_path_factory)
+from tests.fixtures_results import DIVERGE_AT, OPTIMIZERS
 
 
 @pytest.fixture(scope="module")

@@ -23,15 +23,9 @@ from tests.fixtures_results import (
     OPTIMIZERS,
     SEEDS,
     WORKLOADS,
-    make_tree,
     run_id,
     write_results_tree,
 )
-
-
-@pytest.fixture(scope="module")
-def results_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tree(tmp_path_factory)
 
 
 def test_loads_every_group(results_tree: Path) -> None:

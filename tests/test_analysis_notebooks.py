@@ -11,16 +11,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.fixtures_results import make_tree
-
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ["convergence.ipynb", "stability.ipynb", "overhead.ipynb", "distributed_scaling.ipynb"]
 KERNEL = "mlbfgs-analysis-test"
-
-
-@pytest.fixture(scope="module")
-def results_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tree(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

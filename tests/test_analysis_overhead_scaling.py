@@ -14,13 +14,7 @@ from tests.fixtures_results import (
     OPTIMIZERS,
     OVERHEAD_MEDIAN_S,
     OVERHEAD_MODELS,
-    make_tree,
 )
-
-
-@pytest.fixture(scope="module")
-def results_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tree(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ from tests.fixtures_results import (
     REJECTED_FRACTION,
     SEEDS,
     curvature_mu,
-    make_tree,
 )
-
-
-@pytest.fixture(scope="module")
-def results_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tree(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,8 @@ from tests.fixtures_results import (
     ITERS_PER_EPOCH,
     OPTIMIZERS,
     SEEDS,
-    make_tree,
     wall_s,
 )
-
-
-@pytest.fixture(scope="module")
-def results_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tree(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
