@@ -12,6 +12,10 @@ its signature. Nothing reaches a ``**kwargs`` of the constructor: an argument mu
 signature to be checked and recorded (wrap the class otherwise). An unknown argument, or a missing one
 that has no default, is a ``ValueError`` naming it and listing the valid arguments; invalid values are
 the constructor's own errors, re-raised as ``ValueError`` with the optimizer's name and arguments.
+In the runner the arguments are the workload's ``optimizers`` entry for the path and ``--set
+optimizer.x=...`` (passed whole), plus the workload's shared ``optimizer_defaults`` (e.g.
+``weight_decay``) only where the constructor names them (``WorkloadConfig.optimizer_settings``): a
+shared default is a suggestion for every optimizer, an explicit setting is an order to this one.
 
 Driving (:class:`ExternalOptimizer`): like the built-ins, one gradient evaluation (the runner's
 closure: zero the gradients, forward, backward) and then ``optimizer.step()``. A class whose ``step``
@@ -182,7 +186,8 @@ class ExternalOptimizer(TrainingOptimizer):
     """A ``torch.optim.Optimizer`` named by import path, driven and counted like the built-ins.
 
     ``needs_closure``: step it as ``optimizer.step(closure)`` (see the module docstring); otherwise
-    one evaluation, then ``optimizer.step()``.
+    one evaluation, then ``optimizer.step()``. ``grad_evals_per_step`` is the nominal 1 (a closure-driven
+    class spends as many evaluations as it calls, all counted in ``grad_evals``).
     """
 
     def __init__(self, name: str, optimizer: torch.optim.Optimizer, model: nn.Module | None,
