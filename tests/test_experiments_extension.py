@@ -369,8 +369,8 @@ def test_model_and_dataset_by_import_path(tmp_path: Path, user_module: str) -> N
 def test_model_and_dataset_by_registration(tmp_path: Path, user_module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
-    monkeypatch.setattr(model_registry, "_BUILDERS", dict(model_registry._BUILDERS))
-    monkeypatch.setattr(data_registry, "_BUILDERS", dict(data_registry._BUILDERS))
+    monkeypatch.setattr(model_registry.MODELS, "builders", dict(model_registry.MODELS.builders))
+    monkeypatch.setattr(data_registry.DATASETS, "builders", dict(data_registry.DATASETS.builders))
     user = importlib.import_module(user_module)
     from experiments.data import available_datasets, register_dataset
     from experiments.models import available_models, register_model

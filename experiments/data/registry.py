@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from experiments.builders import BuilderRegistry
 from experiments.config import DataConfig
 from experiments.data import cifar, fashion_mnist
 from experiments.data.base import DataSource
@@ -103,13 +104,15 @@ _INFO: dict[str, Callable[[DataConfig], DatasetInfo]] = {
 
 BUILTIN_DATASETS = tuple(sorted(_BUILDERS))
 DatasetBuilder = Callable[[DataConfig, torch.device], DataSource]
+DATASETS: BuilderRegistry[DatasetBuilder] = BuilderRegistry(
+    "data.name", "register_dataset", "builder(cfg, device) -> DataSource", _BUILDERS)
 # what the runner reads of a DataSource (experiments/data/base.py)
 _SOURCE_ATTRIBUTES = ("num_train", "num_test", "num_classes", "input_shape", "train_batches", "test_batches")
 
 
 def available_datasets() -> list[str]:
     """The registered dataset names: the built-ins and those given to :func:`register_dataset` in this process."""
-    return sorted(_BUILDERS)
+    return sorted(DATASETS.names())
 
 
 def register_dataset(name: str, builder: DatasetBuilder, *, replace: bool = False) -> None:
@@ -123,35 +126,14 @@ def register_dataset(name: str, builder: DatasetBuilder, *, replace: bool = Fals
     string without ``:``, ``builder`` is not callable, or ``name`` is taken (unless ``replace``; built-ins
     cannot be replaced).
     """
-    if not isinstance(name, str) or not name or ":" in name:
-        raise ValueError(f"register_dataset: name must be a non-empty string without ':', got {name!r}")
-    if not callable(builder):
-        raise ValueError(f"register_dataset: builder for {name!r} must be callable, got {type(builder).__name__}")
-    if name in BUILTIN_DATASETS or (name in _BUILDERS and not replace and _BUILDERS[name] is not builder):
-        raise ValueError(f"register_dataset: {name!r} is already registered (registered: {available_datasets()}); "
-                         "choose another name" + ("" if name in BUILTIN_DATASETS else " or pass replace=True"))
-    _BUILDERS[name] = builder
+    DATASETS.register(name, builder, replace=replace)
 
 
 def dataset_builder(name: str) -> DatasetBuilder:
     """The builder of ``data.name`` = ``name``: a registered name, or an import path
-    ``"my_pkg.data:build_data"`` (imported now) of a builder as :func:`register_dataset` describes.
-
-    ValueError listing the registered names and the import-path form for an unknown name; for an import
-    path, one naming ``data.name`` for a module that does not import, a missing attribute or an object
-    that is not callable.
-    """
-    from baselines.external import import_object, is_import_path
-
-    if is_import_path(name):
-        builder = import_object(name, "data.name", "callables", callable)
-        if not callable(builder):
-            raise ValueError(f"data.name: {name!r} is a {type(builder).__name__}, not a callable dataset builder")
-        return builder
-    if name not in _BUILDERS:
-        raise ValueError(f"data.name must be one of {available_datasets()} or an import path 'module.path:function' "
-                         f"of a builder(cfg, device) -> DataSource, got {name!r}")
-    return _BUILDERS[name]
+    ``"my_pkg.data:build_data"`` (imported now) of a builder as :func:`register_dataset` describes;
+    errors as :meth:`experiments.builders.BuilderRegistry.lookup`."""
+    return DATASETS.lookup(name)
 
 
 def build_data(cfg: DataConfig, device: torch.device | str = "cpu") -> DataSource:

@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from experiments.builders import BuilderRegistry
 from experiments.config import ModelConfig
 
 ModelBuilder = Callable[..., nn.Module]
@@ -86,11 +87,13 @@ _BUILDERS: dict[str, ModelBuilder] = {
     "vit": _vit,
 }
 BUILTIN_MODELS = tuple(_BUILDERS)
+MODELS: BuilderRegistry[ModelBuilder] = BuilderRegistry(
+    "model.name", "register_model", "builder(input_shape, num_classes, **args)", _BUILDERS)
 
 
 def available_models() -> list[str]:
     """The registered model names: the built-ins, then those registered in this process."""
-    return list(_BUILDERS)
+    return MODELS.names()
 
 
 def register_model(name: str, builder: ModelBuilder, *, replace: bool = False) -> None:
@@ -100,34 +103,13 @@ def register_model(name: str, builder: ModelBuilder, *, replace: bool = False) -
     registered), ``builder`` is not callable, or ``name`` is taken (unless ``replace``; built-ins cannot be
     replaced).
     """
-    if not isinstance(name, str) or not name or ":" in name:
-        raise ValueError(f"register_model: name must be a non-empty string without ':', got {name!r}")
-    if not callable(builder):
-        raise ValueError(f"register_model: builder for {name!r} must be callable, got {type(builder).__name__}")
-    if name in BUILTIN_MODELS or (name in _BUILDERS and not replace and _BUILDERS[name] is not builder):
-        raise ValueError(f"register_model: {name!r} is already registered (registered: {available_models()}); "
-                         "choose another name" + ("" if name in BUILTIN_MODELS else " or pass replace=True"))
-    _BUILDERS[name] = builder
+    MODELS.register(name, builder, replace=replace)
 
 
 def model_builder(name: str) -> ModelBuilder:
-    """The builder of ``model.name`` = ``name`` (a registered name, or an import path, imported now).
-
-    ValueError listing the registered names and the import-path form for an unknown name; for an import
-    path, one naming ``model.name`` for a module that does not import, a missing attribute or an object
-    that is not callable.
-    """
-    from baselines.external import import_object, is_import_path
-
-    if is_import_path(name):
-        builder = import_object(name, "model.name", "callables", callable)
-        if not callable(builder):
-            raise ValueError(f"model.name: {name!r} is a {type(builder).__name__}, not a callable model builder")
-        return builder
-    if name not in _BUILDERS:
-        raise ValueError(f"model.name must be one of {available_models()} or an import path 'module.path:function' "
-                         f"of a builder(input_shape, num_classes, **args), got {name!r}")
-    return _BUILDERS[name]
+    """The builder of ``model.name`` = ``name`` (a registered name, or an import path, imported now);
+    errors as :meth:`experiments.builders.BuilderRegistry.lookup`."""
+    return MODELS.lookup(name)
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
