@@ -5,8 +5,8 @@
 #   bash run_all.sh --long    the long preset: equal-budget tuning, then 3-5 seeds at full length, into
 #                             runs/long/ (about 16 CPU-hours, two processes at a time); rerun to resume
 #   bash run_all.sh --tests   set up, then lint and run the test suite (what CI runs)
-# Extra arguments go to `python -m experiments.suite` / `experiments.sweep` (e.g. --force, --out DIR,
-# --mode separate, --seeds 0, --optimizers sgd mlbfgs) or, with --tests, to pytest.
+# Extra arguments go to `python -m experiments.suite` (e.g. --force, --out DIR, --mode separate, --seeds 0,
+# --optimizers sgd mlbfgs, --stages ...) or, with --tests, to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 started_at=$(date +%s.%N)
@@ -63,13 +63,10 @@ if [ "$preset" = tests ]; then
   exit "$status"
 fi
 
-# 3b. The runs (finished ones are skipped, interrupted ones resume), then `python -m analysis`.
-if [ "$preset" = long ]; then
-  # external tuning (equal trials per optimizer), then the finals at full length; two single-thread processes
-  "$PY" -m experiments.tune --preset long --jobs 2 --started-at "$started_at" "$@"
-elif [ "$preset" = full ]; then
-  # learning-rate sweep, final runs at the chosen rates (3 seeds), beta ablation, then the analysis
-  "$PY" -m experiments.sweep --preset full --started-at "$started_at" "$@"
-else
-  "$PY" -m experiments.suite --preset "$preset" --started-at "$started_at" "$@"
-fi
+# 3b. The preset's stages (finished runs are skipped, interrupted ones resume), then `python -m analysis`:
+#   quick: the grid; full: learning-rate sweep, finals at the chosen rates (3 seeds), beta ablation;
+#   long: external tuning (equal trials per optimizer), then the finals at full length, as two
+#   single-thread processes (--jobs 2).
+jobs=()
+if [ "$preset" = long ]; then jobs=(--jobs 2); fi
+"$PY" -m experiments.suite --preset "$preset" ${jobs[@]+"${jobs[@]}"} --started-at "$started_at" "$@"

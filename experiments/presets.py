@@ -33,11 +33,11 @@ class Preset:
     results: str = ""  # output folder (runs in <results>/runs); set by the command line, default runs/<name>
     description: str = ""
     analysis_args: tuple[str, ...] = ()  # arguments of `python -m analysis` (default: --results <results>)
-    # learning-rate sweep before the final runs (experiments.sweep): {"seed", "grids": {optimizer: [lr, ...]}}
+    # learning-rate sweep before the finals (experiments/stages/sweep.py): {"seed", "grids": {optimizer: [lr, ...]}}
     sweep: dict[str, Any] = field(default_factory=dict)
     # beta ablation after them: [{"workload", "optimizer", "betas": [...]}]
     ablation: tuple[dict[str, Any], ...] = ()
-    # external tuning (experiments.tune): {"trials", "seed", "search_seed", "spaces": {optimizer: space}}
+    # external tuning (experiments/tuning.py): {"trials", "seed", "search_seed", "spaces": {optimizer: space}}
     tuning: dict[str, Any] = field(default_factory=dict)
 
 

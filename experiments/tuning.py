@@ -1,8 +1,10 @@
 """External tuning as AlgoPerf runs it: every optimizer gets the same number of trials from a stated
 search space; the best trial's settings then run with several seeds at full length.
 
-    python -m experiments.tune --preset long [--workloads ...] [--stages trials final] [--out DIR]
-                                             [--mode lockstep|separate] [--jobs N] [--dry-run]
+    python -m experiments.suite --preset long [--stages trials final analysis] [--workloads ...] [--out DIR]
+                                              [--mode lockstep|separate] [--jobs N] [--dry-run]
+
+This module is the protocol (spaces, trials, choice); ``experiments/stages/tuning.py`` runs its stages.
 
 The preset's ``tuning`` section::
 
@@ -19,10 +21,12 @@ optimizer from ``search_seed``), as AlgoPerf's quasi-random search; they run on 
 entry's ``trial_fraction`` (default 1) shortens the trials to that fraction of its epochs (the
 schedule spans the shortened run; at least a quarter, per the protocol); the finals always run at
 full length, on the entry's ``seeds`` (default: the preset's). The best trial has the highest final
-test accuracy (ties: lower final training loss; diverged runs rank last). Trials go to
-``<out>/tuning/runs``, their table to ``<out>/tuning/<preset>_trials.csv``, the choice to
-``<out>/tuning/<preset>_best.json``; finals to ``<out>/runs``. A final identical to a trial (same run
-id: full-length trials, seed ``seed``) is copied, not rerun. Resumable like every suite command.
+test accuracy (ties: lower final training loss; diverged runs rank last; ``experiments/choice.py``).
+Trials go to ``<out>/tuning/runs``, their table to ``<out>/tuning/<preset>_trials.csv``, the choice to
+``<out>/tuning/<preset>_best.json``: both cover every (workload, optimizer) of the preset whose trials
+are all finished, whichever workloads a command selected. Finals go to ``<out>/runs``. A final
+identical to a trial (same run id: full-length trials, seed ``seed``) is copied, not rerun. Resumable
+like every suite command.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from experiments.atomic import write_json
+from experiments.choice import final_metrics_of, mark_best
+from experiments.manifest import is_finished
+from experiments.planning import PlannedRun, entry_optimizers, plan
 from experiments.presets import Preset, PresetRuns
-from experiments.suite import PlannedRun, plan
 
 KINDS = ("log_uniform", "uniform", "choice")
 MIN_TRIAL_FRACTION = 0.25
@@ -108,10 +114,12 @@ def space_seed(search_seed: int, workload: str, optimizer: str) -> int:
 
 @dataclass(frozen=True)
 class Trial:
+    """One tuning trial: the ``index``-th point of ``optimizer``'s space on ``workload`` and its run."""
+
     workload: str
     optimizer: str
     index: int
-    settings: dict[str, Any]
+    settings: dict[str, Any]  # searched setting -> value (``lr`` and at most two others)
     run: PlannedRun
 
 
@@ -141,6 +149,9 @@ def check_tuning(preset: Preset, optimizers: dict[str, list[str]]) -> dict[str, 
 
 
 def trial_runs(preset: Preset, entry: PresetRuns, optimizer: str, space: list[Dimension]) -> list[Trial]:
+    """The ``tuning.trials`` trials of ``optimizer`` on ``entry`` (seed ``tuning.seed``, the entry's epochs
+    times its ``trial_fraction``), into ``<results>/tuning/runs``; ValueError when a fraction below 1
+    has no epochs to shorten."""
     tuning = preset.tuning
     seed = int(tuning.get("seed", 0))
     settings_list = sample_trials(space, int(tuning["trials"]),
@@ -159,25 +170,43 @@ def trial_runs(preset: Preset, entry: PresetRuns, optimizer: str, space: list[Di
     return out
 
 
-def choose(preset: Preset, trials: list[Trial]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Best settings per workload and optimizer; writes the trials table and the choice."""
-    from experiments.manifest import is_finished
-    from experiments.sweep import _score, final_metrics
+def preset_trials(preset: Preset, spaces: dict[str, list[Dimension]]) -> list[Trial]:
+    """Every trial of ``preset``: its entries in order, each optimizer's trials in order."""
+    return [t for entry in preset.runs for name in entry_optimizers(entry)
+            for t in trial_runs(preset, entry, name, spaces[name])]
 
+
+def complete(trials: list[Trial]) -> set[tuple[str, str]]:
+    """The (workload, optimizer) pairs of ``trials`` whose trials are all finished."""
+    pairs = {(t.workload, t.optimizer) for t in trials}
+    pairs -= {(t.workload, t.optimizer) for t in trials if not is_finished(t.run.manifest)}
+    return pairs
+
+
+def best_settings(trials: list[Trial]) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+    """The table rows of ``trials`` (settings, final metrics, ``chosen``) and the chosen settings per
+    workload and optimizer (the best trial of each pair, :mod:`experiments.choice`); writes nothing."""
     rows = []
     for t in trials:
-        acc, loss = final_metrics(t.run.manifest.with_suffix(".csv")) if is_finished(t.run.manifest) else (
-            math.nan, math.nan)
+        acc, loss = final_metrics_of(t.run.manifest)
         rows.append({"workload": t.workload, "optimizer": t.optimizer, "trial": t.index, **{
             f"setting.{k}": v for k, v in t.settings.items()}, "final_test_acc": acc, "final_train_loss": loss,
             "run_id": t.run.run_id, "finished": is_finished(t.run.manifest)})
-    best: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in rows:
-        key = (row["workload"], row["optimizer"])
-        if key not in best or _score(row) > _score(best[key]):
-            best[key] = row
-    for row in rows:
-        row["chosen"] = best[(row["workload"], row["optimizer"])] is row
+    best = mark_best(rows)
+    chosen: dict[str, dict[str, dict[str, Any]]] = {}
+    for (workload, name), row in sorted(best.items()):
+        chosen.setdefault(workload, {})[name] = {k.split(".", 1)[1]: v for k, v in row.items()
+                                                 if k.startswith("setting.")}
+    return rows, chosen
+
+
+def choose(preset: Preset, spaces: dict[str, list[Dimension]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The chosen settings of every (workload, optimizer) of ``preset`` whose trials are all finished
+    (``spaces``: :func:`check_tuning` of every optimizer of the preset); writes the trials table
+    ``<results>/tuning/<preset>_trials.csv`` and the choice ``<preset>_best.json`` for those pairs."""
+    trials = preset_trials(preset, spaces)
+    done = complete(trials)
+    rows, chosen = best_settings([t for t in trials if (t.workload, t.optimizer) in done])
     out_dir = Path(tuning_preset(preset).results)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = sorted({k for r in rows for k in r if k.startswith("setting.")})
@@ -187,15 +216,14 @@ def choose(preset: Preset, trials: list[Trial]) -> dict[str, dict[str, dict[str,
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    chosen: dict[str, dict[str, dict[str, Any]]] = {}
-    for (workload, name), row in sorted(best.items()):
-        chosen.setdefault(workload, {})[name] = {k.split(".", 1)[1]: v for k, v in row.items()
-                                                 if k.startswith("setting.")}
     write_json(out_dir / f"{preset.name}_best.json", chosen)
     return chosen
 
 
-def final_runs(preset: Preset, entry: PresetRuns, optimizer: str, settings: dict[str, Any]) -> list[PlannedRun]:
+def final_runs(preset: Preset, entry: PresetRuns, optimizer: str, settings: dict[str, Any],
+               seeds: list[int] | None = None) -> list[PlannedRun]:
+    """The finals of ``optimizer`` on ``entry`` with the chosen ``settings``, at full length, on the
+    entry's seeds (``seeds`` replaces them; default: the entry's, else the preset's)."""
     runs = replace(entry, optimizers=(optimizer,),
                    set={**entry.set, **{f"optimizer.{k}": v for k, v in settings.items()}})
-    return plan(replace(preset, runs=(runs,)))
+    return plan(replace(preset, runs=(runs,)), seeds=seeds)

@@ -1,17 +1,23 @@
-"""The suite driver: output outside results/, lockstep groups, skip finished runs, --force, separate mode."""
+"""The suite driver: stages per preset, --help, output outside results/, lockstep groups, the grid stage
+(skip finished runs, --force, separate mode), the record, dotted optimizer names."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from experiments import suite
-from experiments.presets import load_preset
-from experiments.suite import groups, plan, resolve_preset
+from experiments.execution import groups
+from experiments.planning import plan
+from experiments.presets import available_presets, load_preset
+from experiments.stages import preset_stages, select_stages
+from experiments.suite import resolve_preset
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_PRESET = {
@@ -28,6 +34,67 @@ def preset_file(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(TINY_PRESET))
     return path
+
+
+def test_stages_follow_the_preset_sections(tmp_path: Path) -> None:
+    assert {name: preset_stages(load_preset(name)) for name in available_presets()} == {
+        "authors": ("grid", "analysis"),
+        "full": ("sweep", "final", "ablation", "analysis"),
+        "long": ("trials", "final", "analysis"),
+        "long_ablations": ("grid", "analysis"),
+        "quick": ("grid", "analysis"),
+    }
+    full = load_preset("full")
+    assert select_stages(full, None) == ("sweep", "final", "ablation", "analysis")
+    assert select_stages(full, ["ablation", "sweep"]) == ("sweep", "ablation")  # the preset's order
+    assert select_stages(full, None, analysis=False) == ("sweep", "final", "ablation")
+    assert preset_stages(replace(full, ablation=())) == ("sweep", "final", "analysis")
+    with pytest.raises(ValueError, match=r"stages of preset full must be among \['sweep', 'final', 'ablation', "
+                                         r"'analysis'\], got \['trials'\]"):
+        select_stages(full, ["trials"])
+    with pytest.raises(ValueError, match="not both"):
+        preset_stages(replace(full, tuning=load_preset("long").tuning))
+    with pytest.raises(ValueError, match="needs a 'sweep' section"):
+        preset_stages(replace(full, sweep={}))
+
+
+def test_bad_arguments_name_the_allowed_values(preset_file: Path, capsys: pytest.CaptureFixture) -> None:
+    for args, message in [
+        (["--preset", "quick", "--stages", "trials"], "stages of preset quick must be among ['grid', 'analysis']"),
+        (["--preset", "long", "--stages", "grid"], "must be among ['trials', 'final', 'analysis']"),
+        (["--preset", "quick", "--workloads", "fmnist-vit"], "workloads must be among ['fmnist-cnn', 'mnist1d-mlp']"),
+        (["--preset", "quick", "--optimizers", "sqn"], "optimizers must be among ['adam', 'kfac', 'mlbfgs'"),
+        (["--preset", "nope"], "preset must be one of ['authors', 'full', 'long', 'long_ablations', 'quick']"),
+        (["--preset", str(preset_file), "--jobs", "0"], "jobs must be a positive integer"),
+    ]:
+        assert suite.main([*args, "--dry-run"]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_help_lists_the_presets_and_their_stages(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stop:
+        suite.main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for name in available_presets():
+        stages = ", ".join(preset_stages(load_preset(name)))
+        assert re.search(rf"^  {name} +{stages}$", text, re.M), name
+
+
+def test_dotted_optimizer_names_are_left_to_the_runner(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    raw = {**TINY_PRESET, "runs": [{**TINY_PRESET["runs"][0], "optimizers": ["sgd", "torch.optim:SGD"]}]}
+    path = tmp_path / "dotted.json"
+    path.write_text(json.dumps(raw))
+    runs = plan(load_preset(str(path)))
+    assert [r.optimizer for r in runs] == ["sgd", "torch.optim:SGD"]
+    assert runs[1].args[:4] == ("--workload", "mnist1d-mlp", "--optimizer", "torch.optim:SGD")
+    assert suite.main(["--preset", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "torch.optim:SGD" in capsys.readouterr().out
+    raw["runs"][0]["optimizers"] = ["sgd", "not_registered"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"optimizer must be one of \[.*'sgd'.*\] or 'module.path:ClassName', "
+                                         r"got 'not_registered'"):
+        plan(load_preset(str(path)))
 
 
 def test_default_output_is_ignored_by_git_and_outside_results() -> None:
@@ -87,12 +154,19 @@ def test_suite_trains_skips_forces_and_modes_agree(tmp_path: Path, preset_file: 
     first = _losses(out)
     assert len(first) == 2 and all(len(v) == 12 + 4 for v in first.values())  # 12 train + evals 0, 5, 10, 12
     record = json.loads((out / "suite_tiny.json").read_text())
-    assert [r["status"] for r in record["runs"]] == ["finished", "finished"]
-    assert {r["group_size"] for r in record["runs"]} == {2}
+    assert record["stages_selected"] == ["grid"] and list(record["stages"]) == ["grid"]
+    assert record["command"].startswith("python -m experiments.suite --preset") and record["failed_runs"] == 0
+    grid = record["stages"]["grid"]
+    assert [r["status"] for r in grid["runs"]] == ["finished", "finished"] and grid["seconds"] > 0
+    assert {r["group_size"] for r in grid["runs"]} == {2}
 
+    assert suite.main([*base, "--dry-run"]) == 0  # the plan: both finished
+    assert capsys.readouterr().out.count("finished, skipped") == 2
     assert suite.main(base) == 0  # rerun: nothing trains
     text = capsys.readouterr().out
     assert text.count("finished, skipped") == 2 and "running" not in text
+    record = json.loads((out / "suite_tiny.json").read_text())
+    assert [r["status"] for r in record["stages"]["grid"]["runs"]] == ["skipped (finished)"] * 2
 
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs" / "mnist1d-mlp").glob("*.csv")}
     assert suite.main([*base, "--force"]) == 0

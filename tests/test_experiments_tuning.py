@@ -1,19 +1,33 @@
-"""External tuning: quasi-random trials from stated spaces, the choice, finals (and reuse of trials)."""
+"""The tuning preset's stages: quasi-random trials from stated spaces, the choice (final metrics read
+through analysis/), finals (and reuse of trials), dry-run plans, and a tiny preset end to end."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from experiments import tune
+from analysis.load import RUN_COLUMNS
+from experiments import suite
+from experiments.atomic import write_json
+from experiments.planning import PlannedRun
 from experiments.presets import load_preset
 from experiments.suite import resolve_preset
-from experiments.tuning import Dimension, check_tuning, parse_space, sample_trials, space_seed, trial_runs
+from experiments.tuning import (
+    Dimension,
+    check_tuning,
+    final_runs,
+    parse_space,
+    preset_trials,
+    sample_trials,
+    space_seed,
+    trial_runs,
+)
 
 SPACE = {"lr": {"log_uniform": [1e-4, 1.0]}, "momentum": {"uniform": [0.8, 0.99]},
          "update_period": {"choice": [10, 50, 200]}}
@@ -68,18 +82,91 @@ def test_long_preset_plans_equal_budgets() -> None:
         check_tuning(preset, {"w": ["sqn"]})
 
 
-def test_tune_end_to_end_reuses_full_length_trials(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    raw = {"name": "tiny", "seeds": [0, 1],
-           "tuning": {"trials": 2, "seed": 0, "search_seed": 0,
-                      "spaces": {"sgd": {"lr": {"log_uniform": [0.01, 0.3]}},
-                                 "adam": {"lr": {"log_uniform": [1e-3, 1e-2]}, "eps": {"log_uniform": [1e-9, 1e-7]}}}},
-           "runs": [{"workload": "mnist1d-mlp", "optimizers": ["sgd", "adam"], "max_iters": 8,
-                     "set": {"eval_interval": 4}}]}
-    path = tmp_path / "tiny.json"
+TINY = {"name": "tiny", "seeds": [0, 1],
+        "tuning": {"trials": 2, "seed": 0, "search_seed": 0,
+                   "spaces": {"sgd": {"lr": {"log_uniform": [0.01, 0.3]}},
+                              "adam": {"lr": {"log_uniform": [1e-3, 1e-2]}, "eps": {"log_uniform": [1e-9, 1e-7]}}}},
+        "runs": [{"workload": "mnist1d-mlp", "optimizers": ["sgd", "adam"], "max_iters": 8,
+                  "set": {"eval_interval": 4}}]}
+
+
+def write_preset(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / f"{raw['name']}.json"
     path.write_text(json.dumps(raw))
+    return path
+
+
+def fake_finished(run: PlannedRun, acc: float, loss: float = 0.5) -> None:
+    """A finished run with these final metrics, as the runner would leave it (CSV, then manifest)."""
+    run.manifest.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.manifest.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
+        writer.writeheader()
+        writer.writerows([{"kind": "train", "train_loss": loss}, {"kind": "eval", "test_acc": acc}])
+    write_json(run.manifest, {"run_id": run.run_id, "status": "finished"})
+
+
+def _listed(text: str) -> list[str]:
+    """The run ids of a dry run's output, in order (skipped, copied or to run)."""
+    ids = []
+    for line in text.splitlines():
+        m = re.match(r"\[suite(?: \d+/\d+)?\](?: lockstep)? (.+?): (finished|would run)", line)
+        if m:
+            ids += m.group(1).split(", ")
+    return ids
+
+
+def test_choice_covers_every_finished_pair_whatever_the_selection(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    raw = {**TINY, "seeds": [0], "runs": [*TINY["runs"], {**TINY["runs"][0], "workload": "fmnist-cnn"}]}
+    path = write_preset(tmp_path, raw)
+    out = tmp_path / "out"
+    preset = resolve_preset(str(path), out, None)
+    spaces = check_tuning(preset, {e.workload: list(e.optimizers) for e in preset.runs})
+    trials = preset_trials(preset, spaces)
+    assert [(t.workload, t.optimizer, t.index) for t in trials] == [
+        (w, o, i) for w in ("mnist1d-mlp", "fmnist-cnn") for o in ("sgd", "adam") for i in (0, 1)]
+    for t in trials:
+        if (t.workload, t.optimizer) != ("fmnist-cnn", "adam"):  # its trials are still to run
+            fake_finished(t.run, 0.5 + 0.1 * t.index, loss=0.5)
+    best = {(t.workload, t.optimizer): t for t in trials if t.index == 1}
+    base = ["--preset", str(path), "--out", str(out), "--no-analysis"]
+
+    assert suite.main([*base, "--workloads", "fmnist-cnn", "--stages", "final", "--dry-run"]) == 0
+    sgd_final = final_runs(preset, preset.runs[1], "sgd", best[("fmnist-cnn", "sgd")].settings)
+    assert _listed(capsys.readouterr().out) == [r.run_id for r in sgd_final]
+    assert not (out / "tuning" / "tiny_best.json").exists()  # a dry run writes nothing
+
+    # the finals of fmnist-cnn: sgd's, copied from its full-length trial; adam's wait for its trials
+    assert suite.main([*base, "--workloads", "fmnist-cnn", "--stages", "final"]) == 1
+    captured = capsys.readouterr()
+    assert "2 trial(s) of ['adam'] not finished" in captured.err
+    record = json.loads((out / "suite_tiny.json").read_text())
+    assert record["failed_runs"] == 2 and record["stages_selected"] == ["final"]
+    assert record["stages"]["final"]["runs"] == [{"run_id": sgd_final[0].run_id,
+                                                  "status": "copied (finished as a trials run)"}]
+    assert sgd_final[0].manifest.is_file() and sgd_final[0].run_id == best[("fmnist-cnn", "sgd")].run.run_id
+    chosen = json.loads((out / "tuning" / "tiny_best.json").read_text())
+    expected = {w: {o: best[(w, o)].settings for o in names}
+                for w, names in (("fmnist-cnn", ["sgd"]), ("mnist1d-mlp", ["adam", "sgd"]))}
+    assert chosen == expected == record["chosen"]  # mnist1d-mlp kept although only fmnist-cnn was selected
+    with open(out / "tuning" / "tiny_trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["workload"], r["optimizer"], r["trial"], r["chosen"], r["finished"]) for r in rows] == [
+        (t.workload, t.optimizer, str(t.index), str(t.index == 1), "True") for t in trials
+        if (t.workload, t.optimizer) != ("fmnist-cnn", "adam")]
+    assert list(rows[0]) == ["workload", "optimizer", "trial", "setting.eps", "setting.lr", "final_test_acc",
+                             "final_train_loss", "chosen", "finished", "run_id"]
+    assert [float(r["final_test_acc"]) for r in rows[:2]] == [0.5, 0.6]
+
+
+def test_tuning_preset_end_to_end_reuses_full_length_trials(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_preset(tmp_path, TINY)
     out = tmp_path / "out"
     assert load_preset(str(path)).tuning["trials"] == 2
-    assert tune.main(["--preset", str(path), "--out", str(out), "--threads", "1", "--no-analysis"]) == 0
+    base = ["--preset", str(path), "--out", str(out), "--threads", "1", "--no-analysis"]
+    assert suite.main(base) == 0
+    capsys.readouterr()
     with open(out / "tuning" / "tiny_trials.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and sum(r["chosen"] == "True" for r in rows) == 2
@@ -89,6 +176,14 @@ def test_tune_end_to_end_reuses_full_length_trials(tmp_path: Path, capsys: pytes
     finals = sorted(p.name for p in (out / "runs" / "mnist1d-mlp").glob("*.json"))
     assert len(finals) == 4  # 2 optimizers x 2 seeds
     assert chosen_sgd["run_id"] + ".json" in finals  # the seed-0 final is the chosen trial, copied
-    record = json.loads((out / "tune_tiny.json").read_text())
-    ran = [r["run_id"] for r in record["runs"] if r["status"] == "finished"]
-    assert chosen_sgd["run_id"] in ran and ran.count(chosen_sgd["run_id"]) == 1  # trained once, as a trial
+    record = json.loads((out / "suite_tiny.json").read_text())
+    assert set(record["stages"]) == {"trials", "final"} and record["tuning"] == TINY["tuning"]
+    trained = [r["run_id"] for stage in record["stages"].values() for r in stage["runs"] if r["status"] == "finished"]
+    assert trained.count(chosen_sgd["run_id"]) == 1  # trained once, as a trial
+    statuses = {r["run_id"]: r["status"] for r in record["stages"]["final"]["runs"]}
+    assert statuses[chosen_sgd["run_id"]] == "copied (finished as a trials run)"
+    assert sorted(s for s in statuses.values()) == ["copied (finished as a trials run)"] * 2 + ["finished"] * 2
+
+    assert suite.main([*base, "--dry-run"]) == 0  # everything finished: the plan lists it all as skipped
+    text = capsys.readouterr().out
+    assert text.count("finished, skipped") == 8 and "would" not in text

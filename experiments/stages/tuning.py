@@ -1,0 +1,69 @@
+"""The stages of a preset with a ``tuning`` section: the tuning ``trials``, then the ``final`` runs.
+
+    python -m experiments.suite --preset long [--stages trials final analysis] [--workloads ...] [--jobs 2]
+
+The protocol (search spaces, quasi-random trials, trial length, the choice) is ``experiments/tuning.py``.
+Workload by workload in the preset's order: the trials of every optimizer (seed ``tuning.seed``, into
+``<out>/tuning/runs``), the choice (``<out>/tuning/<preset>_trials.csv`` and ``<preset>_best.json``),
+then the finals of every optimizer whose trials are all finished (into ``<out>/runs``; a final identical
+to a trial is copied). An optimizer with unfinished trials gets no finals: a choice from part of its
+trials would not be the protocol's; its unfinished trials count as failed runs. A dry run lists the
+finals of the optimizers whose trials are finished.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from experiments.manifest import is_finished
+from experiments.planning import PlannedRun, check_optimizer_names, entry_optimizers
+from experiments.presets import Preset
+from experiments.stages.context import StageContext
+from experiments.tuning import Dimension, best_settings, check_tuning, choose, final_runs, trial_runs, tuning_preset
+
+
+def check(preset: Preset) -> dict[str, list[Dimension]]:
+    """The search space of every optimizer of ``preset``; ValueError naming what is wrong with its
+    tuning section (:func:`experiments.tuning.check_tuning`) or its optimizers
+    (:func:`experiments.planning.check_optimizer_names`)."""
+    check_optimizer_names(preset)
+    return check_tuning(preset, {e.workload: entry_optimizers(e) for e in preset.runs})
+
+
+def run(ctx: StageContext) -> int:
+    """Run the selected stages of a tuning preset, workload by workload; the number of runs that failed
+    (unfinished trials included)."""
+    preset = ctx.preset
+    spaces = check(preset)
+    trials_dir = Path(tuning_preset(preset).results)
+    failures = 0
+    for entry in ctx.entries():
+        names = ctx.names(entry)
+        trials = [t for name in names for t in trial_runs(preset, entry, name, spaces[name])]
+        if "trials" in ctx.stages:
+            failures += ctx.execute("trials", [t.run for t in trials], trials_dir)
+        unfinished = [t for t in trials if not is_finished(t.run.manifest)]
+        ready = [n for n in names if not any(t.optimizer == n for t in unfinished)]
+        if unfinished:  # a choice from partial trials would not be the protocol's
+            waiting = sorted({t.optimizer for t in unfinished}, key=names.index)
+            print(f"[suite] {entry.workload}: {len(unfinished)} trial(s) of {waiting} not finished "
+                  f"({[t.run.run_id for t in unfinished[:3]]}...); rerun to complete them before their choice "
+                  "and finals", file=sys.stderr, flush=True)
+            if not ctx.dry_run:
+                failures += len(unfinished)
+        if ctx.dry_run:
+            _, chosen = best_settings([t for t in trials if t.optimizer in ready])
+        else:
+            chosen = choose(preset, spaces)
+            ctx.record.data["chosen"] = chosen
+            ctx.record.save()
+        settings = {n: chosen[entry.workload][n] for n in ready}
+        if settings:
+            print(f"[suite] {entry.workload}: chosen {settings}", flush=True)
+        if "final" in ctx.stages:
+            finals: list[PlannedRun] = [r for name, s in settings.items()
+                                        for r in final_runs(preset, entry, name, s, ctx.seeds)]
+            finals.sort(key=lambda r: r.seed)
+            failures += ctx.execute_finals("final", finals, trials_dir / "runs", "trials")
+    return failures
