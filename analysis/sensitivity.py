@@ -1,6 +1,6 @@
 """Learning-rate sensitivity of the tuning trials (DeepOBS style): final test accuracy against lr.
 
-Reads ``<results>/tuning/<preset>_trials.csv`` (written by ``python -m experiments.tune``): one row
+Reads ``<results>/tuning/<preset>_trials.csv`` (written by the tuning stage of ``python -m experiments.suite``): one row
 per trial with its settings (``setting.lr``, ...), final test accuracy and training loss, and whether
 it was chosen. The figure has one panel per workload, a line of trials per optimizer sorted by lr, the
 chosen trial ringed; trials that diverged (no finite accuracy) sit at the bottom as crosses. The
