@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from experiments.stages.sweep import (
     sweep_rounds,
 )
 from experiments.suite import resolve_preset
+from tests.suite_output import listed_run_ids
 
 TINY = {
     "name": "tiny",
@@ -161,7 +161,7 @@ def test_dry_run_lists_sweep_finals_and_ablation_in_order(tmp_path: Path, capsys
     assert suite.main(base) == 0
     text = capsys.readouterr().out
     assert "final and ablation wait for 4 unfinished sweep run(s)" in text
-    assert _listed(text) == [s.run.run_id for s in sweep_rounds(preset, entry, ["sgd", "mlbfgs"])]
+    assert listed_run_ids(text) == [s.run.run_id for s in sweep_rounds(preset, entry, ["sgd", "mlbfgs"])]
     accuracy = {("sgd", 0.01): 0.5, ("sgd", 0.1): 0.8, ("sgd", 0.3): 0.1,
                 ("mlbfgs", 0.001): 0.5, ("mlbfgs", 0.01): 0.8, ("mlbfgs", 0.03): 0.1}
     for _ in range(2):  # the largest rates are best: each grid grows up once, then the choice is inside
@@ -173,24 +173,15 @@ def test_dry_run_lists_sweep_finals_and_ablation_in_order(tmp_path: Path, capsys
     finals, ablation = final_runs(preset, entry, rates), ablation_runs(preset, entry, rates)
     swept = sweep_rounds(preset, entry, ["sgd", "mlbfgs"])
     assert [s.lr for s in swept] == [0.01, 0.1, 0.001, 0.01, 0.3, 0.03]
-    assert _listed(text) == [s.run.run_id for s in swept] + [r.run_id for r in finals + ablation]
+    assert listed_run_ids(text) == [s.run.run_id for s in swept] + [r.run_id for r in finals + ablation]
     assert f"{finals[0].run_id}: finished in {out / 'sweep' / 'runs' / 'mnist1d-mlp'}, would be copied" in text
     assert not (out / "suite_tiny.json").exists() and not (out / "runs").exists()  # a dry run writes nothing
     assert not (out / "sweep" / "tiny_lr.csv").exists()
     assert suite.main([*base, "--stages", "final"]) == 0  # the choice replays the finished sweep
-    assert _listed(capsys.readouterr().out) == [r.run_id for r in finals]
+    assert listed_run_ids(capsys.readouterr().out) == [r.run_id for r in finals]
     assert suite.main([*base, "--stages", "final", "--optimizers", "mlbfgs", "--seeds", "1"]) == 0
-    assert _listed(capsys.readouterr().out) == [r.run_id for r in final_runs(preset, entry, {"mlbfgs": 0.01}, [1])]
-
-
-def _listed(text: str) -> list[str]:
-    """The run ids of a dry run's output, in order (skipped, copied or to run)."""
-    ids = []
-    for line in text.splitlines():
-        m = re.match(r"\[suite(?: \d+/\d+)?\](?: lockstep)? (.+?): (finished|would run)", line)
-        if m:
-            ids += m.group(1).split(", ")
-    return ids
+    expected = [r.run_id for r in final_runs(preset, entry, {"mlbfgs": 0.01}, [1])]
+    assert listed_run_ids(capsys.readouterr().out) == expected
 
 
 def test_sweep_sections_are_checked() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from experiments.tuning import (
     space_seed,
     trial_runs,
 )
+from tests.suite_output import listed_run_ids
 
 SPACE = {"lr": {"log_uniform": [1e-4, 1.0]}, "momentum": {"uniform": [0.8, 0.99]},
          "update_period": {"choice": [10, 50, 200]}}
@@ -106,16 +106,6 @@ def fake_finished(run: PlannedRun, acc: float, loss: float = 0.5) -> None:
     write_json(run.manifest, {"run_id": run.run_id, "status": "finished"})
 
 
-def _listed(text: str) -> list[str]:
-    """The run ids of a dry run's output, in order (skipped, copied or to run)."""
-    ids = []
-    for line in text.splitlines():
-        m = re.match(r"\[suite(?: \d+/\d+)?\](?: lockstep)? (.+?): (finished|would run)", line)
-        if m:
-            ids += m.group(1).split(", ")
-    return ids
-
-
 def test_choice_covers_every_finished_pair_whatever_the_selection(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
     raw = {**TINY, "seeds": [0], "runs": [*TINY["runs"], {**TINY["runs"][0], "workload": "fmnist-cnn"}]}
@@ -134,7 +124,7 @@ def test_choice_covers_every_finished_pair_whatever_the_selection(tmp_path: Path
 
     assert suite.main([*base, "--workloads", "fmnist-cnn", "--stages", "final", "--dry-run"]) == 0
     sgd_final = final_runs(preset, preset.runs[1], "sgd", best[("fmnist-cnn", "sgd")].settings)
-    assert _listed(capsys.readouterr().out) == [r.run_id for r in sgd_final]
+    assert listed_run_ids(capsys.readouterr().out) == [r.run_id for r in sgd_final]
     assert not (out / "tuning" / "tiny_best.json").exists()  # a dry run writes nothing
 
     # the finals of fmnist-cnn: sgd's, copied from its full-length trial; adam's wait for its trials
