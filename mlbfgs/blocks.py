@@ -92,10 +92,12 @@ def layer_blocks(model: torch.nn.Module) -> list[list[torch.Tensor]]:
     return blocks
 
 
-def check_supported(p: torch.Tensor, index: int, owner: str = "MLBFGS") -> None:
+def check_supported(p: torch.Tensor, index: int, owner: str = "MLBFGS", row_sharded: bool = False) -> None:
     """Raise ``ValueError`` naming parameter ``index`` when ``owner`` (an optimizer that couples
     parameters) cannot train it: complex dtypes, DTensor parameters (FSDP2, tensor parallel) and FSDP1
-    flat parameters."""
+    flat parameters. With ``row_sharded`` (MLBFGS) the DTensors of ``fully_shard`` (a 1-D mesh,
+    placement ``Shard(0)``) are accepted and other DTensors refused with the reason
+    (:func:`mlbfgs.row_sharding.row_sharding_problem`)."""
     where = f"params: parameter {index} (shape {tuple(p.shape)}, dtype {p.dtype})"
     if p.is_complex():
         raise ValueError(
@@ -105,6 +107,13 @@ def check_supported(p: torch.Tensor, index: int, owner: str = "MLBFGS") -> None:
     if not p.is_floating_point():
         raise ValueError(f"{where} is not floating point; {owner} trains float16/bfloat16/float32/float64 parameters")
     if type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor":
+        if row_sharded:
+            from .row_sharding import row_sharding_problem
+
+            problem = row_sharding_problem(p)
+            if problem is None:
+                return
+            raise ValueError(f"{where} is a DTensor that {problem}")
         raise ValueError(
             f"{where} is a DTensor (FSDP2 or tensor parallel); {owner} does not support sharded parameters yet: "
             "use it with replicated parameters (DDP) and its own block sharding (process_group=...)"

@@ -16,6 +16,8 @@ from .config import DIRECTION_NORMS, HISTORY_DTYPES, CurvatureConfig
 from .curvature_history import CurvatureHistory
 from .damping import damped_curvature, damping_factor
 from .layout import FlatLayout, param_views
+from .row_sharded import RowShardedCurvature
+from .row_sharding import RowSharding, resolve_row_sharding
 
 _GROUP_KEYS = ("lr", "momentum", "weight_decay")
 _Loss = TypeVar("_Loss")  # what a step's closure returns (usually the loss tensor), returned by step
@@ -95,8 +97,14 @@ class MLBFGS(Optimizer):
     the curvature settings and blocks match (``ValueError`` naming the setting) and casts the state
     to the parameters' device, keeping the working dtype of the averages and the history dtype.
 
+    FSDP2: with ``fully_shard`` parameters (DTensors sharded on dim 0 of a 1-D mesh) each rank keeps
+    its rows of every block's averages, anchors and ring, and the small matrices replicated; a step
+    costs one all-reduce of ``2m + 1`` numbers per block (two all-reduces when a pair forms) and no
+    direction exchange, with the same mathematics as a single process (:mod:`mlbfgs.row_sharded`).
+    ``process_group`` and ``comm_dtype`` must then be None, and ``history_dtype`` float32/float64.
+
     Not supported (``ValueError`` naming the parameter): complex parameters, sparse gradients,
-    DTensor parameters (FSDP2, tensor parallel) and FSDP1 flat parameters.
+    FSDP1 flat parameters, and DTensors other than ``fully_shard``'s (tensor parallel, HSDP, replicated).
 
     Args:
         params: parameters or parameter groups.
@@ -122,7 +130,8 @@ class MLBFGS(Optimizer):
             so it never enters the averages. Costs one host synchronisation per step.
         process_group: shard the blocks over the ranks of this group (data-parallel training where
             every rank holds the same averaged gradient); None for a single process. Each rank then
-            holds the curvature state of its own blocks only (:mod:`mlbfgs.distributed`).
+            holds the curvature state of its own blocks only (:mod:`mlbfgs.distributed`). None with
+            ``fully_shard`` parameters (their mesh gives the group).
         comm_dtype: dtype of the direction exchange between ranks (e.g. ``torch.bfloat16``);
             None sends the working dtype.
         min_curvature: a damped pair with ``s.y_hat`` at or below this is rejected.
@@ -172,13 +181,20 @@ class MLBFGS(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
         all_params = [p for g in self.param_groups for p in g["params"]]
         for i, p in enumerate(all_params):
-            check_supported(p, i)
+            check_supported(p, i, row_sharded=True)
         self.blocks = build_blocks(all_params, blocks)
 
         from .distributed import resolve_sharding  # the math never depends on it beyond this
 
-        self.sharding = resolve_sharding(process_group, self.block_sizes, comm_dtype)
-        self.owners = assign_blocks(self.block_sizes, self.sharding.world_size)
+        rows = resolve_row_sharding(all_params, process_group, comm_dtype, history_dtype)
+        if rows is not None:  # fully_shard (FSDP2) parameters: every rank holds its rows of every block
+            rows.check_same_layout(self.block_sizes)
+            self.sharding: Any = rows
+            self.owners = [rows.rank] * len(self.blocks)
+        else:
+            self.sharding = resolve_sharding(process_group, self.block_sizes, comm_dtype)
+            self.owners = assign_blocks(self.block_sizes, self.sharding.world_size)
+        self._row_buffers: dict[int, dict[str, torch.Tensor]] = {}
         self._relayout()
         self.last_pairs: list[PairRecord] = []
         self._create_state()
@@ -202,8 +218,14 @@ class MLBFGS(Optimizer):
     # ------------------------------------------------------------------ structure
     @property
     def block_sizes(self) -> list[int]:
-        """Elements per block, in block order."""
+        """Elements per block, in block order (whole parameters, also when they are sharded)."""
         return [sum(p.numel() for p in b) for b in self.blocks]
+
+    @property
+    def row_sharded(self) -> bool:
+        """True with ``fully_shard`` (FSDP2) parameters: each rank holds its rows of every block
+        (:mod:`mlbfgs.row_sharding`)."""
+        return isinstance(self.sharding, RowSharding)
 
     @property
     def owned_blocks(self) -> list[int]:
@@ -212,8 +234,15 @@ class MLBFGS(Optimizer):
 
     def _relayout(self) -> None:
         sizes = self.block_sizes
-        self.layout = FlatLayout.build(sizes, self.owners, self.sharding.world_size)
-        self.imbalance = load_imbalance(sizes, self.owners, self.sharding.world_size)
+        if self.row_sharded:  # the flat buffer holds this rank's rows of every block
+            local = [sum(RowSharding.local(p).numel() for p in b) for b in self.blocks]
+            self.layout = FlatLayout.build(local, [0] * len(local), 1)
+            per_rank = [sum(n) for n in zip(*(self.sharding.rows_per_rank(p) for b in self.blocks for p in b))]
+            mean = sum(per_rank) / len(per_rank)
+            self.imbalance = max(per_rank) / mean if mean else 1.0
+        else:
+            self.layout = FlatLayout.build(sizes, self.owners, self.sharding.world_size)
+            self.imbalance = load_imbalance(sizes, self.owners, self.sharding.world_size)
         self._buffers: _StepBuffers | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -236,6 +265,10 @@ class MLBFGS(Optimizer):
         offset = sum(len(g["params"]) for g in self.param_groups[:-1])
         for i, p in enumerate(new):
             check_supported(p, offset + i)
+        if self.row_sharded:
+            rows = resolve_row_sharding([self._first_param, *new], None, None, self.config.history_dtype)
+            if rows is None or rows.mesh != self.sharding.mesh:
+                raise ValueError("param_group: new parameters must be DTensors on the mesh of the others")
         spec = self._block_spec if self._block_spec in ("model", "layer") else "model"
         new_blocks = build_blocks(new, spec)
         sizes = self.block_sizes
@@ -244,6 +277,8 @@ class MLBFGS(Optimizer):
             load[r] += size
         for block in new_blocks:  # the least-loaded rank, as assign_blocks does; old owners stay
             r = min(range(self.sharding.world_size), key=lambda k: (load[k], k))
+            if self.row_sharded:
+                r = self.sharding.rank
             self.owners.append(r)
             load[r] += sum(p.numel() for p in block)
         self.blocks.extend(new_blocks)
@@ -264,6 +299,10 @@ class MLBFGS(Optimizer):
         if self.owners[b] != self.sharding.rank:
             raise ValueError(f"block {b} is held by rank {self.owners[b]}, not by rank {self.sharding.rank}")
         entry = self.state[self.blocks[b][0]]
+        if self.row_sharded:
+            if K.BLOCK not in entry or b not in self._row_buffers:
+                self._create_row_state(b)
+            return entry[K.BLOCK]  # type: ignore[no-any-return]
         if K.BLOCK not in entry:
             n = self.block_sizes[b]
             device = self.blocks[b][0].device
@@ -278,6 +317,51 @@ class MLBFGS(Optimizer):
             entry[K.BLOCK] = st
         block: dict[str, Any] = entry[K.BLOCK]
         return block
+
+    def _create_row_state(self, b: int) -> None:
+        """Row-sharded block ``b``: this rank's rows of the averages, anchors and ring in contiguous
+        buffers (``self._row_buffers[b]``, what the step works on), DTensor views of them per parameter
+        under ``ROWS`` (what ``state_dict`` and ``torch.distributed.checkpoint`` see), and the replicated
+        Gram and compact matrices, gamma and counters under ``BLOCK`` of the block's first parameter."""
+        block = self.blocks[b]
+        local = [RowSharding.local(p) for p in block]
+        n, m = sum(t.numel() for t in local), self.config.history_size
+        device = local[0].device
+        work, hist = self._work_dtype(), self._history_dtype()
+        rows = {name: torch.zeros(n, dtype=work, device=device) for name in self._row_vector_keys()}
+        rows[K.HISTORY] = torch.zeros(2 * m, n, dtype=hist, device=device)
+        self._row_buffers[b] = rows
+        self.state[block[0]][K.BLOCK] = {
+            K.GRAM: torch.zeros(2 * m, 2 * m, dtype=torch.float64, device=device),
+            K.COMPACT: torch.zeros(2 * m, 2 * m, dtype=work, device=device),
+            K.GAMMA: torch.ones((), dtype=work, device=device),
+            K.NUM_PAIRS: 0,
+            K.HEAD: 0,
+            K.PAIRS_FORMED: 0,
+            K.PAIRS_ACCEPTED: 0,
+            K.PAIRS_REJECTED: 0,
+        }
+        self._bind_row_views(b)
+
+    def _bind_row_views(self, b: int) -> None:
+        """``state[p][ROWS]``: DTensor views of block ``b``'s row buffers, shaped like ``p`` (sharded on
+        dim 0) and, for the ring, ``(2m, *p.shape)`` (sharded on dim 1)."""
+        rows, offset = self._row_buffers[b], 0
+        two_m = rows[K.HISTORY].shape[0]
+        for p in self.blocks[b]:
+            shape = RowSharding.local(p).shape
+            k = shape.numel()
+            views = {name: self.sharding.shard_like(rows[name].narrow(0, offset, k).view(shape), p)
+                     for name in self._row_vector_keys()}
+            views[K.HISTORY] = self.sharding.shard_like(
+                rows[K.HISTORY].narrow(1, offset, k).view(two_m, *shape), p, leading=two_m
+            )
+            self.state[p][K.ROWS] = views
+            offset += k
+
+    def _row_vector_keys(self) -> tuple[str, ...]:
+        keys = (K.PARAM_AVG, K.GRAD_AVG, K.PARAM_ANCHOR, K.GRAD_ANCHOR)
+        return keys + ((K.S_PREV, K.Y_PREV) if self.config.pair_momentum > 0 else ())
 
     def _global_state(self) -> dict[str, Any]:
         entry = self.state[self._first_param]
@@ -323,17 +407,24 @@ class MLBFGS(Optimizer):
         }
 
     def curvature_bytes(self) -> int:
-        """Bytes of curvature state (EMAs, anchors, ring, compact matrices) held by this rank."""
+        """Bytes of curvature state (EMAs, anchors, ring, compact matrices) held by this rank; row-sharded,
+        its rows plus the replicated Gram and compact matrices and gamma of every block."""
         total = 0
         for b in self.owned_blocks:
-            for v in self.block_state(b).values():
+            tensors = list(self.block_state(b).values())
+            if self.row_sharded:
+                tensors += list(self._row_buffers[b].values())
+            for v in tensors:
                 if isinstance(v, torch.Tensor):
                     total += v.numel() * v.element_size()
         return total
 
     def apply_inverse_hessian_(self, b: int, v: torch.Tensor) -> None:
         """``v <- H_b v`` with the current ring of block ``b`` (flat, ``block_sizes[b]`` elements,
-        working dtype); for benchmarks and diagnostics."""
+        working dtype); for benchmarks and diagnostics. Not with row-sharded (FSDP2) state: ``ValueError``."""
+        if self.row_sharded:
+            raise ValueError("apply_inverse_hessian_: a row-sharded block's ring is spread over the ranks; "
+                             "the product needs the step's all-reduce")
         history = CurvatureHistory(self.block_state(b))
         if history.num_pairs > 0:
             history.apply_(v)
@@ -473,6 +564,9 @@ class MLBFGS(Optimizer):
             return loss
         buf: _StepBuffers = self._buffers  # type: ignore[assignment]  # built by _init_group
         self._gather_gradient(buf)
+        if buf.rows is not None:  # fully_shard parameters: this rank's rows, one all-reduce
+            self._row_sharded_step(buf, buf.rows)
+            return loss
         phase = self._begin_step(buf)
         if phase is None:  # non-finite gradient: skipped and counted
             return loss
@@ -491,7 +585,7 @@ class MLBFGS(Optimizer):
         """Check gradients, create missing state and (re)build the step's tensor lists
         (``self._buffers``) when the set of parameters with gradients or the groups' momentum settings
         changed. False: no parameter has a gradient."""
-        signature = []
+        signature: list[bool | int] = []
         for i, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
                 g = p.grad
@@ -502,6 +596,8 @@ class MLBFGS(Optimizer):
                     )
                 signature.append(g is not None)
             signature.append(group["momentum"] != 0)
+        if self.row_sharded:  # FSDP2 may swap a parameter's local tensor (e.g. at its lazy init)
+            signature.extend(RowSharding.local(p).data_ptr() for g in self.param_groups for p in g["params"])
         key = tuple(signature)
         if not any(p.grad is not None for g in self.param_groups for p in g["params"]):
             return False
@@ -529,6 +625,11 @@ class MLBFGS(Optimizer):
             if not math.isfinite(buf.scalar.item()):
                 gs[K.SKIPPED_STEPS] += 1
                 return None
+        return self._advance(buf)
+
+    def _advance(self, buf: _StepBuffers) -> _StepPhase:
+        """Count the step and say what it does."""
+        gs = self._global_state()
         gs[K.STEP] += 1
         t, period = gs[K.STEP], self.config.update_period
         return _StepPhase(
@@ -536,13 +637,34 @@ class MLBFGS(Optimizer):
             form_pair=t > 1 and (t - 1) % period == 0,
             active=t > period,
             blocks=buf.live_blocks,
-            with_pairs=tuple(b for b in buf.live_blocks if buf.histories[b].num_pairs > 0),
+            with_pairs=buf.blocks_with_pairs(buf.live_blocks),
         )
 
     @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _with_pairs(self, phase: _StepPhase) -> _StepPhase:
-        with_pairs = tuple(b for b in phase.blocks if self._buffers.histories[b].num_pairs > 0)  # type: ignore[union-attr]
+        with_pairs = self._buffers.blocks_with_pairs(phase.blocks)  # type: ignore[union-attr]
         return phase._replace(with_pairs=with_pairs)
+
+    @torch._dynamo.disable  # type: ignore[untyped-decorator]
+    def _row_sharded_step(self, buf: _StepBuffers, rows: RowShardedCurvature) -> None:
+        """Phases 2-7 on this rank's rows (:mod:`mlbfgs.row_sharded`): the step's all-reduce (which
+        also carries the non-finite check, before the averages move), the averages, a pair (a second
+        all-reduce), the direction and its rescaling from replicated numbers, the update of the local
+        shards. No direction is exchanged."""
+        self.last_pairs = []
+        cfg = self.config
+        if not rows.reduce_step(buf.flat, buf.live_blocks, buf.blocks_with_pairs(buf.live_blocks), cfg.check_finite):
+            self._global_state()[K.SKIPPED_STEPS] += 1
+            return
+        phase = self._advance(buf)
+        self._update_averages(buf, phase)
+        if phase.form_pair:
+            self.last_pairs = [PairRecord(*r) for r in rows.form_pairs(cfg, phase.blocks)]
+            phase = self._with_pairs(phase)
+        rows.precondition(phase.with_pairs)
+        if phase.active:
+            rows.rescale(cfg, buf.flat, phase.blocks, phase.with_pairs)
+        self._momentum_update(buf)
 
     def _update_averages(self, buf: _StepBuffers, phase: _StepPhase) -> None:
         """Phase 2: the parameter and gradient averages of the blocks with gradients."""
@@ -698,7 +820,7 @@ class _StepBuffers:
     """Preallocated flat buffer, its views, and the tensor lists of one signature (which parameters
     have gradients, which groups use momentum); rebuilt when the signature or the state changes."""
 
-    def __init__(self, opt: MLBFGS, signature: tuple[bool, ...]) -> None:
+    def __init__(self, opt: MLBFGS, signature: tuple[bool | int, ...]) -> None:
         layout = opt.layout
         work = opt._work_dtype()
         device = opt._first_param.device
@@ -709,37 +831,62 @@ class _StepBuffers:
         self.kl_clip = torch.zeros((), dtype=work, device=device)
         self.momentum = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]
         self.lr = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]
+        # row-sharded (FSDP2): every list holds the rank's local shards, and the flat buffer its rows
+        self._row_sharded = opt.row_sharded
+        local = RowSharding.local if self._row_sharded else _same
         view_of: dict[int, torch.Tensor] = {}
         for b, block in enumerate(opt.blocks):
-            view_of.update({id(p): v for p, v in zip(block, param_views(layout.block_view(self.flat, b), 0, block))})
+            views = param_views(layout.block_view(self.flat, b), 0, [local(p) for p in block])
+            view_of.update({id(p): v for p, v in zip(block, views)})
         has_grad = {id(p) for g in opt.param_groups for p in g["params"] if p.grad is not None}
         self._with_grad = [p for g in opt.param_groups for p in g["params"] if id(p) in has_grad]
         self.grad_views = [view_of[id(p)] for p in self._with_grad]
         self.zero_views = [view_of[id(p)] for b in opt.blocks for p in b if id(p) not in has_grad]
         self.live_blocks = tuple(b for b in opt.owned_blocks if any(id(p) in has_grad for p in opt.blocks[b]))
         self.block_state = {b: opt.block_state(b) for b in opt.owned_blocks}
-        self.block_params = {b: opt.blocks[b] for b in opt.owned_blocks}
+        # the flat vectors (averages, anchors): in the block state, or the row buffers when row-sharded
+        vectors = {b: opt._row_buffers[b] if self._row_sharded else self.block_state[b] for b in opt.owned_blocks}
+        self.block_params = {b: [local(p) for p in opt.blocks[b]] for b in opt.owned_blocks}
         self.block_grads = {b: layout.block_view(self.flat, b) for b in opt.owned_blocks}
         self.block_ema_views = {
-            b: param_views(self.block_state[b][K.PARAM_AVG], 0, opt.blocks[b]) for b in opt.owned_blocks
+            b: param_views(vectors[b][K.PARAM_AVG], 0, self.block_params[b]) for b in opt.owned_blocks
         }
-        self.histories = {b: CurvatureHistory(self.block_state[b]) for b in opt.owned_blocks}
+        self.rows: RowShardedCurvature | None = None
+        if self._row_sharded:
+            self.histories: dict[int, CurvatureHistory] = {}
+            self.rows = RowShardedCurvature(opt.config, self.block_state, vectors, self.block_grads,
+                                            opt.sharding.all_reduce_)
+        else:
+            self.histories = {b: CurvatureHistory(self.block_state[b]) for b in opt.owned_blocks}
         # the lists phase 2 works on (the blocks with gradients), built once per signature, not per step
         live = self.live_blocks
         self.live_ema = [v for b in live for v in self.block_ema_views[b]]
         self.live_params = [p for b in live for p in self.block_params[b]]
         self.live_grads = [self.block_grads[b] for b in live]
-        self.live_grad_avg = [self.block_state[b][K.GRAD_AVG] for b in live]
-        self.live_param_avg = [self.block_state[b][K.PARAM_AVG] for b in live]
-        self.live_param_anchor = [self.block_state[b][K.PARAM_ANCHOR] for b in live]
-        self.live_grad_anchor = [self.block_state[b][K.GRAD_ANCHOR] for b in live]
+        self.live_grad_avg = [vectors[b][K.GRAD_AVG] for b in live]
+        self.live_param_avg = [vectors[b][K.PARAM_AVG] for b in live]
+        self.live_param_anchor = [vectors[b][K.PARAM_ANCHOR] for b in live]
+        self.live_grad_anchor = [vectors[b][K.GRAD_ANCHOR] for b in live]
         self.live_same_dtype = all(v.dtype == p.dtype for v, p in zip(self.live_ema, self.live_params))
-        self.group_params = [[p for p in g["params"] if id(p) in has_grad] for g in opt.param_groups]
-        self.group_views = [[view_of[id(p)] for p in ps] for ps in self.group_params]
+        self.group_params = [[local(p) for p in g["params"] if id(p) in has_grad] for g in opt.param_groups]
+        self.group_views = [
+            [view_of[id(p)] for p in g["params"] if id(p) in has_grad] for g in opt.param_groups
+        ]
         self.group_momenta = [
-            [opt.state[p][K.MOMENTUM_BUFFER] for p in ps] if g["momentum"] != 0 else []
-            for g, ps in zip(opt.param_groups, self.group_params)
+            [local(opt.state[p][K.MOMENTUM_BUFFER]) for p in g["params"] if id(p) in has_grad]
+            if g["momentum"] != 0 else []
+            for g in opt.param_groups
         ]
 
     def grads(self) -> list[torch.Tensor]:
+        if self._row_sharded:
+            return [RowSharding.local(p.grad) for p in self._with_grad]  # type: ignore[arg-type]
         return [p.grad for p in self._with_grad]
+
+    def blocks_with_pairs(self, blocks: tuple[int, ...]) -> tuple[int, ...]:
+        """Those of ``blocks`` whose ring holds at least one pair."""
+        return tuple(b for b in blocks if self.block_state[b][K.NUM_PAIRS] > 0)
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t

@@ -8,6 +8,9 @@
 - ``BLOCK`` (first parameter of each block the rank owns): that block's curvature state, a dict
   with the keys below and those of :mod:`mlbfgs.curvature_history`;
 - ``GLOBAL`` (first parameter of the optimizer, every rank): counters and the settings.
+- ``ROWS`` (every parameter, row-sharded (FSDP2) only): DTensor views of the rank's rows of the
+  block's averages, anchors (keys below) and ring (``HISTORY``, shaped ``(2m, *p.shape)``, sharded on
+  dim 1); ``BLOCK`` then holds only the replicated part (Gram and compact matrices, gamma, counters).
 """
 
 from .config import CURVATURE_SETTINGS
@@ -17,6 +20,7 @@ MOMENTUM_BUFFER = "momentum_buffer"
 BLOCK_INDEX = "block_index"  # every parameter: the block holding its curvature (int)
 BLOCK = "mlbfgs_block"
 GLOBAL = "mlbfgs"
+ROWS = "mlbfgs_rows"  # row-sharded: per parameter, its rows of the block's vectors and ring (DTensors)
 
 # inside BLOCK: flat vectors of the block's elements, in the working dtype
 PARAM_AVG = "param_avg"  # P, the average of the parameters
@@ -40,6 +44,6 @@ __all__ = [
     "BLOCK", "BLOCK_INDEX", "BLOCK_SIZES", "COMPACT", "CURVATURE_SETTINGS", "GAMMA", "GLOBAL", "GRAD_ANCHOR",
     "GRAD_AVG",
     "GRAM", "HEAD", "HISTORY", "MOMENTUM_BUFFER", "NUM_PAIRS", "PAIRS_ACCEPTED", "PAIRS_FORMED",
-    "PAIRS_REJECTED", "PARAM_ANCHOR", "PARAM_AVG", "ROW_NORMS", "SETTINGS", "SKIPPED_STEPS", "STEP",
+    "PAIRS_REJECTED", "PARAM_ANCHOR", "PARAM_AVG", "ROWS", "ROW_NORMS", "SETTINGS", "SKIPPED_STEPS", "STEP",
     "S_PREV", "WORLD_SIZE", "Y_PREV",
 ]
