@@ -54,6 +54,10 @@ class TrainingOptimizer:
         name: the registry name.
         grad_evals: forward+backward passes spent so far (an HVP counts 2).
         grad_evals_per_step: the nominal number per step (e.g. 2 for oLBFGS, 1 + 2/L for SQN).
+        loss_scale: the factor the loss of the last gradient evaluation was multiplied by before its
+            backward pass (float16 loss scaling, set by the caller; 1.0 otherwise). ``.grad`` is always
+            unscaled before the step; optimizers that read other backward-pass tensors (K-FAC's output
+            gradients) divide those by it.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class TrainingOptimizer:
         self.grad_evals = 0
         self.grad_evals_per_step = float(grad_evals_per_step)
         self.model = model
+        self.loss_scale = 1.0
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:

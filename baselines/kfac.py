@@ -155,6 +155,8 @@ class KFACPreconditioner:
         self._counter = functools.partial(store, self.layers[0].module) if self.layers else (lambda: own)
         self.eigen_count = 0  # eigendecompositions computed by this rank
         self._recording = False
+        # the recorded output gradients are of the loss times this (float16 loss scaling): divided out
+        self.loss_scale = 1.0
         self._handles = [
             layer.module.register_forward_hook(functools.partial(self._forward_hook, layer))
             for layer in self.layers
@@ -214,12 +216,16 @@ class KFACPreconditioner:
             if layer.x is None or layer.gout is None:
                 continue
             m = layer.module
+            # under autocast the recorded tensors are bfloat16/float16: the factors are kept in the weight's dtype
+            x, gout = layer.x.to(m.weight.dtype), layer.gout.to(m.weight.dtype)
+            if self.loss_scale != 1.0:
+                gout = gout / self.loss_scale
             if isinstance(m, nn.Conv2d):
-                a = kf.conv_factor_a(layer.x, m)
+                a = kf.conv_factor_a(x, m)
             else:
-                a = kf.linear_factor_a(layer.x, m.bias is not None)
+                a = kf.linear_factor_a(x, m.bias is not None)
             fresh.append((layer, "A", a))
-            fresh.append((layer, "G", kf.factor_g(layer.gout, layer.x.shape[0])))
+            fresh.append((layer, "G", kf.factor_g(gout, x.shape[0])))
             layer.x = layer.gout = None
         if self.comm is not None:
             self.comm.allreduce_mean([t for _, _, t in fresh])
@@ -413,6 +419,7 @@ class KFACTraining(TrainingOptimizer):
     def _step(self, closure: CountingClosure) -> torch.Tensor:
         with self.preconditioner.recording():
             loss = closure(backward=True)
+        self.preconditioner.loss_scale = self.loss_scale
         self.optimizer.step()
         return loss
 

@@ -24,6 +24,9 @@ from typing import Any
 
 WORKLOAD_DIR = Path(__file__).resolve().parent / "workloads"
 SCHEDULE_KINDS = ("cosine", "constant")
+# a workload's ``amp`` key: autocast dtype of the forward pass and loss (None: the parameters' precision);
+# experiments/amp.py says what each does
+AMP_MODES = ("bf16", "fp16")
 # a workload name names directories and run ids (file names): letters, digits, '-' and '_'
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 NOT_JSON_KEYS = ("file",)  # WorkloadConfig fields set by the loader, not by the JSON tree
@@ -77,6 +80,7 @@ class WorkloadConfig:
     checkpoint_interval: int = 200  # iterations between checkpoints (also at epoch ends 30 s apart)
     log_interval: int = 1  # iterations between train rows of the CSV (the last iteration is always logged)
     stop_on_nonfinite: bool = True  # stop the run when the training loss becomes NaN/inf
+    amp: str | None = None  # mixed precision: None (off), "bf16" or "fp16" (experiments/amp.py)
     file: str | None = None  # the JSON file given by path (absolute); None for a built-in workload
 
     def optimizer_settings(self, optimizer: str) -> dict[str, Any]:
@@ -98,10 +102,12 @@ class WorkloadConfig:
         return settings
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as a JSON tree (``file`` only when set: built-in workloads' trees are unchanged)."""
+        """The config as a JSON tree (``file`` and ``amp`` only when set: the trees of runs without them, and so
+        their run ids and recorded configurations, are those of the runs written before the keys existed)."""
         tree = dataclasses.asdict(self)
-        if tree["file"] is None:
-            del tree["file"]
+        for key in ("file", "amp"):
+            if tree[key] is None:
+                del tree[key]
         return tree
 
 
@@ -158,6 +164,8 @@ def _validate(cfg: WorkloadConfig) -> None:
     _positive_int(f"{n}.eval_interval", cfg.eval_interval, allow_none=True)
     _positive_int(f"{n}.data.train_subset", cfg.data.train_subset, allow_none=True)
     _positive_int(f"{n}.data.test_subset", cfg.data.test_subset, allow_none=True)
+    if cfg.amp is not None and cfg.amp not in AMP_MODES:
+        raise ValueError(f"{n}.amp must be null (off) or one of {list(AMP_MODES)}, got {cfg.amp!r}")
     if cfg.schedule.kind not in SCHEDULE_KINDS:
         raise ValueError(f"{n}.schedule.kind must be one of {list(SCHEDULE_KINDS)}, got {cfg.schedule.kind!r}")
     if not 0.0 <= cfg.schedule.final_fraction <= 1.0:

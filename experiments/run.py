@@ -1,7 +1,7 @@
 """Train (workload, optimizer, seed) runs; torchrun-aware; resumes from the last checkpoint.
 
     python -m experiments.run --workload fmnist-cnn --optimizer sgd --seed 0 \
-        [--epochs N] [--max-iters N] [--out runs/default] [--set key=value ...]
+        [--epochs N] [--max-iters N] [--out runs/default] [--set key=value ...] [--amp bf16|fp16|none]
     python -m experiments.run --workload fmnist-cnn --optimizer sgd adam mlbfgs   # lockstep
     python -m experiments.run --workload path/to/my.json --optimizer torch.optim:RAdam --set optimizer.lr=3e-3
     torchrun --nproc_per_node 2 -m experiments.run --workload fmnist-cnn --optimizer mlbfgs
@@ -10,6 +10,9 @@ One optimizer: the run trains alone in this process (separate mode). Several: th
 lockstep in this process (see experiments/lockstep.py), each with its own CSV, manifest and
 checkpoint, each iteration timed on the optimizer's own clock. Finished runs are skipped
 (``--force`` starts over); interrupted ones resume from their checkpoints.
+
+``--amp bf16|fp16`` is the workload key ``amp`` (``--set amp=bf16``): autocast on the forward pass and loss,
+float16 with dynamic loss scaling (experiments/amp.py). It changes the numbers, so it enters the run id.
 
 Exit status: 0 finished (or skipped: already finished; a numerical failure of the optimizer, such as a
 matrix that cannot be decomposed, ends a run as diverged), 1 a run failed with an unexpected error (in
@@ -27,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from experiments.config import available_workloads, parse_overrides
+from experiments.amp import AmpError
+from experiments.config import AMP_MODES, available_workloads, parse_overrides
 from experiments.data.errors import DatasetMissingError
 from experiments.distributed import DEVICES, setup, teardown
 from experiments.lockstep import check_group, train_lockstep
@@ -95,10 +99,14 @@ def _add_run_arguments(p: argparse.ArgumentParser, group_mode: bool = False) -> 
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override a workload key: batch_size=64, data.train_subset=5000, optimizer.lr=0.05")
     p.add_argument("--data-dir", default=None, help="dataset directory (sets data.dir)")
+    p.add_argument("--amp", choices=(*AMP_MODES, "none"), default=None,
+                   help="mixed precision (sets the workload key amp; none: off): autocast on the forward pass and "
+                        "loss, float16 with dynamic loss scaling; enters the run id")
     p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints")
 
 
-RUN_KEYS = ("workload", "optimizer", "seed", "epochs", "max_iters", "overrides", "data_dir", "checkpoint_every")
+RUN_KEYS = ("workload", "optimizer", "seed", "epochs", "max_iters", "overrides", "data_dir", "amp",
+            "checkpoint_every")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(p)
     p.add_argument("--group", default=None, metavar="JSON",
                    help="several runs in lockstep, as a JSON list of per-run argument lists "
-                        "(--workload, --optimizer, --seed, --epochs, --max-iters, --set, --data-dir, "
+                        "(--workload, --optimizer, --seed, --epochs, --max-iters, --set, --data-dir, --amp, "
                         "--checkpoint-every); what `python -m experiments.suite` uses")
     p.add_argument("--out", type=Path, default=Path("runs/default"), help="runs directory (CSV + manifest)")
     p.add_argument("--checkpoint-dir", type=Path, default=None, help="default: <out>/checkpoints")
@@ -135,6 +143,8 @@ def _run_argv(ns: argparse.Namespace, optimizer: str) -> list[str]:
         out += ["--max-iters", str(ns.max_iters)]
     if ns.data_dir is not None:
         out += ["--data-dir", ns.data_dir]
+    if ns.amp is not None:
+        out += ["--amp", ns.amp]
     if ns.checkpoint_every is not None:
         out += ["--checkpoint-every", str(ns.checkpoint_every)]
     if ns.overrides:
@@ -146,6 +156,8 @@ def _spec(ns: argparse.Namespace, optimizer: str):
     overrides = parse_overrides(ns.overrides)
     if ns.data_dir is not None:
         overrides["data.dir"] = ns.data_dir
+    if ns.amp is not None:
+        overrides["amp"] = None if ns.amp == "none" else ns.amp
     if ns.checkpoint_every is not None:
         overrides["checkpoint_interval"] = ns.checkpoint_every
     from baselines.registry import check_optimizer_name
@@ -227,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             summaries = train_lockstep(specs, base, ctx, commands)
         else:
             summaries = [train(specs[0], replace(base, command=command_line(argv)), ctx)]
-    except DatasetMissingError as err:
+    except (DatasetMissingError, AmpError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

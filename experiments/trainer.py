@@ -7,6 +7,10 @@ since the last checkpoint); the optional TensorBoard copy of the CSV rows is wri
 flushes, so outside the clock too. The data position is a
 function of the iteration, so a checkpoint at iteration t resumes with the batch of iteration t+1.
 
+Mixed precision (a workload's ``amp`` key, :mod:`experiments.amp`): the forward pass, the loss and the
+evaluation run under autocast; with float16 the gradients are unscaled inside the closure, and a step
+whose gradients overflowed is skipped (counted in the manifest's ``amp.skipped_steps``).
+
 The clock of a run is its own: ``wall_s`` sums the wall seconds of its iterations and ``cpu_s`` the
 process CPU seconds spent in them (all threads), so several runs can share one process
 (:mod:`experiments.lockstep`) and each still reports only its own time. :func:`train` drives one run
@@ -29,6 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from experiments.amp import AmpError, MixedPrecision
 from experiments.checkpoint import CheckpointStore, rng_state, set_rng_state
 from experiments.csvlog import CURVATURE_COLUMNS, RUN_COLUMNS, CsvLog
 from experiments.data import build_data
@@ -193,6 +198,11 @@ class Run:
         self.total = total if spec.max_iters is None else min(total, spec.max_iters)
         self.eval_interval = cfg.eval_interval or self.ipe
         self.opt = build_optimizer(spec.optimizer, self.raw_model, **_optimizer_settings(spec, ctx))
+        if cfg.amp == "fp16" and (self.opt.grad_evals_per_step != 1.0 or getattr(self.opt, "needs_closure", False)):
+            raise AmpError(f"{spec.run_id}: amp 'fp16' (loss scaling) needs one gradient evaluation per step; "
+                           f"{spec.optimizer} evaluates {self.opt.grad_evals_per_step:g} (or calls its closure "
+                           "itself): use amp 'bf16' (no scaling)")
+        self.amp = MixedPrecision(cfg.amp, ctx.device, self.opt.optimizer)
         self.schedule = LRSchedule(self.opt.optimizer, cfg.schedule, self.total)
 
         self.iteration, self.wall, self.cpu = 0, 0.0, 0.0
@@ -213,6 +223,8 @@ class Run:
             set_rng_state(payload["rng"], ctx.device)
             self.iteration, self.wall, self.offsets = payload["iteration"], payload["wall_s"], payload["offsets"]
             self.cpu = payload.get("cpu_s", 0.0)
+            if self.amp.enabled:
+                self.amp.load_state_dict(payload["amp"])
         self.resumed_from = resume_at
 
         self.run_log: CsvLog | None = None
@@ -256,6 +268,8 @@ class Run:
             "threads": opts.threads, "mode": opts.mode, "command": opts.command,
             "csv": spec.csv_path(opts.out).name,
         }
+        if self.amp.enabled:
+            base["amp"] = self.amp.record()
         if opts.mode == "lockstep":
             base["lockstep"] = {"group": list(opts.group), "command": opts.group_command}
         self.manifest = Manifest(spec.manifest_path(opts.out), base, resume_at)
@@ -277,7 +291,8 @@ class Run:
             position = (epoch + 1) * self.ipe
 
     def _evaluate(self) -> None:
-        loss, acc, secs = evaluate(self.raw_model, self.data, self.spec.workload.eval_batch_size, self.ctx)
+        with self.amp.autocast():
+            loss, acc, secs = evaluate(self.raw_model, self.data, self.spec.workload.eval_batch_size, self.ctx)
         self.last_eval.update(test_loss=loss, test_acc=acc)
         if self.run_log is not None:
             self.run_log.write({**self.ident, "kind": "eval", "epoch": round(self.iteration / self.ipe, 6),
@@ -295,10 +310,14 @@ class Run:
                    "wall_s": self.wall, "cpu_s": self.cpu, "model": self.raw_model.state_dict(),
                    "optimizer": self.opt.state_dict(), "rng": rng_state(self.ctx.device),
                    "offsets": dict(self.offsets), "saved_at": now_iso()}
+        if self.amp.enabled:
+            payload["amp"] = self.amp.state_dict()
         self.store.save(self.iteration, payload, self.ctx.barrier)
         self._saved_at = time.monotonic()
         if self.manifest is not None:
             self.manifest.update(iterations_done=self.iteration, train_s=round(self.wall, 3), cpu_s=round(self.cpu, 3))
+            if self.amp.enabled:
+                self.manifest.update(amp=self.amp.record())
             self.manifest.save()
 
     def start(self) -> None:
@@ -314,15 +333,18 @@ class Run:
             self._batches = self._batch_stream()
         x, y = next(self._batches)
         self.lr = self.schedule.apply(self.iteration)
-        raw_model, model, params = self.raw_model, self.model, self._params
+        raw_model, model, params, amp, opt = self.raw_model, self.model, self._params, self.amp, self.opt
 
         def closure(backward: bool = True) -> torch.Tensor:
             if not backward:
-                return F.cross_entropy(raw_model(x), y)
+                with amp.autocast():
+                    return F.cross_entropy(raw_model(x), y)
             for p in params:  # Module.zero_grad(set_to_none=True) without walking the module tree each time
                 p.grad = None
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
+            with amp.autocast():
+                loss = F.cross_entropy(model(x), y)
+            opt.loss_scale = amp.scale
+            amp.backward(loss, params)  # float16: unscaled gradients, or none at all when the step is skipped
             return loss.detach()
 
         loss = self.ctx.mean(self.opt.step(closure))  # the global batch's loss (each rank sees its shard)
@@ -403,6 +425,8 @@ class Run:
             summary["error"] = self.error
         if self.ctx.is_main:
             self.close_logs()
+            if self.amp.enabled:
+                self.manifest.update(amp=self.amp.record())
             self.manifest.update(status="finished", end_time=now_iso(), iterations_done=self.iteration,
                                  train_s=round(self.wall, 3), cpu_s=round(self.cpu, 3), outcome=summary["outcome"],
                                  grad_evals=self.opt.grad_evals,

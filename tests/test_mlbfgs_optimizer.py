@@ -181,6 +181,7 @@ def test_bfloat16_parameters(history_dtype) -> None:
     assert sum(losses[-5:]) < sum(losses[:5])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu() -> None:
     cpu, gpu = make_model(), make_model().cuda()
