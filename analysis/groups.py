@@ -24,6 +24,7 @@ from analysis.fairness import fairness_markdown, fairness_summary, load_fairness
 from analysis.kernel import kernel_markdown, kernel_summary
 from analysis.load import KERNEL_FILE, Results
 from analysis.overhead import overhead_markdown, overhead_summary, plot_overhead
+from analysis.paper import load_paper_runs, paper_markdown, paper_summary, plot_paper
 from analysis.runner import load_runner, runner_markdown, runner_summary
 from analysis.scaling import plot_scaling, scaling_markdown, scaling_summary
 from analysis.sensitivity import load_trials, plot_sensitivity, sensitivity_markdown, sensitivity_summary
@@ -115,6 +116,11 @@ GROUPS: tuple[FigureGroup, ...] = (
         "no {root}/tuning/*_trials.csv",
         lambda data: load_trials(data.root), sensitivity_summary, lambda _, s: sensitivity_markdown(s),
         lambda raw, _: plot_sensitivity(raw), "%.6f",
+    ),
+    FigureGroup(
+        "paper", "Test accuracy of the paper's workloads", "paper_accuracy",
+        "no runs of the paper's workloads (cifar10-resnet18, cifar100-resnet18, cifar100-deit, imagenet-resnet50)",
+        load_paper_runs, paper_summary, lambda _, s: paper_markdown(s), plot_paper, "%.6f",
     ),
 )
 

@@ -1,5 +1,11 @@
 """Execution: planned runs as ``python -m experiments.run`` processes (lockstep groups or one each).
 
+A run whose preset entry asks for ``nproc_per_node`` N > 1 is launched alone through torchrun
+(``python -m torch.distributed.run --standalone --nproc_per_node n``) with n = min(N, GPUs) when the machine
+has at least two CUDA devices; otherwise it trains in one process (on one GPU or the CPU). The global batch
+is the same whatever the number of processes (``experiments/data/sampling.py``), so the fallback trains the
+same run (same run id), up to the order of floating-point reductions.
+
 Finished runs (manifest status finished) are skipped unless forced; unfinished ones resume from their
 checkpoints. A failing process is reported and the others go on.
 """
@@ -51,9 +57,9 @@ def groups(runs: list[PlannedRun], mode: str, jobs: int = 1) -> list[list[Planne
         raise ValueError(f"jobs must be a positive integer, got {jobs}")
     if mode == "separate":
         return [[r] for r in runs]
-    out: dict[tuple[str, int, str], list[PlannedRun]] = {}
-    for run in runs:
-        out.setdefault(run.group_key, []).append(run)
+    out: dict[tuple[str, int, str] | str, list[PlannedRun]] = {}
+    for run in runs:  # a data-parallel run has its processes to itself: torchrun trains one optimizer
+        out.setdefault(run.group_key if run.nproc == 1 else run.run_id, []).append(run)
     parts = []
     for group in out.values():
         n = jobs if len(group) >= 2 * jobs else 1
@@ -61,8 +67,23 @@ def groups(runs: list[PlannedRun], mode: str, jobs: int = 1) -> list[list[Planne
     return parts
 
 
-def run_command(group: list[PlannedRun], opts: ExecOptions) -> list[str]:
-    """The command line that trains ``group`` (one run, or several in lockstep with ``--group``)."""
+def cuda_devices() -> int:
+    """CUDA devices this process sees (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def launch_width(nproc: int, gpus: int) -> int:
+    """Processes to launch for a run that asks for ``nproc``: ``min(nproc, gpus)`` with at least two GPUs,
+    else 1 (one process on one GPU or on the CPU; documented fallback, same run)."""
+    return min(nproc, gpus) if nproc > 1 and gpus >= 2 else 1
+
+
+def run_command(group: list[PlannedRun], opts: ExecOptions, gpus: int | None = None) -> list[str]:
+    """The command line that trains ``group`` (one run, or several in lockstep with ``--group``); a single
+    run asking for several processes goes through torchrun when ``gpus`` (default: :func:`cuda_devices`)
+    allow, see :func:`launch_width`."""
     common = ["--out", str(opts.results / "runs"), "--checkpoint-dir", str(opts.results / "checkpoints"),
               "--no-progress"]
     if opts.threads is not None:
@@ -70,7 +91,12 @@ def run_command(group: list[PlannedRun], opts: ExecOptions) -> list[str]:
     if opts.force:
         common += ["--force"]
     if len(group) == 1:
-        return [sys.executable, "-m", "experiments.run", *group[0].args, *common]
+        nproc = group[0].nproc
+        if gpus is None:
+            gpus = cuda_devices() if nproc > 1 else 0
+        width = launch_width(nproc, gpus)
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(width)] if width > 1 else []
+        return [sys.executable, *launcher, "-m", "experiments.run", *group[0].args, *common]
     return [sys.executable, "-m", "experiments.run", "--group", json.dumps([list(r.args) for r in group]), *common]
 
 

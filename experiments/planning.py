@@ -22,6 +22,7 @@ class PlannedRun:
     args: tuple[str, ...]  # the per-run arguments of ``python -m experiments.run``
     manifest: Path  # <results>/runs/<workload>/<run_id>.json; the CSV is next to it (.csv)
     data_key: str = ""  # runs with equal (workload, seed, data_key) can share a lockstep process
+    nproc: int = 1  # data-parallel processes asked for (torchrun; experiments/execution.py: launch_width)
 
     @property
     def group_key(self) -> tuple[str, int, str]:
@@ -89,7 +90,7 @@ def plan(preset: Preset, seeds: list[int] | None = None, workloads: list[str] | 
                     args += ["--set", *(f"{key}={cli_value(value)}" for key, value in entry.set.items())]
                 data_key = json.dumps(spec.workload.to_dict()["data"], sort_keys=True)
                 out.append(PlannedRun(entry.workload, name, seed, spec.run_id, tuple(args),
-                                      spec.manifest_path(runs_dir), data_key))
+                                      spec.manifest_path(runs_dir), data_key, entry.nproc_per_node))
     return out
 
 

@@ -23,6 +23,10 @@ class PresetRuns:
     set: dict[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] | None = None  # this workload's seeds (default: the preset's)
     trial_fraction: float = 1.0  # tuning trials run this fraction of the epochs (experiments/tuning.py)
+    # data-parallel processes per run (torchrun --nproc_per_node), one GPU each: used when the machine has
+    # at least two GPUs (as many as it has, up to this), else the run trains in one process
+    # (experiments/execution.py: launch_width)
+    nproc_per_node: int = 1
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ def load_preset(name_or_path: str) -> Preset:
         if unknown:
             raise ValueError(f"{path}: unknown run entry key(s) {unknown}; allowed: "
                              f"{sorted(f.name for f in fields(PresetRuns))}")
+        nproc = entry.get("nproc_per_node", 1)
+        if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+            raise ValueError(f"{path}: nproc_per_node of {entry['workload']} must be a positive integer, got {nproc!r}")
         runs.append(PresetRuns(optimizers=opts, **entry))
     if "results" in raw:
         raise ValueError(f"{path}: 'results' is not a preset key: the output folder is given with --out")

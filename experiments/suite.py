@@ -3,6 +3,7 @@
     python -m experiments.suite --preset NAME [--stages ...] [--out DIR] [--mode lockstep|separate]
                                 [--jobs N] [--threads N] [--force] [--dry-run] [--no-analysis]
                                 [--workloads ...] [--optimizers ...] [--seeds ...]
+                                [--data-dir DIR] [--set KEY=VALUE ...] [--max-iters N]
 
 The stages follow from the preset's sections (``experiments/stages/__init__.py``): with a ``sweep``
 section, ``sweep``, ``final`` (and ``ablation`` with an ``ablation`` section): a learning-rate sweep,
@@ -25,8 +26,11 @@ continues where it stopped. Order: seed, workload, optimizer, so that every opti
 before any gets a second. A failing process is reported and the preset goes on; the exit status is 1
 when any run failed, 2 for bad arguments. ``--workloads`` / ``--optimizers`` select the runs of every
 stage; ``--seeds`` replaces the seeds of the grid, the finals and the ablation (not the seed of the
-sweep or of the trials). Optimizers may be registered names or ``module.path:ClassName`` (the runner
-checks those).
+sweep or of the trials). ``--data-dir`` / ``--set`` / ``--max-iters`` reach every run of every stage
+(after the preset entry's own settings, so they win; ``--max-iters`` caps a run's length): e.g. the paper
+preset on a folder of data, or shrunk to a few iterations for a test. Optimizers may be registered names or
+``module.path:ClassName`` (the runner checks those). A preset entry with ``nproc_per_node`` N trains each run
+through torchrun on up to N GPUs, in one process without two GPUs (``experiments/execution.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from experiments.config import parse_overrides
 from experiments.execution import MODES, ExecOptions, groups
 from experiments.manifest import git_state
 from experiments.planning import PlannedRun, entry_optimizers, plan
@@ -66,6 +71,23 @@ def resolve_preset(name: str, out: Path | None, threads: int | None) -> Preset:
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads}")
     return replace(preset, results=str(out if out is not None else Path("runs") / preset.name))
+
+
+def with_run_overrides(preset: Preset, overrides: dict[str, Any], max_iters: int | None,
+                       data_dir: str | None) -> Preset:
+    """``preset`` with ``overrides`` (dotted workload keys, as ``--set``) applied to every entry after its own
+    settings, ``data.dir`` set to ``data_dir`` (not part of run ids), and every run capped at ``max_iters``
+    iterations. ValueError for a ``max_iters`` below 1."""
+    if max_iters is not None and max_iters < 1:
+        raise ValueError(f"max_iters must be a positive integer, got {max_iters}")
+    extra = dict(overrides)
+    if data_dir is not None:
+        extra["data.dir"] = data_dir
+    entries = []
+    for entry in preset.runs:
+        cap = entry.max_iters if max_iters is None else min(max_iters, entry.max_iters or max_iters)
+        entries.append(replace(entry, set={**entry.set, **extra}, max_iters=cap))
+    return replace(preset, runs=tuple(entries))
 
 
 def check_selection(preset: Preset, workloads: list[str] | None, optimizers: list[str] | None,
@@ -122,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs of the selected stages and their state, run and write nothing")
     p.add_argument("--no-analysis", action="store_true", help="leave out the analysis stage")
+    p.add_argument("--data-dir", default=None,
+                   help="dataset folder of every run (sets data.dir; e.g. CIFAR's python folders and ImageNet's "
+                        "train/ and val/ for the paper preset)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override a workload key of every run (after the preset's own): batch_size=8, amp=bf16, "
+                        "optimizer.lr=0.05; changes run ids like the runner's --set")
+    p.add_argument("--max-iters", type=int, default=None, help="cap every run at N iterations")
     p.add_argument("--started-at", type=float, default=None,
                    help="unix time the calling script started (run_all.sh), for the total time")
     return p
@@ -133,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         preset = resolve_preset(args.preset, args.out, args.threads)
+        if args.overrides or args.max_iters is not None or args.data_dir is not None:
+            preset = with_run_overrides(preset, parse_overrides(args.overrides), args.max_iters, args.data_dir)
         stages = select_stages(preset, args.stages, analysis=not args.no_analysis)
         runner = stage_runner(preset)
         runner.check(preset)
