@@ -7,7 +7,9 @@
   (``results/distributed/``);
 - ``threads``: torch threads per process, idle and beside other work (``results/threads/``);
 - ``runner``: the runner's iteration against a bare PyTorch loop, and a run's start-up (``results/runner/``);
-- ``fairness``: the quick comparison, lockstep and separate, idle and loaded (``results/fairness/``).
+- ``fairness``: the quick comparison, lockstep and separate, idle and loaded (``results/fairness/``);
+- ``acceptance``: the verdict of the device check ``bash experiments/gpu_check.sh OUTDIR`` (CUDA tests,
+  mL-BFGS iteration / SGD in bf16, the direction kernel against the GPU's bandwidth) from what it wrote.
 
 Shared pieces: :mod:`~experiments.bench.workload` (a workload's model and a synthetic batch of its shape),
 :mod:`~experiments.bench.timing` (medians of repeated timings), :mod:`~experiments.bench.busy_load`
