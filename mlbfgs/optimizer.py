@@ -17,7 +17,7 @@ from .curvature_history import CurvatureHistory
 from .damping import damped_curvature, damping_factor
 from .layout import FlatLayout, param_views
 from .row_sharded import RowShardedCurvature
-from .row_sharding import RowSharding, resolve_row_sharding
+from .row_sharding import RowSharding, is_dtensor, resolve_row_sharding
 
 _GROUP_KEYS = ("lr", "momentum", "weight_decay")
 _Loss = TypeVar("_Loss")  # what a step's closure returns (usually the loss tensor), returned by step
@@ -264,11 +264,14 @@ class MLBFGS(Optimizer):
             return
         offset = sum(len(g["params"]) for g in self.param_groups[:-1])
         for i, p in enumerate(new):
-            check_supported(p, offset + i)
-        if self.row_sharded:
-            rows = resolve_row_sharding([self._first_param, *new], None, None, self.config.history_dtype)
-            if rows is None or rows.mesh != self.sharding.mesh:
-                raise ValueError("param_group: new parameters must be DTensors on the mesh of the others")
+            check_supported(p, offset + i, row_sharded=True)
+        if self.row_sharded or any(is_dtensor(p) for p in new):
+            same_mesh = [is_dtensor(p) and p.device_mesh == getattr(self.sharding, "mesh", None) for p in new]
+            if not all(same_mesh):
+                raise ValueError(
+                    f"param_group: parameter {offset + same_mesh.index(False)} does not match the others: with "
+                    "fully_shard every parameter must be a DTensor on the same mesh, and without it none"
+                )
         spec = self._block_spec if self._block_spec in ("model", "layer") else "model"
         new_blocks = build_blocks(new, spec)
         sizes = self.block_sizes
@@ -324,13 +327,9 @@ class MLBFGS(Optimizer):
         under ``ROWS`` (what ``state_dict`` and ``torch.distributed.checkpoint`` see), and the replicated
         Gram and compact matrices, gamma and counters under ``BLOCK`` of the block's first parameter."""
         block = self.blocks[b]
-        local = [RowSharding.local(p) for p in block]
-        n, m = sum(t.numel() for t in local), self.config.history_size
-        device = local[0].device
-        work, hist = self._work_dtype(), self._history_dtype()
-        rows = {name: torch.zeros(n, dtype=work, device=device) for name in self._row_vector_keys()}
-        rows[K.HISTORY] = torch.zeros(2 * m, n, dtype=hist, device=device)
-        self._row_buffers[b] = rows
+        self._row_buffers[b] = self._new_row_buffers(b)
+        m, work = self.config.history_size, self._work_dtype()
+        device = RowSharding.local(block[0]).device
         self.state[block[0]][K.BLOCK] = {
             K.GRAM: torch.zeros(2 * m, 2 * m, dtype=torch.float64, device=device),
             K.COMPACT: torch.zeros(2 * m, 2 * m, dtype=work, device=device),
@@ -342,6 +341,15 @@ class MLBFGS(Optimizer):
             K.PAIRS_REJECTED: 0,
         }
         self._bind_row_views(b)
+
+    def _new_row_buffers(self, b: int) -> dict[str, torch.Tensor]:
+        """Zeroed row buffers of block ``b``: this rank's rows of every parameter, concatenated."""
+        local = [RowSharding.local(p) for p in self.blocks[b]]
+        n, m = sum(t.numel() for t in local), self.config.history_size
+        device = local[0].device
+        rows = {name: torch.zeros(n, dtype=self._work_dtype(), device=device) for name in self._row_vector_keys()}
+        rows[K.HISTORY] = torch.zeros(2 * m, n, dtype=self._history_dtype(), device=device)
+        return rows
 
     def _bind_row_views(self, b: int) -> None:
         """``state[p][ROWS]``: DTensor views of block ``b``'s row buffers, shaped like ``p`` (sharded on
@@ -455,6 +463,10 @@ class MLBFGS(Optimizer):
 
         Raises ``ValueError`` when it was saved with other curvature settings, blocks or world size
         (naming the first difference), or by the pre-0.2 layout (``"block0"`` keys).
+
+        Row-sharded (``fully_shard``) state loads on any number of ranks when it comes through
+        ``torch.distributed.checkpoint`` (which reshards the DTensors of ``ROWS``); a state dict of other
+        shards, or one saved without ``fully_shard`` (or the other way round), raises ``ValueError``.
         """
         saved_state = state_dict["state"]
         index: dict[int, None] = {}
@@ -475,12 +487,19 @@ class MLBFGS(Optimizer):
                 "distributed-checkpoint helpers, which skip parameters that do not require gradients)"
             )
         self._check_saved(saved_global)
+        saved_rows = any(K.ROWS in entry for entry in saved_state.values())
+        if saved_rows != self.row_sharded:
+            kinds = {True: "fully_shard (row-sharded curvature)", False: "whole blocks (a single process or DDP)"}
+            raise ValueError(
+                f"load_state_dict: the state was saved with {kinds[saved_rows]} but this optimizer runs with "
+                f"{kinds[self.row_sharded]}; load it into the same kind of model"
+            )
         # torch casts floating state to the parameter's dtype; the curvature state keeps its own
         # dtypes, so it is set aside and placed here.
         plain, curvature = {}, {}
         for k, entry in saved_state.items():
-            plain[k] = {n: v for n, v in entry.items() if n not in (K.BLOCK, K.GLOBAL)}
-            curvature[k] = {n: v for n, v in entry.items() if n in (K.BLOCK, K.GLOBAL)}
+            plain[k] = {n: v for n, v in entry.items() if n not in (K.BLOCK, K.GLOBAL, K.ROWS)}
+            curvature[k] = {n: v for n, v in entry.items() if n in (K.BLOCK, K.GLOBAL, K.ROWS)}
         super().load_state_dict({**state_dict, "state": plain})
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
@@ -495,8 +514,11 @@ class MLBFGS(Optimizer):
                                            for n, v in saved.items()}
                 self.state[p][K.GLOBAL][K.SETTINGS] = self._settings()
                 self.state[p][K.GLOBAL][K.BLOCK_SIZES] = self._block_sizes_tensor()
+                self.state[p][K.GLOBAL][K.WORLD_SIZE] = self.sharding.world_size  # row-sharded: may differ
             if K.BLOCK in entry:
                 self.state[p][K.BLOCK] = self._cast_block_state(entry[K.BLOCK], p.device)
+        if self.row_sharded:
+            self._load_rows({by_index[k]: entry[K.ROWS] for k, entry in curvature.items() if K.ROWS in entry})
         self._buffers = None  # views must point at the loaded tensors
         missing = [b for b in self.owned_blocks if K.BLOCK not in self.state.get(self.blocks[b][0], {})]
         if missing:
@@ -506,8 +528,41 @@ class MLBFGS(Optimizer):
                 "skip parameters that do not require gradients); unfreeze before loading"
             )
 
+    def _load_rows(self, saved: dict[torch.Tensor, dict[str, Any]]) -> None:
+        """Copy each parameter's saved rows (DTensors, already resharded to this rank's rows by
+        ``torch.distributed.checkpoint``) into the block's row buffers, and bind the state's views anew."""
+        work, hist = self._work_dtype(), self._history_dtype()
+        for b in self.owned_blocks:
+            if b not in self._row_buffers:
+                self._row_buffers[b] = self._new_row_buffers(b)
+            rows, offset = self._row_buffers[b], 0
+            two_m = rows[K.HISTORY].shape[0]
+            for p in self.blocks[b]:
+                shape = RowSharding.local(p).shape
+                k = shape.numel()
+                entry = saved.get(p)
+                if entry is None:
+                    raise ValueError(
+                        f"load_state_dict: the rows of a parameter of block {b} (shape {tuple(p.shape)}) are missing "
+                        "(frozen when loading through the distributed-checkpoint helpers?); unfreeze before loading"
+                    )
+                targets = {name: rows[name].narrow(0, offset, k).view(shape) for name in self._row_vector_keys()}
+                targets[K.HISTORY] = rows[K.HISTORY].narrow(1, offset, k).view(two_m, *shape)
+                for name, target in targets.items():
+                    value = entry[name]
+                    local = RowSharding.local(value) if is_dtensor(value) else value
+                    if tuple(local.shape) != tuple(target.shape):
+                        raise ValueError(
+                            f"load_state_dict: saved rows {name!r} of shape {tuple(local.shape)} do not fit this "
+                            f"rank's {tuple(target.shape)} (saved on another number of ranks); load through "
+                            "torch.distributed.checkpoint with get_/set_optimizer_state_dict, which reshards them"
+                        )
+                    target.copy_(local.to(dtype=hist if name == K.HISTORY else work))
+                offset += k
+            self._bind_row_views(b)
+
     def _check_saved(self, saved: dict[str, Any]) -> None:
-        if saved[K.WORLD_SIZE] != self.sharding.world_size:
+        if saved[K.WORLD_SIZE] != self.sharding.world_size and not self.row_sharded:
             raise ValueError(
                 f"load_state_dict: the state was saved with world size {saved[K.WORLD_SIZE]} but this "
                 f"optimizer runs with {self.sharding.world_size}; each rank holds only its own blocks, "
@@ -880,7 +935,7 @@ class _StepBuffers:
 
     def grads(self) -> list[torch.Tensor]:
         if self._row_sharded:
-            return [RowSharding.local(p.grad) for p in self._with_grad]  # type: ignore[arg-type]
+            return [RowSharding.local(p.grad) for p in self._with_grad]
         return [p.grad for p in self._with_grad]
 
     def blocks_with_pairs(self, blocks: tuple[int, ...]) -> tuple[int, ...]:

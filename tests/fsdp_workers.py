@@ -123,10 +123,13 @@ def equivalence_worker(rank: int, world: int, init_file: str, out_dir: str) -> N
     init(rank, world, init_file, timeout_s=120.0)
     full = init_device_mesh("cpu", (world,))
     halves = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    alone = dist.new_group([0])
     half = DeviceMesh.from_group(halves[rank // 2], "cpu")
     out: dict = {4: train_configs(full, CONFIGS), 2: train_configs(half, CONFIGS[rank // 2::2])}
     out["skip"] = skip_check(full)
     out["allocations"] = allocation_check(full)
+    one = DeviceMesh.from_group(alone, "cpu") if rank == 0 else None
+    out["dcp"] = checkpoint_check(full, half, halves[rank // 2], one, alone, os.path.join(out_dir, "ckpt"))
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     finish()
 
@@ -150,6 +153,62 @@ def train_configs(mesh, configs: list[tuple[str, str, str]]) -> dict:
             "steps": steps,
             "stats": opt.stats,
         }
+    return out
+
+
+#: the configuration of the checkpoint check, and the steps before and after the checkpoint
+DCP_CONFIG, DCP_SAVE_AT, DCP_AFTER = ("cnn", "layer", "global"), 8, 6
+
+
+def checkpoint_check(full, half, half_group, one, one_group, path: str) -> dict:
+    """Ranks 0-1 train ``DCP_SAVE_AT`` steps on a 2-rank mesh, save with torch.distributed.checkpoint
+    (the state-dict helpers) and train ``DCP_AFTER`` more; a fresh 2-rank model and optimizer load the
+    checkpoint and train the same steps (bit-exact expected). Then all 4 ranks, and rank 0 alone, load
+    the same checkpoint (resharded) and train the same steps. Returns the gathered parameters."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    name, blocks, norm = DCP_CONFIG
+
+    def build(mesh):
+        net = sharded_model(name, mesh)
+        return net, MLBFGS(net.parameters(), blocks=blocks, direction_norm=norm, **OPT_KW)
+
+    def train(net, opt, mesh, start: int) -> list[torch.Tensor]:
+        for step in range(start, start + DCP_AFTER):
+            local_backward(net, name, step, mesh.get_local_rank(), mesh.size())
+            opt.step()
+        return [p.full_tensor().detach() for p in net.parameters()]
+
+    def resumed(mesh, group) -> list[torch.Tensor]:
+        net, opt = build(mesh)
+        state = {"model": get_model_state_dict(net), "optim": get_optimizer_state_dict(net, opt)}
+        dcp.load(state, checkpoint_id=path, process_group=group)
+        set_model_state_dict(net, state["model"])
+        set_optimizer_state_dict(net, opt, state["optim"])
+        return train(net, opt, mesh, DCP_SAVE_AT)
+
+    rank = dist.get_rank()
+    out: dict = {}
+    if rank < 2:
+        net, opt = build(half)
+        for step in range(DCP_SAVE_AT):
+            local_backward(net, name, step, half.get_local_rank(), half.size())
+            opt.step()
+        state = {"model": get_model_state_dict(net), "optim": get_optimizer_state_dict(net, opt)}
+        dcp.save(state, checkpoint_id=path, process_group=half_group)
+        out["straight"] = train(net, opt, half, DCP_SAVE_AT)
+        out["2->2"] = resumed(half, half_group)
+    dist.barrier()
+    out["2->4"] = resumed(full, None)
+    if rank == 0:
+        out["2->1"] = resumed(one, one_group)
+    dist.barrier()
     return out
 
 

@@ -2,7 +2,8 @@
 
 After 20 steps the gathered parameters equal single-process MLBFGS on the same global batch; each
 rank holds 1/N of the row state (up to one row per parameter); a step runs one all-reduce, two when
-it forms a pair, and no other collective; unsupported parameter kinds are refused at construction.
+it forms a pair, and no other collective; a distributed checkpoint resumes exactly and reshards to
+other world sizes; unsupported parameter kinds are refused at construction.
 """
 
 from __future__ import annotations
@@ -101,6 +102,36 @@ def test_step_allocates_nothing_after_warmup(runs) -> None:
         assert out["allocations"] == []
 
 
+# ---------------------------------------------------------------- checkpoints
+def test_checkpoint_resumes_exactly_and_reshards(runs) -> None:
+    """torch.distributed.checkpoint: saved on 2 ranks, resumed on 2 bit-exact against training straight
+    through; loaded on 4 and on 1 (resharded), it continues to match the uninterrupted run."""
+    expected, _ = w.single_process(*w.DCP_CONFIG, steps=w.DCP_SAVE_AT + w.DCP_AFTER)
+    saved_by = [r["dcp"] for r in runs[:2]]
+    for out in saved_by:
+        for a, b in zip(out["2->2"], out["straight"]):
+            assert torch.equal(a, b)
+    for got in [saved_by[0]["straight"], *(r["dcp"]["2->4"] for r in runs), runs[0]["dcp"]["2->1"]]:
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_state_of_one_kind_is_refused_by_the_other(one_process_group) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (1,))
+    net, plain = w.sharded_model("mlp", mesh), w.model("mlp")
+    opt, plain_opt = MLBFGS(net.parameters(), lr=0.1), MLBFGS(plain.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="saved with fully_shard .* runs with whole blocks"):
+        plain_opt.load_state_dict(opt.state_dict())
+    with pytest.raises(ValueError, match="saved with whole blocks .* runs with fully_shard"):
+        opt.load_state_dict(plain_opt.state_dict())
+    other_shards = opt.state_dict()  # as if saved on more ranks and loaded without the checkpoint helpers
+    other_shards["state"][0]["mlbfgs_rows"]["param_avg"] = torch.zeros(10, 12, dtype=torch.float64)
+    with pytest.raises(ValueError, match="another number of ranks.*torch.distributed.checkpoint"):
+        opt.load_state_dict(other_shards)
+
+
 # ---------------------------------------------------------------- refused at construction
 @pytest.fixture
 def one_process_group(tmp_path):
@@ -180,3 +211,29 @@ def test_one_rank_fully_shard_matches_one_process(one_process_group) -> None:
     for a, b in zip(net.parameters(), expected):
         torch.testing.assert_close(a.full_tensor().detach(), b, rtol=1e-9, atol=1e-12)
     assert opt.curvature_bytes() == single.curvature_bytes() - len(single.blocks) * 2 * M * ELEM
+
+
+def test_groups_added_later_under_fully_shard(one_process_group) -> None:
+    """A group added mid-run (e.g. unfreezing) gets its own blocks, as in one process; a plain
+    parameter cannot join fully_shard ones (nor the other way round)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (1,))
+    net, ref = w.sharded_model("mlp", mesh), w.model("mlp")
+    ps, rps = list(net.parameters()), list(ref.parameters())
+    opt = MLBFGS(ps[:2], blocks="layer", **w.OPT_KW)
+    ropt = MLBFGS(rps[:2], blocks="layer", **w.OPT_KW)
+    for step in range(12):
+        if step == 5:
+            opt.add_param_group({"params": ps[2:]})
+            ropt.add_param_group({"params": rps[2:]})
+        for m, o in ((net, opt), (ref, ropt)):
+            w.local_backward(m, "mlp", step, 0, 1)
+            o.step()
+    assert len(opt.blocks) == 3 and opt.stats == ropt.stats
+    for a, b in zip(ps, rps):
+        torch.testing.assert_close(a.full_tensor().detach(), b.detach(), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="parameter 6 does not match"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))]})
+    with pytest.raises(ValueError, match="parameter 6 does not match"):
+        MLBFGS(w.model("mlp").parameters(), lr=0.1).add_param_group({"params": [ps[0]]})
