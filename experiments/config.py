@@ -6,6 +6,8 @@ alike; its runs are named by its ``name`` key, which must not be a built-in work
 their manifests record the file in ``config.file``). ``--set key=value`` overrides address the JSON
 tree with dotted keys (``batch_size=64``, ``data.train_subset=5000``, ``schedule.warmup_iters=100``);
 the prefix ``optimizer.`` addresses the settings of the optimizer being run (``optimizer.lr=0.05``).
+``amp`` (``null``, ``"bf16"`` or ``"fp16"``; ``--amp`` sets it) is the run's mixed precision
+(:mod:`experiments.amp`); like every workload key it enters the run id when set.
 
 The ``optimizers`` section is keyed by optimizer name: a built-in name or an import path
 ``module.path:Class`` (``"torch.optim:RAdam": {"lr": 0.003}``).
