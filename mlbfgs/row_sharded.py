@@ -20,8 +20,16 @@ formed in this step only replaces its two entries), so the check for a non-finit
 it: a rank's flag is ``max|g| * 0`` (0, or NaN for an inf/NaN entry) and the sum is NaN on every rank
 when any rank saw one, so all ranks skip the step together before touching the averages.
 
+Communication: per step ``n_blocks * (2m + 1) + 1`` numbers of the working dtype are all-reduced;
+a pair-forming step adds ``n_blocks * (4m + 5)``. With ``check_finite`` the step reads the flag back
+(one host sync, as the single process's check does); a pair-forming step reads its dots back once.
+
+Every rank must see the same blocks with gradients in a step (under FSDP2 each rank gets its shard
+of the gradient of every parameter used), since the decisions are taken on all ranks alike.
+
 Reduced history dtypes (bfloat16/float16 rows stored normalised) are not supported here
-(:func:`mlbfgs.row_sharding.resolve_row_sharding` refuses them).
+(:func:`mlbfgs.row_sharding.resolve_row_sharding` refuses them): the rows would be normalised by
+global norms and the Gram matrix, built from unrounded dots, would not match the rounded rows.
 """
 
 from __future__ import annotations
