@@ -316,6 +316,44 @@ def test_workload_file_outside_the_package_runs(tmp_path: Path) -> None:
     assert "file" not in make_run_spec("mnist1d-mlp", "sgd", 0).workload.to_dict()
 
 
+def test_a_workload_file_run_id_follows_its_content_not_its_path(tmp_path: Path) -> None:
+    """Editing the file changes the run id (no stale skip or resume); the same content elsewhere, or a
+    --set that writes what the file says, is the same run; the description is no part of it."""
+    def run_id(path: Path, **overrides: object) -> str:
+        return make_run_spec(str(path), "sgd", 0, overrides=overrides or None).run_id
+
+    base = _workload_file(tmp_path / "a" / "w.json", name="my-wl")
+    raw = json.loads(base.read_text())
+    first = run_id(base)
+    assert first.startswith("my-wl__sgd__s0__")
+    assert run_id(_workload_file(tmp_path / "b" / "other.json", **raw)) == first  # same content, other path
+    assert run_id(_workload_file(tmp_path / "c" / "w.json", **{**raw, "description": "reworded"})) == first
+    base.write_text(json.dumps({**raw, "model": {**raw["model"], "args": {"hidden": [3]}}}))  # edited in place
+    wider = run_id(base)
+    assert wider != first
+    base.write_text(json.dumps({**raw, "optimizers": {"sgd": {"lr": 0.5}}}))
+    faster = run_id(base)
+    assert len({first, wider, faster}) == 3
+    base.write_text(json.dumps(raw))
+    assert run_id(base) == first
+    assert run_id(base, **{"model.args.hidden": [3]}) == wider  # a --set equal to the edit is the same run
+    # a built-in's id still hashes only what differs from its own file
+    assert make_run_spec("mnist1d-mlp", "sgd", 0).run_id == "mnist1d-mlp__sgd__s0"
+
+
+def test_editing_a_workload_file_trains_a_new_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _workload_file(tmp_path / "w.json", name="my-edit")
+    assert _main(tmp_path, str(path), ["sgd"], iters=2) == 0
+    raw = json.loads(path.read_text())
+    path.write_text(json.dumps({**raw, "model": {**raw["model"], "args": {"hidden": [3]}}}))
+    capsys.readouterr()
+    assert _main(tmp_path, str(path), ["sgd"], iters=2) == 0
+    assert "skipped" not in capsys.readouterr().out
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "my-edit").glob("*.json")]
+    hidden = sorted(m["config"]["model"]["args"]["hidden"] for m in manifests)
+    assert hidden == sorted([[3], raw["model"]["args"]["hidden"]]) and {m["status"] for m in manifests} == {"finished"}
+
+
 @pytest.mark.parametrize("change, message", [
     ({"batch_sise": 3}, r"workload: unknown key\(s\) \['batch_sise'\]; allowed keys"),
     ({"schedule": {"kind": "step"}}, r"my-file.schedule.kind must be one of \['cosine', 'constant'\]"),

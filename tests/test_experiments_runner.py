@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ SCHEMA = [
     "run_id", "workload", "optimizer", "seed", "kind", "epoch", "iteration", "train_loss", "lr", "wall_s",
     "grad_evals", "test_loss", "test_acc", "eval_s", "cpu_s",
 ]  # DEVELOPERS.md, written out independently of the code under test
+REPO = Path(__file__).resolve().parent.parent
 TINY = ["data.train_subset=1280", "data.test_subset=200", "eval_interval=8", "batch_size=64"]
 
 
@@ -105,6 +107,24 @@ def test_run_id_hash_tracks_non_default_overrides() -> None:
     assert lr.optimizer_settings["lr"] == 0.2
     assert make_run_spec("fmnist-cnn", "sgd", 0, max_iters=5).run_id != base.run_id
     assert make_run_spec("fmnist-cnn", "sgd", 0, epochs=2).run_id != base.run_id
+
+
+def test_committed_runs_keep_their_run_ids() -> None:
+    """Every manifest committed under results/ names the run id its recorded workload, optimizer, seed,
+    overrides and iteration cap resolve to today (reruns skip or resume them instead of starting new runs)."""
+    listed = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True, check=True)
+    checked = 0
+    for name in listed.stdout.split():
+        if not name.endswith(".json") or "/runs/" not in name or not (REPO / name).is_file():
+            continue
+        manifest = json.loads((REPO / name).read_text())
+        if not isinstance(manifest, dict) or "overrides" not in manifest:
+            continue
+        spec = make_run_spec(manifest["config"].get("file") or manifest["workload"], manifest["optimizer"],
+                             manifest["seed"], overrides=manifest["overrides"], max_iters=manifest.get("max_iters"))
+        assert spec.run_id == manifest["run_id"], name
+        checked += 1
+    assert checked > 100  # the committed benchmark runs, hashed ids among them
 
 
 def test_bad_arguments_name_the_allowed_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
