@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["compare"]:
         return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
-    out = args.out if args.out is not None else args.results / "figures"
+    folder = args.results.parent if args.results.is_file() else args.results
+    out = args.out if args.out is not None else folder / "figures"
     if not args.results.exists():
         print(f"error: --results {args.results}: no such file or directory", file=sys.stderr)
         return 2

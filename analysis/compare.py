@@ -41,7 +41,7 @@ TARGET_FRACTION = 0.99
 
 #: Columns of :func:`compare_table`.
 COLUMNS: tuple[str, ...] = (
-    "workload", "label", "optimizer", "seeds", "final_test_acc", "best_test_acc", "final_train_loss",
+    "workload", "label", "optimizer", "seeds", "status", "final_test_acc", "best_test_acc", "final_train_loss",
     "best_train_loss", "target", "seeds_reached", "iterations_to_target", "seconds_to_target", "iterations",
     "s_per_iteration",
 )
@@ -80,7 +80,7 @@ def _matches(settings: dict, key: str, wanted: str) -> bool:
             try:
                 return math.isclose(float(value), float(wanted), rel_tol=1e-9)
             except (TypeError, ValueError):
-                return format_value(value) == wanted or str(value) == wanted
+                return format_value(value).lower() == wanted.lower() or str(value) == wanted
     return False
 
 
@@ -89,16 +89,16 @@ def select_runs(runs: pd.DataFrame, selection: Selection) -> pd.DataFrame:
     ValueError naming the filter and the values present when nothing is left."""
     out = runs
     if selection.workloads:
+        missing = [w for w in selection.workloads if w not in set(runs["workload"].unique())]
+        if missing:
+            raise ValueError(f"--workload must be among {sorted(runs['workload'].unique())}, got {missing}")
         out = out[out["workload"].isin(selection.workloads)]
-        if out.empty:
-            raise ValueError(f"--workload must be among {sorted(runs['workload'].unique())}, "
-                             f"got {list(selection.workloads)}")
     if selection.optimizers:
-        kept = out[out["optimizer"].isin(selection.optimizers)]
-        if kept.empty:
-            raise ValueError(f"--optimizer must be among {sorted(out['optimizer'].unique())}, "
-                             f"got {list(selection.optimizers)}")
-        out = kept
+        present = set(out["optimizer"].unique())
+        missing = [o for o in selection.optimizers if o not in present]
+        if missing:
+            raise ValueError(f"--optimizer must be among {sorted(present)}, got {missing}")
+        out = out[out["optimizer"].isin(selection.optimizers)]
     if selection.where:
         settings = {rid: json.loads(s) if isinstance(s, str) and s else {}
                     for rid, s in out.drop_duplicates("run_id")[["run_id", "settings"]].itertuples(index=False)}
@@ -156,8 +156,13 @@ def compare_table(
             reach = first_reach(ev[ev["label"] == lab], "test_acc", goal, True).reindex(ids[lab]) if np.isfinite(
                 goal) else pd.DataFrame(index=ids[lab], columns=["iteration", "wall_s"], dtype=float)
             med = reach[["iteration", "wall_s"]].astype(float).fillna(np.inf).median()
+            states = wl.drop_duplicates("run_id").set_index("run_id")["status"] if "status" in wl else None
+            status = "unknown" if states is None else ", ".join(
+                f"{n} {st}" if n > 1 or len(ids[lab]) > 1 else st
+                for st, n in states.reindex(ids[lab]).fillna("unknown").value_counts().sort_index().items())
             rows.append({
                 "workload": workload, "label": lab, "optimizer": optimizer_of[lab], "seeds": len(ids[lab]),
+                "status": status,
                 **{c: float(mine[c].mean()) if c in mine else np.nan for c in (
                     "final_test_acc", "best_test_acc", "final_train_loss", "best_train_loss")},
                 "target": goal, "seeds_reached": int(reach["iteration"].notna().sum()),
@@ -175,16 +180,17 @@ def compare_markdown(table: pd.DataFrame, target_given: bool = False) -> str:
     for workload, sub in table.groupby("workload", sort=True):
         goal = float(sub["target"].iloc[0])
         how = "given" if target_given else f"{TARGET_FRACTION:g} × the best final test accuracy compared"
-        header = ["configuration", "seeds", "final test acc", "best test acc", "final train loss",
+        header = ["configuration", "seeds", "status", "final test acc", "best test acc", "final train loss",
                   "best train loss", "seeds reaching", "iterations to target", "seconds to target",
                   "iterations", "ms / iteration"]
-        body = [[r["label"], str(r["seeds"]), fmt(r["final_test_acc"], 4), fmt(r["best_test_acc"], 4),
+        body = [[r["label"], str(r["seeds"]), r["status"], fmt(r["final_test_acc"], 4), fmt(r["best_test_acc"], 4),
                  fmt(r["final_train_loss"], 4), fmt(r["best_train_loss"], 4), f"{r['seeds_reached']}/{r['seeds']}",
                  fmt(r["iterations_to_target"], 0, "not reached"), fmt(r["seconds_to_target"], 2, "not reached"),
                  fmt(r["iterations"], 0), fmt(r["s_per_iteration"] * 1e3, 2)]
                 for _, r in sub.iterrows()]
         caption = (f"{workload}: target test accuracy {fmt(goal, 4)} ({how}); losses EMA-smoothed; time to target "
-                   "is the median over seeds (a seed that never reaches it counts as infinite).")
+                   "is the median over seeds (a seed that never reaches it counts as infinite); status from the "
+                   "runs' manifests (a run still running or failed is compared as far as it got).")
         parts.append(caption + "\n\n" + markdown_table(header, body))
     return "\n".join(parts)
 
@@ -199,8 +205,12 @@ def compare(
     figure's path (one workload), or the stem ``<figure stem>_<workload>.png`` of one per workload;
     ``None`` writes none. ValueError (SchemaError included) when a path holds no runs or nothing is
     selected."""
+    if target is not None and not (math.isfinite(target) and 0 < target <= 1):
+        raise ValueError(f"--target must be a test accuracy in (0, 1], got {target}")
+    if figure is not None and (Path(figure).is_dir() or Path(figure).suffix.lower() != ".png"):
+        raise ValueError(f"--out must be a .png file path, got {figure}")
     frames = []
-    for path in paths:
+    for path in dict.fromkeys(Path(p).resolve() for p in paths):  # the same folder named twice counts once
         runs = load_runs(path)
         if runs is None:
             raise SchemaError(f"{path}: no run CSVs found (expected a results tree with runs/, the folder "

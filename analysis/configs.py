@@ -125,7 +125,8 @@ def label_configs(configs: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[
     :func:`manifest_settings`; empty when unknown). Returns key -> label, unique within the figure
     (see the module docstring for the rule).
     """
-    every = [dict(s) for _, s in configs.values()]
+    # configurations without recorded settings (no manifest) are told apart by their key only
+    every = [dict(s) for _, s in configs.values() if s]
     workload_keys = sorted({k for s in every for k in s if not k.startswith(OPTIMIZER_PREFIX) and k != "optimizer"})
     shared = _differing(every, workload_keys)
     labels: dict[str, str] = {}
@@ -134,8 +135,9 @@ def label_configs(configs: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[
         by_optimizer.setdefault(optimizer, []).append(key)
     for optimizer, keys in by_optimizer.items():
         own = [dict(configs[k][1]) for k in keys]
-        opt_keys = sorted({k for s in own for k in s if k.startswith(OPTIMIZER_PREFIX)})
-        named = _differing(own, opt_keys) if len(keys) > 1 else []
+        known = [s for s in own if s]
+        opt_keys = sorted({k for s in known for k in s if k.startswith(OPTIMIZER_PREFIX)})
+        named = _differing(known, opt_keys) if len(known) > 1 else []
         for key, settings in zip(keys, own, strict=True):
             parts = [f"{_short(k)}={format_value(settings[k])}" for k in [*named, *shared] if k in settings]
             labels[key] = " ".join([optimizer, *parts])
@@ -143,7 +145,8 @@ def label_configs(configs: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[
     for label in labels.values():
         counts[label] = counts.get(label, 0) + 1
     for key, label in labels.items():
-        if counts[label] > 1:  # nothing recorded tells them apart: show the configuration's id
+        alone = len(by_optimizer[configs[key][0]]) == 1
+        if counts[label] > 1 or not (configs[key][1] or alone):  # nothing recorded tells it apart: its id
             labels[key] = f"{label} [{key.rsplit('__', 1)[-1]}]"
     return labels
 

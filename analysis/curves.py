@@ -35,8 +35,13 @@ MAX_POINTS = 400
 
 Band = Literal["minmax", "std"]
 
-#: Line dashes of the configurations of one optimizer, in order.
-DASHES: tuple[str, ...] = ("-", "--", ":", "-.")
+#: Line dashes of the configurations of one optimizer, in order (then repeated).
+DASHES: tuple[str | tuple[int, tuple[int, ...]], ...] = (
+    "-", "--", ":", "-.", (0, (8, 2)), (0, (1, 3)), (0, (5, 1, 1, 1, 1, 1)), (0, (3, 3, 1, 3)),
+)
+
+#: Characters of legend text that fit across the convergence figure (sets the legend's columns).
+LEGEND_CHARS = 150
 
 
 def smoothing_span(n: int, fraction: float = SMOOTH_FRACTION) -> int:
@@ -253,7 +258,9 @@ def plot_curve_grid(
         spread = "min–max over seeds" if band == "minmax" else "±1 std over seeds"
         fig.suptitle(f"{title}\nline: mean over seeds, band: {spread}; × marks a run whose loss became non-finite")
         if handles:
-            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
+            widest = max(len(h.get_label()) for h in handles) + 6
+            ncols = max(1, min(len(handles), 5, LEGEND_CHARS // widest))
+            fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False)
     return fig
 
 

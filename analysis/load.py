@@ -159,24 +159,24 @@ def run_csv_paths(path: Path | str) -> list[Path]:
     """The run CSVs under ``path``, sorted.
 
     ``path`` may be a results tree (its ``runs/`` folder is searched), the folder the runner wrote
-    (``--out``: ``<out>/<workload>/<run_id>.csv``), one workload's folder, or one run CSV. Outside a
-    ``runs/`` folder, only CSVs at most one folder deep whose header holds the run columns count
-    (other tables sharing the folder are not runs); curvature CSVs never do. A file that is not a
-    CSV raises :class:`SchemaError`.
+    (``--out``: ``<out>/<workload>/<run_id>.csv``), one workload's folder, or one run CSV; a folder may
+    be both (runner output written beside a suite's ``runs/``). Outside ``runs/``, only CSVs at most
+    one folder deep whose header holds the run columns count (other tables sharing the folder are not
+    runs); curvature CSVs never do. A file that is not a CSV raises :class:`SchemaError`.
     """
     path = Path(path)
     if path.is_file():
         if path.suffix != ".csv" or path.name.endswith(CURVATURE_SUFFIX):
             raise SchemaError(f"{path}: not a run CSV (a run is <run_id>.csv next to its <run_id>.json)")
         return [path]
-    runs_dir = path / "runs"
-    if runs_dir.is_dir():
-        return sorted(p for p in runs_dir.rglob("*.csv") if not p.name.endswith(CURVATURE_SUFFIX))
     if not path.is_dir():
         return []
+    runs_dir = path / "runs"
+    tree = set(runs_dir.rglob("*.csv")) if runs_dir.is_dir() else set()
     # the runner writes <out>/<workload>/<run_id>.csv: look two levels deep, not into other groups' trees
-    found = (p for pattern in ("*.csv", "*/*.csv") for p in path.glob(pattern) if not p.name.endswith(CURVATURE_SUFFIX))
-    return sorted(p for p in found if belongs_to(p, RUN_COLUMNS))
+    shallow = {p for pattern in ("*.csv", "*/*.csv") for p in path.glob(pattern)} - tree
+    found = tree | {p for p in shallow if not p.name.endswith(CURVATURE_SUFFIX) and belongs_to(p, RUN_COLUMNS)}
+    return sorted(p for p in found if not p.name.endswith(CURVATURE_SUFFIX))
 
 
 def load_runs(results: Path | str) -> pd.DataFrame | None:
@@ -186,7 +186,8 @@ def load_runs(results: Path | str) -> pd.DataFrame | None:
     Adds the columns ``source`` (file path), ``beta`` (from the manifest, see :func:`manifest_beta`),
     ``config`` and ``settings`` (the run's configuration without the seed and its settings as JSON,
     see :mod:`analysis.configs`; runs are seeds of one configuration exactly when their ``config`` is
-    equal) and ``epoch_progress`` (epochs completed as a float, see :func:`epoch_progress`). Eval rows
+    equal), ``status`` (the manifest's: finished, running, failed; "unknown" without one) and
+    ``epoch_progress`` (epochs completed as a float, see :func:`epoch_progress`). Eval rows
     with an empty ``wall_s`` or ``grad_evals`` take the value of the train row at the same iteration.
     """
     paths = run_csv_paths(results)
@@ -206,14 +207,16 @@ def load_runs(results: Path | str) -> pd.DataFrame | None:
     known = {} if manifests is None else manifests.set_index("run_id")
     beta = {} if manifests is None else dict(zip(manifests["run_id"], manifests["beta"], strict=True))
     runs["beta"] = [_beta_of(rid, opt, beta) for rid, opt in zip(runs["run_id"], runs["optimizer"], strict=True)]
-    config, settings = {}, {}
+    config, settings, status = {}, {}, {}
     for rid in runs["run_id"].unique():
         if len(known) and rid in known.index:
             config[rid], settings[rid] = known.at[rid, "config"], known.at[rid, "settings"]
+            status[rid] = known.at[rid, "status"]
         else:
-            config[rid], settings[rid] = config_of_run_id(str(rid)), ""
+            config[rid], settings[rid], status[rid] = config_of_run_id(str(rid)), "", "unknown"
     runs["config"] = runs["run_id"].map(config)
     runs["settings"] = runs["run_id"].map(settings)
+    runs["status"] = runs["run_id"].map(status)
     runs = _fill_eval_progress(runs)
     runs["epoch_progress"] = epoch_progress(runs)
     return runs
@@ -344,6 +347,7 @@ def _manifests_of(csv_paths: Sequence[Path]) -> pd.DataFrame | None:
                 "beta": float("nan") if beta is None else beta,
                 "config": f"{workload}__{manifest.get('optimizer')}__{config_key(settings)}",
                 "settings": json.dumps(settings, sort_keys=True, default=str),
+                "status": str(manifest.get("status") or "unknown"),
                 "path": str(path),
                 "manifest": manifest,
             }

@@ -28,7 +28,10 @@ def ratios(table: pd.DataFrame, measure: str) -> pd.DataFrame:
     NaN = the optimizer did not run on the workload or no optimizer reached the target there."""
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {list(MEASURES)}, got {measure!r}")
-    solver = "label" if "label" in table else "optimizer"  # a solver is one configuration
+    # a solver is an optimizer when it has one configuration per workload (labels then may differ
+    # between workloads only by workload settings), else one configuration
+    one_each = "label" not in table or table.groupby(["workload", "optimizer"])["label"].nunique().max() <= 1
+    solver = "optimizer" if one_each else "label"
     t = table.pivot(index=solver, columns="workload", values=measure).astype(float)
     ran = table.pivot(index=solver, columns="workload", values="seeds").notna()
     t = t.where(~(t.isna() & ran), np.inf)  # ran but not every seed reached the target

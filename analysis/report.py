@@ -27,7 +27,7 @@ from analysis.groups import GROUPS, FigureGroup
 from analysis.load import Results, load_results
 from analysis.profiles import plot_profiles, profile_markdown, profile_summary
 from analysis.readme import relative_link, results_section, update_readme
-from analysis.select import MAIN_BETA
+from analysis.select import MAIN_BETA, main_runs
 from analysis.sensitivity import load_trials
 from analysis.stability import DEFAULT_BOUNDS, stability_figures, stability_markdown, stability_summary
 from analysis.style import safe_name, save_figure
@@ -77,6 +77,12 @@ def _convergence(data: Results, out: Path, opts: Options, report: Report, log: C
         _skip(report, log, "convergence curves", f"no run CSVs under {data.root / 'runs'}")
         _skip(report, log, "time to target", f"no run CSVs under {data.root / 'runs'}")
         return
+    left = set(data.runs["run_id"]) - set(main_runs(data.runs, opts.main_beta)["run_id"])
+    if left:
+        line = (f"convergence and time to target: {len(left)} mlbfgs run(s) with beta other than the main "
+                f"comparison's are left out (the beta ablation: stability figure)")
+        report.notices.append(line)
+        log(line)
     paths = {}
     for workload, fig in convergence_figures(data.runs, opts.band, opts.smooth_fraction).items():
         paths[workload] = save_figure(fig, out / f"convergence_{safe_name(workload)}.png")

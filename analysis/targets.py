@@ -89,8 +89,11 @@ class TargetRule:
         return dict(self.per_workload).get(workload)
 
     def caption(self, target: float, reference_final: float | None, reference_seeds: int,
-                workload: str | None = None) -> str:
-        """The sentence that states the rule and the resulting target."""
+                workload: str | None = None, reference_label: str | None = None) -> str:
+        """The sentence that states the rule and the resulting target (``reference_label``: the
+        reference's configuration when it is not the optimizer's only one)."""
+        ref = self.reference if reference_label in (None, self.reference) else (
+            f"{reference_label} (the best of {self.reference}'s configurations)")
         name = _METRIC_NAMES[self.metric]
         sign = "≥" if self.higher_is_better else "≤"
         if workload is not None and self.fixed_for(workload) is not None:
@@ -100,7 +103,7 @@ class TargetRule:
         else:
             op = f"{self.fraction:g} ×" if self.higher_is_better else f"1/{self.fraction:g} ×"
             how = (
-                f"{op} the final {name} of {self.reference} "
+                f"{op} the final {name} of {ref} "
                 f"(last evaluation, mean over {reference_seeds} seed{'s' if reference_seeds != 1 else ''}: "
                 f"{fmt(reference_final, 4)})"
             )
@@ -142,14 +145,27 @@ def first_reach(frame: pd.DataFrame, column: str, target: float, higher_is_bette
     return out
 
 
-def reference_label(runs: pd.DataFrame, reference: str) -> str | None:
-    """The configuration label (``label`` column, :func:`analysis.configs.with_labels`) of the reference
-    optimizer in ``runs``: its only configuration, ``None`` when it has none or several (then no
-    configuration is the reference: ratios are n/a and a target needs a fixed value)."""
+def reference_label(
+    runs: pd.DataFrame, rule: TargetRule, smooth_fraction: float = SMOOTH_FRACTION
+) -> str | None:
+    """The configuration label (``label`` column, :func:`analysis.configs.with_labels`) of the
+    reference optimizer in ``runs``: its only configuration or, when it has several (e.g. a learning-rate
+    sweep in one folder), the one with the best final value of the rule's metric (mean over seeds;
+    highest accuracy, lowest loss). ``None`` when it has no runs."""
     if "label" not in runs:
         return None
-    labels = runs.loc[runs["optimizer"] == reference, "label"].unique()
-    return str(labels[0]) if len(labels) == 1 else None
+    mine = runs[runs["optimizer"] == rule.reference]
+    labels = sorted(mine["label"].unique())
+    if len(labels) <= 1:
+        return str(labels[0]) if labels else None
+    frame, column = _metric_frame(mine, rule, smooth_fraction)
+    finals = final_values(frame, column)
+    by_label = {lab: finals.reindex(mine.loc[mine["label"] == lab, "run_id"].unique()).mean() for lab in labels}
+    known = {lab: v for lab, v in by_label.items() if np.isfinite(v)}
+    if not known:
+        return None
+    pick = max if rule.higher_is_better else min
+    return pick(known, key=lambda lab: (known[lab], lab) if rule.higher_is_better else (known[lab], lab))
 
 
 def workload_target(
@@ -158,7 +174,7 @@ def workload_target(
     """(target, reference final value, reference seeds) for the runs of one workload; target ``None``
     when the rule needs the reference and it has no runs."""
     frame, column = _metric_frame(runs, rule, smooth_fraction)
-    ref_label = reference_label(runs, rule.reference)
+    ref_label = reference_label(runs, rule, smooth_fraction)
     ref = frame[frame["label"] == ref_label] if "label" in frame and ref_label is not None else frame.iloc[:0]
     finals = final_values(ref, column) if len(ref) else pd.Series(dtype=float)
     ref_final = float(finals.mean()) if len(finals) else None
@@ -221,7 +237,7 @@ def time_to_target(
                 "grad_evals": stat["grad_evals"] if stat is not None else np.nan,
                 "seconds": stat["wall_s"] if stat is not None else np.nan,
             }
-        ref_label = reference_label(wl, rule.reference)
+        ref_label = reference_label(wl, rule, smooth_fraction)
         ref = per_opt.get(ref_label) if ref_label is not None else None
         for row in per_opt.values():
             for col in ("iterations", "grad_evals", "seconds"):
@@ -275,7 +291,8 @@ def time_to_target_markdown(
                     fmt(r["seconds_ratio"], 3),
                 ]
             )
-        caption = rule.caption(float(target), ref_final, ref_seeds, workload) if target is not None else ""
+        ref_label = reference_label(with_labels(data[data["workload"] == workload]), rule, smooth_fraction)
+        caption = rule.caption(float(target), ref_final, ref_seeds, workload, ref_label) if target is not None else ""
         parts.append(f"{'#' * heading_level} Time to target: {workload}\n\n{caption}\n\n{markdown_table(header, body)}")
     return "\n".join(parts)
 

@@ -78,7 +78,7 @@ def test_compare_filters_and_tabulates(runner_out: Path, tmp_path: Path, capsys:
     table, markdown, written = compare([runner_out], Selection(where=parse_where(["lr=0.2"])), None,
                                        tmp_path / "c.png")
     assert table["label"].tolist() == ["mlbfgs"] and written == [tmp_path / "c.png"]
-    table, _, _ = compare([runner_out], Selection(optimizers=("sgd",)), 0.0, None)
+    table, _, _ = compare([runner_out], Selection(optimizers=("sgd",)), 0.01, None)
     assert table["seeds"].tolist() == [2] and table["iterations"].tolist() == [ITERS]
     assert table["s_per_iteration"].iloc[0] > 0
     # a single run CSV is accepted too, and its final metrics are the CSV's last values
@@ -138,3 +138,70 @@ def test_manifest_settings_leave_out_the_seed_and_bookkeeping() -> None:
                 "optimizer_config": {"lr": 0.5, "momentum": 0.9}}
     assert manifest_settings(manifest) == {"epochs": 2, "data.name": "d", "optimizer": "sgd",
                                            "optimizer.lr": 0.5, "optimizer.momentum": 0.9, "max_iters": 7}
+
+
+def test_reference_with_several_configurations_is_its_best(tmp_path: Path, runner_out: Path) -> None:
+    """Two sgd learning rates in one folder: the target comes from the better one, named in the caption."""
+    from analysis.targets import reference_label, time_to_target_markdown
+
+    runs = with_labels(load_runs(runner_out))
+    extra = runs[runs["optimizer"] == "mlbfgs"].copy()  # pose the two mlbfgs configurations as sgd ones
+    extra["optimizer"] = "sgd"
+    extra["run_id"] = extra["run_id"] + "_as_sgd"
+    extra["config"] = extra["config"] + "_as_sgd"
+    both = with_labels(pd.concat([runs[runs["optimizer"] == "mlbfgs"], extra], ignore_index=True))
+    rule = TargetRule()
+    label = reference_label(both, rule, 0.02)
+    finals = {lab: g[g["kind"] == "eval"].sort_values("iteration").groupby("run_id")["test_acc"].last().mean()
+              for lab, g in both[both["optimizer"] == "sgd"].groupby("label")}
+    assert label == max(finals, key=finals.get)
+    table = time_to_target(both, rule)
+    assert len(table) == 4 and table["target"].notna().all()
+    assert f"of {label} (the best of sgd's configurations)" in time_to_target_markdown(table, both, rule)
+
+
+def test_labels_without_manifests_stay_short(runner_out: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(runner_out, folder)
+    (next(folder.glob("mnist1d-mlp/*sgd__s1*.json"))).unlink()  # one seed of sgd lost its manifest
+    runs = with_labels(load_runs(folder))
+    labels = sorted(runs["label"].unique())
+    assert all(len(lab) < 40 for lab in labels), labels
+    assert "mlbfgs lr=0.2" in labels and any(lab.startswith("sgd [") for lab in labels)
+
+
+def test_runner_output_beside_a_suite_runs_folder_is_read(runner_out: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "suite_out"
+    shutil.copytree(runner_out, root / "runs")  # a suite's runs/ ...
+    one = next(runner_out.glob("mnist1d-mlp/*sgd__s0*"))
+    (root / "mnist1d-mlp").mkdir()
+    for path in runner_out.glob("mnist1d-mlp/" + one.name.split(".")[0] + ".*"):  # ... and a runner's --out
+        shutil.copy(path, root / "mnist1d-mlp" / path.name.replace("__s0", "__s7"))
+    assert load_runs(root)["source"].nunique() == 5
+
+
+def test_analysis_of_one_csv_writes_beside_it(runner_out: Path, tmp_path: Path) -> None:
+    import shutil
+
+    csv = tmp_path / "one.csv"
+    shutil.copy(next(runner_out.glob("mnist1d-mlp/*sgd__s0*.csv")), csv)
+    assert analysis_main(["--results", str(csv), "--quiet"]) == 0
+    assert (tmp_path / "figures" / "convergence_mnist1d-mlp.png").is_file()
+
+
+def test_compare_refuses_bad_filters_and_outputs(runner_out: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert analysis_main(["compare", str(runner_out), "--optimizer", "sgd", "adam"]) == 2
+    assert "got ['adam']" in capsys.readouterr().err
+    for bad in ("1.5", "-1", "nan"):
+        assert analysis_main(["compare", str(runner_out), "--target", bad]) == 2
+        assert "--target must be" in capsys.readouterr().err
+    assert analysis_main(["compare", str(runner_out), "--out", str(tmp_path)]) == 2
+    assert "--out must be a .png" in capsys.readouterr().err
+    # the same folder under two spellings counts once; the status comes from the manifests
+    table, _, _ = compare([runner_out, runner_out / ".." / runner_out.name], Selection(optimizers=("sgd",)), None, None)
+    assert table["seeds"].tolist() == [2] and table["status"].tolist() == ["2 finished"]
