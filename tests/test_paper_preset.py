@@ -126,11 +126,12 @@ def test_run_all_paper_on_fixture_datasets_draws_the_paper_figure(tmp_path: Path
     out = tmp_path / "out"
     # every workload and process kind of the preset, shrunk: 2 iterations, small batches, 32-pixel ImageNet,
     # bf16 autocast instead of float16 (float16 convolutions on a CPU take seconds each; the float16 path is
-    # tested in tests/test_experiments_amp.py), two of the optimizers
+    # tested in tests/test_experiments_amp.py), two of the optimizers, mL-BFGS with 2 pairs (its ring of 10
+    # on ResNet-50 would take 2 GB)
     proc = subprocess.run(
         ["bash", "run_all.sh", "--paper", "--data-dir", str(data), "--out", str(out), "--max-iters", "2",
          "--optimizers", "sgd", "mlbfgs", "--threads", "1", "--set", "batch_size=4", "eval_batch_size=8",
-         "data.image_size=32", "data.num_workers=0", "amp=bf16"],
+         "data.image_size=32", "data.num_workers=0", "amp=bf16", "optimizers.mlbfgs.history_size=2"],
         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((out / "suite_paper.json").read_text())
