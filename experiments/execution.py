@@ -152,7 +152,11 @@ def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[]
                 continue
             running.remove(done)
             failures += reap(*done)
-    finally:  # interrupted: stop the children (their checkpoints let the next invocation resume)
+    finally:  # interrupted (Ctrl-C, or SIGTERM: experiments/interrupt.py): stop the children, whose
+        # checkpoints let the next invocation resume
+        if running:
+            print(f"[suite] stopping {len(running)} running process(es): "
+                  f"{', '.join(str(proc.pid) for proc, *_ in running)}", file=sys.stderr, flush=True)
         for proc, *_ in running:
             proc.terminate()
         for proc, *_ in running:

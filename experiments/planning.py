@@ -15,7 +15,7 @@ from experiments.runspec import make_run_spec
 class PlannedRun:
     """One run to train: what ``python -m experiments.run`` gets and where its manifest lies."""
 
-    workload: str
+    workload: str  # the workload's name (a workload file's 'name' key; its path is in ``args``)
     optimizer: str
     seed: int
     run_id: str
@@ -79,9 +79,9 @@ def plan(preset: Preset, seeds: list[int] | None = None, workloads: list[str] | 
             for name in entry_optimizers(entry):
                 if optimizers and name not in optimizers:
                     continue
-                spec = make_run_spec(entry.workload, name, seed, overrides=entry.set, epochs=entry.epochs,
+                spec = make_run_spec(entry.workload_arg, name, seed, overrides=entry.set, epochs=entry.epochs,
                                      max_iters=entry.max_iters)
-                args = ["--workload", entry.workload, "--optimizer", name, "--seed", str(seed)]
+                args = ["--workload", entry.workload_arg, "--optimizer", name, "--seed", str(seed)]
                 if entry.epochs is not None:
                     args += ["--epochs", str(entry.epochs)]
                 if entry.max_iters is not None:

@@ -15,8 +15,8 @@ the (workload x optimizer x seed) grid as listed. ``analysis`` (``python -m anal
 
 Output: ``--out DIR`` (default ``runs/<preset>``, ignored by git): runs in ``DIR/runs``, checkpoints in
 ``DIR/checkpoints``, sweep runs in ``DIR/sweep``, tuning trials in ``DIR/tuning``, figures in
-``DIR/figures``, the record ``DIR/suite_<preset>.json`` (each stage's runs, their status and seconds, the
-choices; ``experiments/stages/record.py``).
+``DIR/figures``, the record ``DIR/suite_<preset>.json`` (every command run on DIR, appended: each stage's
+runs, their status and seconds; the choices; the seconds over all commands; ``experiments/stages/record.py``).
 
 Processes: in ``lockstep`` mode (the default) one subprocess per (workload, seed) trains all its
 optimizers, an iteration each in turn, each timed on its own clock (``experiments/lockstep.py``); in
@@ -24,7 +24,10 @@ optimizers, an iteration each in turn, each timed on its own clock (``experiment
 ``--force``; unfinished ones resume from their checkpoints, so rerunning after an interruption
 continues where it stopped. Order: seed, workload, optimizer, so that every optimizer has a first seed
 before any gets a second. A failing process is reported and the preset goes on; the exit status is 1
-when any run failed, 2 for bad arguments. ``--workloads`` / ``--optimizers`` select the runs of every
+when any run or the analysis failed, 2 for bad arguments (a malformed preset among them) or for stages that
+need an earlier one not yet run (``--stages final`` before the sweep or the trials have finished), 143
+when stopped by SIGTERM (``kill <pid>``: as on Ctrl-C, the child processes are stopped too; a rerun
+resumes). ``--workloads`` / ``--optimizers`` select the runs of every
 stage; ``--seeds`` replaces the seeds of the grid, the finals and the ablation (not the seed of the
 sweep or of the trials). ``--data-dir`` / ``--set`` / ``--max-iters`` reach every run of every stage
 (after the preset entry's own settings, so they win; ``--max-iters`` caps a run's length): e.g. the paper
@@ -44,6 +47,7 @@ from typing import Any
 
 from experiments.config import parse_overrides
 from experiments.execution import MODES, ExecOptions, groups
+from experiments.interrupt import sigterm_as_exit
 from experiments.manifest import git_state
 from experiments.planning import PlannedRun, entry_optimizers, plan
 from experiments.presets import Preset, available_presets, load_preset
@@ -51,7 +55,7 @@ from experiments.stages import ANALYSIS_STAGE, preset_kind, preset_stages, selec
 from experiments.stages import grid as grid_stage
 from experiments.stages import sweep as sweep_stage
 from experiments.stages import tuning as tuning_stage
-from experiments.stages.analysis import run_analysis
+from experiments.stages.analysis import analysis_command, run_analysis
 from experiments.stages.context import StageContext
 from experiments.stages.record import SuiteRecord
 
@@ -157,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); the exit status (0, 1 when a run failed,
-    2 for bad arguments)."""
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); the exit status (0, 1 when a run or the
+    analysis failed, 2 for bad arguments or stages selected before the stage they need has run)."""
     args = build_parser().parse_args(argv)
     try:
         preset = resolve_preset(args.preset, args.out, args.threads)
@@ -178,25 +182,36 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = ExecOptions(results=Path(preset.results), mode=args.mode, threads=args.threads, force=args.force,
                        dry_run=args.dry_run, jobs=args.jobs)
-    header: dict[str, Any] = {
-        "preset": preset.name, "description": preset.description,
-        "command": " ".join(["python -m experiments.suite", *(sys.argv[1:] if argv is None else argv)]),
-        "stages_selected": list(stages), "mode": args.mode, "threads": args.threads or DEFAULT_THREADS,
-        "jobs": args.jobs, **git_state(),
-        **({"sweep": preset.sweep} if preset.sweep else {}), **({"tuning": preset.tuning} if preset.tuning else {})}
-    record = SuiteRecord(Path(preset.results) / f"suite_{preset.name}.json", header, dry_run=args.dry_run)
+    own = {"preset": preset.name, "description": preset.description,
+           **({"sweep": preset.sweep} if preset.sweep else {}), **({"tuning": preset.tuning} if preset.tuning else {})}
+    command = {"command": " ".join(["python -m experiments.suite", *(sys.argv[1:] if argv is None else argv)]),
+               "stages_selected": list(stages), "mode": args.mode, "threads": args.threads or DEFAULT_THREADS,
+               "jobs": args.jobs, **git_state()}
+    record = SuiteRecord(Path(preset.results) / f"suite_{preset.name}.json", own, command, dry_run=args.dry_run)
     ctx = StageContext(preset, stages, opts, record, args.workloads, args.optimizers, args.seeds)
+    try:
+        runner.check_ready(ctx)  # e.g. the finals without the sweep: the sweep must have finished
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"[suite] preset {preset.name}: stages {', '.join(stages)}; {args.mode} mode, {args.jobs} job(s), "
           f"output in {preset.results}/", flush=True)
     failures = runner.run(ctx) if set(stages) - {ANALYSIS_STAGE} else 0
     if args.dry_run:
         return 0
+    analysis_status = 0
     if ANALYSIS_STAGE in stages:
-        record.data["stages"][ANALYSIS_STAGE] = run_analysis(preset)
+        analysis = record.current["stages"][ANALYSIS_STAGE] = run_analysis(preset)
+        analysis_status = analysis.get("returncode", 0)
     record.finish(failures, args.started_at)
-    print(f"[suite] {failures} run(s) failed, {record.data['seconds']:.1f} s; record: {record.path}", flush=True)
-    return 1 if failures else 0
+    print(f"[suite] {failures} run(s) failed, {record.current['seconds']:.1f} s ({record.data['seconds']:.1f} s "
+          f"over the {len(record.data['invocations'])} command(s) of the record); record: {record.path}", flush=True)
+    if analysis_status:
+        print(f"[suite] error: the analysis failed (exit {analysis_status}): "
+              f"{' '.join(analysis_command(preset)[1:])}", file=sys.stderr, flush=True)
+    return 1 if failures or analysis_status else 0
 
 
 if __name__ == "__main__":
+    sigterm_as_exit()  # kill <pid> stops it as Ctrl-C does
     sys.exit(main())

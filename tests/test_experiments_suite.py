@@ -154,10 +154,10 @@ def test_suite_trains_skips_forces_and_modes_agree(tmp_path: Path, preset_file: 
     assert "lockstep" in text and "running" in text
     first = _losses(out)
     assert len(first) == 2 and all(len(v) == 12 + 4 for v in first.values())  # 12 train + evals 0, 5, 10, 12
-    record = json.loads((out / "suite_tiny.json").read_text())
-    assert record["stages_selected"] == ["grid"] and list(record["stages"]) == ["grid"]
-    assert record["command"].startswith("python -m experiments.suite --preset") and record["failed_runs"] == 0
-    grid = record["stages"]["grid"]
+    (command,) = json.loads((out / "suite_tiny.json").read_text())["invocations"]
+    assert command["stages_selected"] == ["grid"] and list(command["stages"]) == ["grid"]
+    assert command["command"].startswith("python -m experiments.suite --preset") and command["failed_runs"] == 0
+    grid = command["stages"]["grid"]
     assert [r["status"] for r in grid["runs"]] == ["finished", "finished"] and grid["seconds"] > 0
     assert {r["group_size"] for r in grid["runs"]} == {2}
 
@@ -167,7 +167,7 @@ def test_suite_trains_skips_forces_and_modes_agree(tmp_path: Path, preset_file: 
     text = capsys.readouterr().out
     assert text.count("finished, skipped") == 2 and "running" not in text
     record = json.loads((out / "suite_tiny.json").read_text())
-    assert [r["status"] for r in record["stages"]["grid"]["runs"]] == ["skipped (finished)"] * 2
+    assert [r["status"] for r in record["invocations"][-1]["stages"]["grid"]["runs"]] == ["skipped (finished)"] * 2
 
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs" / "mnist1d-mlp").glob("*.csv")}
     assert suite.main([*base, "--force"]) == 0

@@ -213,8 +213,9 @@ def test_sweep_preset_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) 
     finals = final_runs(preset, preset.runs[0], best["mnist1d-mlp"])
     ablation = ablation_runs(preset, preset.runs[0], best["mnist1d-mlp"])
     record = json.loads((out / "suite_tiny.json").read_text())
-    assert record["stages_selected"] == ["sweep", "final", "ablation"] and record["failed_runs"] == 0
-    stages = record["stages"]
+    (command,) = record["invocations"]
+    assert command["stages_selected"] == ["sweep", "final", "ablation"] and command["failed_runs"] == 0
+    stages = command["stages"]
     assert set(stages) == {"sweep", "final", "ablation"} and record["chosen"] == best
     assert [r["run_id"] for r in stages["sweep"]["runs"]] == [s.run.run_id for s in swept]
     status = {r["run_id"]: r["status"] for r in stages["final"]["runs"]}

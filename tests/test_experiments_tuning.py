@@ -122,19 +122,25 @@ def test_choice_covers_every_finished_pair_whatever_the_selection(tmp_path: Path
     best = {(t.workload, t.optimizer): t for t in trials if t.index == 1}
     base = ["--preset", str(path), "--out", str(out), "--no-analysis"]
 
-    assert suite.main([*base, "--workloads", "fmnist-cnn", "--stages", "final", "--dry-run"]) == 0
+    # the finals of fmnist-cnn's adam wait for its trials: without the trials stage that is an error
+    for dry in (["--dry-run"], []):
+        assert suite.main([*base, "--workloads", "fmnist-cnn", "--stages", "final", *dry]) == 2
+        assert "the trials of ['fmnist-cnn/adam'] have not finished" in capsys.readouterr().err
+    assert not (out / "suite_tiny.json").exists()
+    ready = [*base, "--workloads", "fmnist-cnn", "--optimizers", "sgd", "--stages", "final"]
+    assert suite.main([*ready, "--dry-run"]) == 0
     sgd_final = final_runs(preset, preset.runs[1], "sgd", best[("fmnist-cnn", "sgd")].settings)
     assert listed_run_ids(capsys.readouterr().out) == [r.run_id for r in sgd_final]
     assert not (out / "tuning" / "tiny_best.json").exists()  # a dry run writes nothing
 
-    # the finals of fmnist-cnn: sgd's, copied from its full-length trial; adam's wait for its trials
-    assert suite.main([*base, "--workloads", "fmnist-cnn", "--stages", "final"]) == 1
-    captured = capsys.readouterr()
-    assert "2 trial(s) of ['adam'] not finished" in captured.err
+    # the finals of fmnist-cnn's sgd, copied from its full-length trial
+    assert suite.main(ready) == 0
+    capsys.readouterr()
     record = json.loads((out / "suite_tiny.json").read_text())
-    assert record["failed_runs"] == 2 and record["stages_selected"] == ["final"]
-    assert record["stages"]["final"]["runs"] == [{"run_id": sgd_final[0].run_id,
-                                                  "status": "copied (finished as a trials run)"}]
+    (command,) = record["invocations"]
+    assert command["failed_runs"] == 0 and command["stages_selected"] == ["final"]
+    assert command["stages"]["final"]["runs"] == [{"run_id": sgd_final[0].run_id,
+                                                   "status": "copied (finished as a trials run)"}]
     assert sgd_final[0].manifest.is_file() and sgd_final[0].run_id == best[("fmnist-cnn", "sgd")].run.run_id
     chosen = json.loads((out / "tuning" / "tiny_best.json").read_text())
     expected = {w: {o: best[(w, o)].settings for o in names}
@@ -167,10 +173,11 @@ def test_tuning_preset_end_to_end_reuses_full_length_trials(tmp_path: Path, caps
     assert len(finals) == 4  # 2 optimizers x 2 seeds
     assert chosen_sgd["run_id"] + ".json" in finals  # the seed-0 final is the chosen trial, copied
     record = json.loads((out / "suite_tiny.json").read_text())
-    assert set(record["stages"]) == {"trials", "final"} and record["tuning"] == TINY["tuning"]
-    trained = [r["run_id"] for stage in record["stages"].values() for r in stage["runs"] if r["status"] == "finished"]
+    (command,) = record["invocations"]
+    assert set(command["stages"]) == {"trials", "final"} and record["tuning"] == TINY["tuning"]
+    trained = [r["run_id"] for stage in command["stages"].values() for r in stage["runs"] if r["status"] == "finished"]
     assert trained.count(chosen_sgd["run_id"]) == 1  # trained once, as a trial
-    statuses = {r["run_id"]: r["status"] for r in record["stages"]["final"]["runs"]}
+    statuses = {r["run_id"]: r["status"] for r in command["stages"]["final"]["runs"]}
     assert statuses[chosen_sgd["run_id"]] == "copied (finished as a trials run)"
     assert sorted(s for s in statuses.values()) == ["copied (finished as a trials run)"] * 2 + ["finished"] * 2
 

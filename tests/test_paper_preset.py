@@ -134,8 +134,8 @@ def test_run_all_paper_on_fixture_datasets_draws_the_paper_figure(tmp_path: Path
          "data.image_size=32", "data.num_workers=0", "amp=bf16", "optimizers.mlbfgs.history_size=2"],
         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    record = json.loads((out / "suite_paper.json").read_text())
-    assert record["failed_runs"] == 0 and record["stages"]["analysis"]["returncode"] == 0
+    (command,) = json.loads((out / "suite_paper.json").read_text())["invocations"]
+    assert command["failed_runs"] == 0 and command["stages"]["analysis"]["returncode"] == 0
     figure = out / "figures" / "paper_accuracy.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifests = [json.loads(p.read_text()) for p in (out / "runs").glob("*/*.json")]

@@ -12,6 +12,10 @@ def check(preset: Preset) -> None:
     check_optimizer_names(preset)
 
 
+def check_ready(ctx: StageContext) -> None:
+    """Nothing to check: the grid needs no earlier stage."""
+
+
 def run(ctx: StageContext) -> int:
     """Train the selected runs of the grid (seed-major order, see :func:`experiments.planning.plan`);
     the number of runs that failed."""

@@ -216,6 +216,26 @@ def _seed_major(runs: list[PlannedRun]) -> list[PlannedRun]:
     return sorted(runs, key=lambda r: r.seed)
 
 
+def check_ready(ctx: StageContext) -> None:
+    """ValueError when ``final`` or ``ablation`` is selected without ``sweep`` and the sweep of a selected
+    (workload, optimizer) has not finished (its grid and every extension round): those stages run at the
+    rates the sweep chooses. Names them and the commands that help."""
+    later = [s for s in ("final", "ablation") if s in ctx.stages]
+    if "sweep" in ctx.stages or not later:
+        return
+    waiting = []
+    for entry in ctx.entries():
+        for name in ctx.names(entry):  # an optimizer's rounds depend on its own runs only
+            swept = sweep_rounds(ctx.preset, entry, [name], stop_at_unfinished=True)
+            if not all(is_finished(s.run.manifest) for s in swept):
+                waiting.append(f"{entry.workload}/{name}")
+    if waiting:
+        raise ValueError(f"preset {ctx.preset.name}: {' and '.join(later)} run at the learning rates the sweep "
+                         f"chooses, and the sweep of {waiting} has not finished in {sweep_preset(ctx.preset).results}: "
+                         f"run the sweep first (--stages sweep {' '.join(later)}), or select what is ready with "
+                         "--workloads / --optimizers")
+
+
 def run(ctx: StageContext) -> int:
     """Run the selected stages of a sweep preset, workload by workload; the number of runs that failed
     (or, for the finals, could not be planned for want of a finished sweep run)."""

@@ -31,6 +31,21 @@ def check(preset: Preset) -> dict[str, list[Dimension]]:
     return check_tuning(preset, {e.workload: entry_optimizers(e) for e in preset.runs})
 
 
+def check_ready(ctx: StageContext) -> None:
+    """ValueError when ``final`` is selected without ``trials`` and a selected (workload, optimizer) has
+    unfinished trials: its finals run at the settings its trials choose. Names them and the commands that
+    help."""
+    if "trials" in ctx.stages or "final" not in ctx.stages:
+        return
+    spaces = check(ctx.preset)
+    waiting = [f"{entry.workload}/{name}" for entry in ctx.entries() for name in ctx.names(entry)
+               if not all(is_finished(t.run.manifest) for t in trial_runs(ctx.preset, entry, name, spaces[name]))]
+    if waiting:
+        raise ValueError(f"preset {ctx.preset.name}: the finals run at the settings the trials choose, and the trials "
+                         f"of {waiting} have not finished in {tuning_preset(ctx.preset).results}: run the trials "
+                         "first (--stages trials final), or select what is ready with --workloads / --optimizers")
+
+
 def run(ctx: StageContext) -> int:
     """Run the selected stages of a tuning preset, workload by workload; the number of runs that failed
     (unfinished trials included)."""
