@@ -5,6 +5,7 @@
     python -m experiments.run --workload fmnist-cnn --optimizer sgd adam mlbfgs   # lockstep
     python -m experiments.run --workload path/to/my.json --optimizer torch.optim:RAdam --set optimizer.lr=3e-3
     torchrun --nproc_per_node 2 -m experiments.run --workload fmnist-cnn --optimizer mlbfgs
+    torchrun --nproc_per_node 2 -m experiments.run --workload fmnist-cnn --optimizer mlbfgs --fsdp
 
 One optimizer: the run trains alone in this process (separate mode). Several: they train in
 lockstep in this process (see experiments/lockstep.py), each with its own CSV, manifest and
@@ -13,6 +14,13 @@ checkpoint, each iteration timed on the optimizer's own clock. Finished runs are
 
 ``--amp bf16|fp16`` is the workload key ``amp`` (``--set amp=bf16``): autocast on the forward pass and loss,
 float16 with dynamic loss scaling (experiments/amp.py). It changes the numbers, so it enters the run id.
+
+Under torchrun the model trains with DDP, or with ``--fsdp`` under ``fully_shard`` (FSDP2: parameters,
+gradients and optimizer state sharded by rows; mlbfgs keeps its curvature by rows too; optimizers that
+cannot train sharded parameters are refused; checkpoints through torch.distributed.checkpoint;
+experiments/fsdp.py). Like the number of processes, ``--fsdp`` is not part of the run id: the mathematics
+is DDP's, only the float32 rounding differs (the manifest records ``fsdp``; a checkpoint of one kind is
+refused by the other).
 
 Exit status: 0 finished (or skipped: already finished; a numerical failure of the optimizer, such as a
 matrix that cannot be decomposed, ends a run as diverged), 1 a run failed with an unexpected error (in
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +43,7 @@ from experiments.amp import AmpError
 from experiments.config import AMP_MODES, available_workloads, parse_overrides
 from experiments.data.errors import DatasetMissingError
 from experiments.distributed import DEVICES, setup, teardown
+from experiments.fsdp import FSDP_OPTIMIZERS, check_fsdp_run
 from experiments.lockstep import check_group, train_lockstep
 from experiments.manifest import command_line
 from experiments.runspec import RunSpec, make_run_spec
@@ -125,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"torch CPU threads per process (default: {DEFAULT_THREADS}, chosen by "
                         "python -m experiments.bench.threads; results/threads/)")
     p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun (2+ processes): shard the model with fully_shard (FSDP2) instead of DDP; "
+                        f"optimizers {list(FSDP_OPTIMIZERS)} and torch.optim classes (mlbfgs shards its curvature "
+                        "by rows); not part of the run id (recorded in the manifest)")
     p.add_argument("--force", action="store_true", help="start over even if finished or checkpointed")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the last checkpoint when finished")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -213,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         lockstep = len(specs) > 1
         if lockstep:
             check_group(specs)
+        if args.fsdp:
+            for spec in specs:
+                check_fsdp_run(spec)
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            if world < 2:
+                raise ValueError(f"--fsdp shards the model over the processes of torchrun; this process is alone "
+                                 f"(WORLD_SIZE={world}): launch it with torchrun --nproc_per_node 2 or more")
     except (ValueError, ModuleNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -223,11 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_dir = args.checkpoint_dir or args.out / "checkpoints"
     common = ["--out", str(args.out), "--checkpoint-dir", str(checkpoint_dir), "--threads", str(threads),
               "--device", args.device, "--flush-rows", str(args.flush_rows)]
+    if args.fsdp:
+        common.append("--fsdp")
     if args.tensorboard is not None:
         common += ["--tensorboard", str(args.tensorboard)]
     base = RunOptions(out=args.out, checkpoint_root=checkpoint_dir, threads=threads,
                       progress=progress_enabled() and not args.no_progress, force=args.force,
                       keep_checkpoint=args.keep_checkpoint, flush_rows=args.flush_rows, tensorboard=args.tensorboard,
+                      fsdp=args.fsdp,
                       mode="lockstep" if lockstep else "separate",
                       group=tuple(s.run_id for s in specs) if lockstep else (),
                       group_command=command_line(argv) if lockstep else "")

@@ -15,6 +15,10 @@ The clock of a run is its own: ``wall_s`` sums the wall seconds of its iteration
 process CPU seconds spent in them (all threads), so several runs can share one process
 (:mod:`experiments.lockstep`) and each still reports only its own time. :func:`train` drives one run
 alone (the separate-process mode, and every torchrun run).
+
+Under torchrun the model trains under DDP, or sharded by ``fully_shard`` when :attr:`RunOptions.fsdp` is set
+(:mod:`experiments.fsdp`: the optimizer on the sharded parameters, checkpoints through
+``torch.distributed.checkpoint``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from experiments.data.base import DataSource
 from experiments.data.sampling import iterations_per_epoch
 from experiments.distributed import DistContext
 from experiments.evaluate import evaluate
+from experiments.fsdp import EvenTestBatches, load_sharded_state, shard_model, sharded_state
 from experiments.manifest import Manifest, device_description, git_state, is_finished, now_iso
 from experiments.models import build_model
 from experiments.runspec import RunSpec
@@ -79,6 +84,7 @@ class RunOptions:
     group: tuple[str, ...] = ()  # run ids trained in the same lockstep process
     group_command: str = ""  # the command of that lockstep process
     tensorboard: Path | None = None  # a copy of the CSV rows as TensorBoard event files in <tensorboard>/<run id>/
+    fsdp: bool = False  # under torchrun: the model under fully_shard (FSDP2) instead of DDP (experiments/fsdp.py)
 
 
 def progress_enabled() -> bool:
@@ -92,12 +98,14 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _optimizer_settings(spec: RunSpec, ctx: DistContext) -> dict[str, Any]:
+def _optimizer_settings(spec: RunSpec, ctx: DistContext, sharded: bool = False) -> dict[str, Any]:
     from baselines import config_class
 
     settings = dict(spec.optimizer_settings)
-    # optimizers that distribute their curvature work (mlbfgs blocks, K-FAC inversions) take the group
-    if ctx.enabled and "process_group" in getattr(config_class(spec.optimizer), "__dataclass_fields__", {}):
+    # optimizers that distribute their curvature work (mlbfgs blocks, K-FAC inversions) take the group;
+    # on sharded (fully_shard) parameters the mesh gives it
+    if ctx.enabled and not sharded and "process_group" in getattr(config_class(spec.optimizer), "__dataclass_fields__",
+                                                                  {}):
         settings["process_group"] = dist.group.WORLD
     return settings
 
@@ -182,14 +190,19 @@ class Run:
 
         self.spec, self.opts, self.ctx, self.data = spec, opts, ctx, data
         cfg = spec.workload
-        self.store = CheckpointStore(spec.checkpoint_dir(opts.checkpoint_root), ctx.rank, ctx.world_size)
+        self.store = CheckpointStore(spec.checkpoint_dir(opts.checkpoint_root), ctx.rank, ctx.world_size,
+                                     sharded=opts.fsdp)
         if opts.force:
             ctx.barrier()
             self.store.clear()
             ctx.barrier()
         self.raw_model = build_model(cfg.model, data.input_shape, data.num_classes).to(ctx.device)
         self.model: nn.Module = self.raw_model
-        if ctx.enabled:
+        self.eval_data: DataSource = data
+        if opts.fsdp:  # sharded in place: the model's forward pass gathers the weights on every rank
+            self.model = self.raw_model = shard_model(self.raw_model, ctx.device)
+            self.eval_data = EvenTestBatches(data, ctx.device)  # type: ignore[assignment]
+        elif ctx.enabled:
             self.model = nn.parallel.DistributedDataParallel(
                 self.raw_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
             )
@@ -197,7 +210,10 @@ class Run:
         total = cfg.epochs * self.ipe
         self.total = total if spec.max_iters is None else min(total, spec.max_iters)
         self.eval_interval = cfg.eval_interval or self.ipe
-        self.opt = build_optimizer(spec.optimizer, self.raw_model, **_optimizer_settings(spec, ctx))
+        self.opt = build_optimizer(spec.optimizer, self.raw_model, **_optimizer_settings(spec, ctx, opts.fsdp))
+        if opts.fsdp and self.opt.state_dict()["extra"]:
+            raise ValueError(f"--fsdp: optimizer {spec.optimizer!r} keeps state outside its torch.optim.Optimizer, "
+                             "which the sharded checkpoints do not save")
         if cfg.amp == "fp16" and (self.opt.grad_evals_per_step != 1.0 or getattr(self.opt, "needs_closure", False)):
             raise AmpError(f"{spec.run_id}: amp 'fp16' (loss scaling) needs one gradient evaluation per step; "
                            f"{spec.optimizer} evaluates {self.opt.grad_evals_per_step:g} (or calls its closure "
@@ -218,8 +234,14 @@ class Run:
                     f"checkpoint in {self.store.dir} belongs to a different run (run id {payload['run_id']}, "
                     f"{payload['total_iters']} iterations); use --force to start over"
                 )
-            self.raw_model.load_state_dict(payload["model"])
-            self.opt.load_state_dict(payload["optimizer"])
+            if opts.fsdp:  # the shards through torch.distributed.checkpoint; the counters from this rank's file
+                state = sharded_state(self.raw_model, self.opt.optimizer)
+                self.store.load_sharded(resume_at, state)
+                load_sharded_state(self.raw_model, self.opt.optimizer, state)
+                self.opt.grad_evals = int(payload["optimizer"]["grad_evals"])
+            else:
+                self.raw_model.load_state_dict(payload["model"])
+                self.opt.load_state_dict(payload["optimizer"])
             set_rng_state(payload["rng"], ctx.device)
             self.iteration, self.wall, self.offsets = payload["iteration"], payload["wall_s"], payload["offsets"]
             self.cpu = payload.get("cpu_s", 0.0)
@@ -236,7 +258,8 @@ class Run:
         self.ident = {"run_id": spec.run_id, "workload": cfg.name, "optimizer": spec.optimizer, "seed": spec.seed}
         self.lr = self.schedule.apply(max(self.iteration - 1, 0))
         self.last_eval: dict[str, float] = {}
-        self.gatherer = _RecordGather(ctx) if ctx.enabled else None
+        # with block sharding each rank sees the pairs of its own blocks; row-sharded (fsdp) every rank sees all
+        self.gatherer = _RecordGather(ctx) if ctx.enabled and not opts.fsdp else None
         self.diverged = False
         self.error: str | None = None
         self._batches = None
@@ -264,7 +287,7 @@ class Run:
             "iterations_per_epoch": self.ipe, "num_train": self.data.num_train, "num_test": self.data.num_test,
             "parameters": sum(p.numel() for p in self.raw_model.parameters()),
             **git_state(), "torch_version": torch.__version__, "python_version": sys.version.split()[0],
-            "device": device_description(ctx.device, opts.threads), "world_size": ctx.world_size,
+            "device": device_description(ctx.device, opts.threads), "world_size": ctx.world_size, "fsdp": opts.fsdp,
             "threads": opts.threads, "mode": opts.mode, "command": opts.command,
             "csv": spec.csv_path(opts.out).name,
         }
@@ -292,7 +315,7 @@ class Run:
 
     def _evaluate(self) -> None:
         with self.amp.autocast():
-            loss, acc, secs = evaluate(self.raw_model, self.data, self.spec.workload.eval_batch_size, self.ctx)
+            loss, acc, secs = evaluate(self.raw_model, self.eval_data, self.spec.workload.eval_batch_size, self.ctx)
         self.last_eval.update(test_loss=loss, test_acc=acc)
         if self.run_log is not None:
             self.run_log.write({**self.ident, "kind": "eval", "epoch": round(self.iteration / self.ipe, 6),
@@ -306,13 +329,19 @@ class Run:
         if self.run_log is not None:
             self.offsets["run"] = self.run_log.offset()
             self.offsets["curvature"] = self.curv_log.offset()
+        sharded = None
+        if self.opts.fsdp:  # model and optimizer through torch.distributed.checkpoint, the rest per rank
+            sharded = sharded_state(self.raw_model, self.opt.optimizer)
+            model_state, opt_state = None, {"name": self.opt.name, "grad_evals": self.opt.grad_evals}
+        else:
+            model_state, opt_state = self.raw_model.state_dict(), self.opt.state_dict()
         payload = {"run_id": self.spec.run_id, "iteration": self.iteration, "total_iters": self.total,
-                   "wall_s": self.wall, "cpu_s": self.cpu, "model": self.raw_model.state_dict(),
-                   "optimizer": self.opt.state_dict(), "rng": rng_state(self.ctx.device),
+                   "wall_s": self.wall, "cpu_s": self.cpu, "model": model_state,
+                   "optimizer": opt_state, "rng": rng_state(self.ctx.device),
                    "offsets": dict(self.offsets), "saved_at": now_iso()}
         if self.amp.enabled:
             payload["amp"] = self.amp.state_dict()
-        self.store.save(self.iteration, payload, self.ctx.barrier)
+        self.store.save(self.iteration, payload, self.ctx.barrier, sharded)
         self._saved_at = time.monotonic()
         if self.manifest is not None:
             self.manifest.update(iterations_done=self.iteration, train_s=round(self.wall, 3), cpu_s=round(self.cpu, 3))
