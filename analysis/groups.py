@@ -28,6 +28,7 @@ from analysis.paper import load_paper_runs, paper_markdown, paper_summary, plot_
 from analysis.runner import load_runner, runner_markdown, runner_summary
 from analysis.scaling import plot_scaling, scaling_markdown, scaling_summary
 from analysis.sensitivity import load_trials, plot_sensitivity, sensitivity_markdown, sensitivity_summary
+from analysis.sharding import load_sharding, plot_sharding, sharding_markdown, sharding_summary
 from analysis.threads import load_threads, threads_markdown, threads_summary
 from analysis.variants import load_variant_runs, plot_variants, variant_markdown, variant_summary
 
@@ -80,6 +81,11 @@ GROUPS: tuple[FigureGroup, ...] = (
         "distributed scaling", "Distributed scaling", "distributed_scaling", "no CSVs under {root}/distributed",
         lambda data: data.distributed, scaling_summary, lambda _, s: scaling_markdown(s),
         lambda raw, _: plot_scaling(raw), figure_key="distributed",
+    ),
+    FigureGroup(
+        "sharding modes", "mL-BFGS sharding modes: DDP whole blocks, DDP rows, FSDP2", "sharding_modes",
+        "no {root}/distributed/sharding_modes.csv", lambda data: load_sharding(data.root), sharding_summary,
+        lambda _, s: sharding_markdown(s), plot_sharding, "%.6f",
     ),
     FigureGroup(
         "fairness", "Fairness of the training clock", "fairness",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.bench import distributed, fairness, overhead, records, runner, threads, timing
+from experiments.bench import distributed, fairness, overhead, records, runner, sharding_modes, threads, timing
 from experiments.bench.busy_load import BusyLoad
 from experiments.bench.workload import synthetic_batch, workload_model
 from experiments.manifest import REPO_ROOT
@@ -203,3 +203,94 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str]) -> None:
     assert threads.main(["--iters", "0"]) == 2
     with pytest.raises(ValueError, match=r"optimizer must be one of \['sgd', 'adam', 'mlbfgs'\], got 'kfac'"):
         runner.bare_optimizer("kfac", torch.nn.Linear(2, 2), {})
+
+
+# ---- sharding modes (python -m experiments.bench.distributed --tables modes) ---------------------
+
+
+def test_sharding_modes_schema_is_the_one_analysis_reads() -> None:
+    from analysis import load as analysis_load
+    from analysis import sharding as sharding_analysis
+
+    assert set(sharding_analysis.COLUMNS) <= set(sharding_modes.COLUMNS)
+    assert sharding_modes.MODES == sharding_analysis.MODES
+    # another table of results/distributed/: the scaling figure must not read it (DEVELOPERS.md)
+    shared = set(sharding_modes.COLUMNS) & set(analysis_load.DISTRIBUTED_COLUMNS)
+    assert 2 * len(shared) < len(analysis_load.DISTRIBUTED_COLUMNS)
+
+
+def _rank(times: list[tuple[float, bool]], curvature: int, accounted=(8, 16, 0), formula=(8, 16, 0)) -> dict:
+    return {"curvature_bytes": curvature, "times": times, "accounted": accounted, "formula": formula,
+            "model_bytes": 100}
+
+
+def test_sharding_summary_takes_the_slowest_rank_and_keeps_pair_steps_apart() -> None:
+    # two ranks, four steps each: the slowest rank's time per step, plain and pair-forming medians apart
+    blocks = [{"ddp-blocks": _rank([(1.0, False), (2.0, False), (3.0, False), (9.0, True)], 50,
+                                   (0, 0, 40), (0, 0, 40))},
+              {"ddp-blocks": _rank([(1.5, False), (1.0, False), (4.0, False), (8.0, True)], 30,
+                                   (0, 0, 40), (0, 0, 40))}]
+    for rank, times in zip(blocks, ([(0.5, False), (1.0, False), (1.0, False), (3.0, True)],
+                                    [(0.5, False), (0.5, False), (2.0, False), (6.0, True)]), strict=True):
+        rank["fsdp"] = _rank(times, 20)
+    rows, match = sharding_modes.summarise("m", 2, blocks)
+    assert match
+    by_mode = {r["mode"]: r for r in rows}
+    assert [r["mode"] for r in rows] == list(sharding_modes.MODES)
+    assert by_mode["ddp-rows"]["status"].startswith("missing") and by_mode["ddp-rows"]["step_seconds"] is None
+    ref, fsdp = by_mode["ddp-blocks"], by_mode["fsdp"]
+    assert (ref["step_seconds"], ref["pair_step_seconds"], ref["step_ratio"]) == (2.0, 9.0, 1.0)  # max(1,1.5), 2, 4
+    assert (fsdp["step_seconds"], fsdp["pair_step_seconds"]) == (1.0, 6.0)
+    assert fsdp["step_ratio"] == pytest.approx(0.5) and fsdp["pair_step_ratio"] == pytest.approx(6.0 / 9.0)
+    assert (ref["curvature_bytes_max_rank"], ref["curvature_bytes_min_rank"]) == (50, 30)
+    assert (fsdp["optimizer_bytes_per_step"], fsdp["optimizer_bytes_pair_step"]) == (8, 24)
+    assert (fsdp["timed_steps"], fsdp["timed_pair_steps"]) == (3, 1)
+    # the optimizer's accounting disagreeing with the formulas is reported
+    blocks[0]["fsdp"]["accounted"] = (12, 16, 0)
+    assert sharding_modes.summarise("m", 2, blocks)[1] is False
+
+
+def test_sharding_modes_writes_what_analysis_reads(tmp_path: Path) -> None:
+    from analysis.load import load_distributed
+    from analysis.sharding import load_sharding, plot_sharding, sharding_markdown, sharding_summary
+
+    out = tmp_path / "distributed"
+    argv = ["--tables", "modes", "--workloads", "mnist1d-mlp", "--world-sizes", "1", "2", "--repeats", "4",
+            "--out", str(out)]
+    assert distributed.main(argv) == 0
+    with open(out / "sharding_modes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(sharding_modes.COLUMNS)
+    assert [(r["world_size"], r["mode"]) for r in rows] == [(w, m) for w in ("1", "2") for m in sharding_modes.MODES]
+    got = {(int(r["world_size"]), r["mode"]): r for r in rows}
+    rows_mode = sharding_modes.rows_mode_available()
+    assert (got[(2, "ddp-rows")]["status"] == "measured") == rows_mode
+    for (world, _mode), r in got.items():
+        if r["status"] != "measured":
+            continue
+        assert float(r["step_ratio"]) > 0 and int(r["timed_steps"]) + int(r["timed_pair_steps"]) == 4
+        if world == 1:  # nothing is exchanged on one rank
+            assert int(r["optimizer_bytes_per_step"]) == int(r["model_bytes_per_step"]) == 0
+    assert float(got[(2, "ddp-blocks")]["step_ratio"]) == 1.0
+    # mnist1d-mlp, blocks per layer: 3 blocks, history 10, float32; P = 40*100 + 100 + 100*100 + 100 + 100*10 + 10
+    blocks, m, params = 3, sharding_modes.HISTORY, 15210
+    fsdp = got[(2, "fsdp")]
+    assert int(fsdp["optimizer_allreduce_bytes"]) == (blocks * (2 * m + 1) + 1) * 4
+    assert int(fsdp["optimizer_allreduce_pair_bytes"]) == blocks * (4 * m + 5) * 4
+    assert int(fsdp["optimizer_allgather_bytes"]) == 0
+    assert int(got[(2, "ddp-blocks")]["model_bytes_per_step"]) == params * 4
+    assert int(fsdp["model_bytes_per_step"]) == 3 * params * 4  # every dim 0 (100, 100, 10) is even
+    # rows halve the curvature (up to the replicated small matrices); whole blocks cannot (1 block of 3 is 2/3)
+    one = int(got[(1, "fsdp")]["curvature_bytes_max_rank"])
+    assert int(fsdp["curvature_bytes_max_rank"]) < 0.52 * one
+    assert int(got[(2, "ddp-blocks")]["curvature_bytes_max_rank"]) > 0.6 * one
+    manifest = json.loads((out / "sharding_modes.json").read_text())
+    _check_provenance(manifest, "experiments.bench.distributed", argv)
+    assert manifest["bytes_match"] is True and manifest["ddp_rows_available"] == rows_mode
+
+    assert load_distributed(tmp_path) is None  # another table of the folder: the scaling figure ignores it
+    frame = load_sharding(tmp_path)
+    summary = sharding_summary(frame)
+    assert summary.loc[(summary["mode"] == "fsdp") & (summary["world_size"] == 2), "curvature_share"].item() < 0.52
+    assert "FSDP2, rows" in sharding_markdown(summary)
+    assert len(plot_sharding(frame, summary).axes) == 3

@@ -1,6 +1,12 @@
-"""Per-rank curvature memory and direction time of block-sharded mL-BFGS, for several world sizes.
+"""Per-rank curvature memory and direction time of block-sharded mL-BFGS, for several world sizes; and
+the three sharding modes compared (DDP whole blocks, DDP rows, FSDP2).
 
-    python -m experiments.bench.distributed [--workloads fmnist-cnn cifar10-resnet18] [--world-sizes 1 2 4]
+    python -m experiments.bench.distributed [--tables scaling modes] [--workloads fmnist-cnn cifar10-resnet18]
+        [--world-sizes 1 2 4] [--repeats N]
+
+``--tables modes``: :mod:`experiments.bench.sharding_modes` (per-rank curvature memory, bytes per step and
+step-time ratios of ``ddp-blocks``, ``ddp-rows`` and ``fsdp``; ``results/distributed/sharding_modes.csv``).
+``--tables scaling`` (what follows):
 
 For each world size it starts that many gloo processes on this machine (the numbers are about how
 the work is divided, which does not need separate machines), builds the model, fills every ring
@@ -27,12 +33,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from experiments.atomic import write_json
+from experiments.bench import sharding_modes
 from experiments.bench.records import provenance, write_csv
 from experiments.bench.timing import median_time
 from experiments.bench.workload import workload_model
 from mlbfgs import MLBFGS
 
 HISTORY = 10
+TABLES = ("scaling", "modes")
+DEFAULT_REPEATS = {"scaling": 20, "modes": 8}
 
 
 def block_state_bytes(numel: int, history: int, dtype: torch.dtype = torch.float32) -> int:
@@ -158,14 +167,27 @@ def run(workloads: list[str], world_sizes: list[int], repeats: int, out_dir: Pat
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench.distributed",
                                      description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES),
+                        help="scaling: block sharding's per-rank memory and direction time (<workload>.csv); "
+                             "modes: ddp-blocks, ddp-rows and fsdp compared (sharding_modes.csv)")
     parser.add_argument("--workloads", nargs="+", default=["fmnist-cnn", "cifar10-resnet18"])
     parser.add_argument("--world-sizes", nargs="+", type=int, default=[1, 2, 4])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed repeats (default: {DEFAULT_REPEATS['scaling']} for scaling, "
+                             f"{DEFAULT_REPEATS['modes']} interleaved rounds for modes)")
     parser.add_argument("--out", type=Path, default=Path("results/distributed"))
     args = parser.parse_args(argv)
     if any(w < 1 for w in args.world_sizes):
         parser.error("--world-sizes: every world size must be >= 1")
-    return 0 if run(args.workloads, sorted(set(args.world_sizes)), args.repeats, args.out, argv) else 1
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats: must be >= 1, got {args.repeats}")
+    sizes = sorted(set(args.world_sizes))
+    ok = True
+    if "scaling" in args.tables:
+        ok &= run(args.workloads, sizes, args.repeats or DEFAULT_REPEATS["scaling"], args.out, argv)
+    if "modes" in args.tables:
+        ok &= sharding_modes.run(args.workloads, sizes, args.repeats or DEFAULT_REPEATS["modes"], args.out, argv)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
