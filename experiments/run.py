@@ -24,8 +24,9 @@ refused by the other).
 
 Exit status: 0 finished (or skipped: already finished; a numerical failure of the optimizer, such as a
 matrix that cannot be decomposed, ends a run as diverged), 1 a run failed with an unexpected error (in
-lockstep the others go on; its manifest says "failed" and a rerun resumes it), 2 bad arguments or
-missing data.
+lockstep the others go on; its manifest says "failed" and a rerun resumes it), 2 bad arguments (a model or
+optimizer constructor refusing its settings among them, found before any data is loaded), missing data, or
+a run that another process is training (``<out>/<workload>/<run id>.lock``, experiments/runlock.py).
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ from experiments.config import AMP_MODES, available_workloads, parse_overrides
 from experiments.data.errors import DatasetMissingError
 from experiments.distributed import DEVICES, setup, teardown
 from experiments.fsdp import FSDP_OPTIMIZERS, check_fsdp_run
+from experiments.interrupt import sigterm_as_exit
 from experiments.lockstep import check_group, train_lockstep
 from experiments.manifest import command_line
+from experiments.preflight import ConfigurationError, check_construction
+from experiments.runlock import RunBusyError, hold_runs
 from experiments.runspec import RunSpec, make_run_spec
 from experiments.tensorboard_log import require_tensorboard
 from experiments.trainer import DEFAULT_THREADS, RunOptions, progress_enabled, train
@@ -56,7 +60,12 @@ def check_optimizer_settings(name: str, settings: dict) -> None:
     naming the argument: unknown, invalid for a built-in, or required by an imported class's constructor)."""
     from baselines.registry import check_settings
 
-    check_settings(name, settings)
+    try:
+        check_settings(name, settings)
+    except ValueError as err:
+        if name in str(err):
+            raise
+        raise ValueError(f"optimizer {name!r} with settings {settings}: {err}") from None
 
 
 def check_workload_names(spec: RunSpec) -> None:
@@ -181,6 +190,7 @@ def _spec(ns: argparse.Namespace, optimizer: str):
                          max_iters=ns.max_iters)
     check_workload_names(spec)
     check_optimizer_settings(optimizer, spec.optimizer_settings)
+    check_construction(spec)
     return spec
 
 
@@ -256,14 +266,16 @@ def main(argv: list[str] | None = None) -> int:
                       group=tuple(s.run_id for s in specs) if lockstep else (),
                       group_command=command_line(argv) if lockstep else "")
     try:
-        if lockstep:
-            # each manifest records the command that reproduces its run alone (bit-identical losses)
-            commands = {s.run_id: command_line(_run_argv(ns, name) + common)
-                        for s, (ns, name) in zip(specs, runs, strict=True)}
-            summaries = train_lockstep(specs, base, ctx, commands)
-        else:
-            summaries = [train(specs[0], replace(base, command=command_line(argv)), ctx)]
-    except (DatasetMissingError, AmpError) as err:
+        # one process trains a run at a time (a second one exits 2 naming the first's pid)
+        with hold_runs({s.run_id: s.lock_path(args.out) for s in specs}, ctx):
+            if lockstep:
+                # each manifest records the command that reproduces its run alone (bit-identical losses)
+                commands = {s.run_id: command_line(_run_argv(ns, name) + common)
+                            for s, (ns, name) in zip(specs, runs, strict=True)}
+                summaries = train_lockstep(specs, base, ctx, commands)
+            else:
+                summaries = [train(specs[0], replace(base, command=command_line(argv)), ctx)]
+    except (DatasetMissingError, AmpError, ConfigurationError, RunBusyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
@@ -271,8 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         for summary in summaries:
             print(json.dumps(summary))
+        for summary in summaries:
+            if summary.get("status") == "failed":
+                print(f"error: run {summary['run_id']} failed: {summary.get('error')} (its manifest says failed; "
+                      "a rerun resumes from its last checkpoint)", file=sys.stderr)
     return 1 if any(s.get("status") == "failed" for s in summaries) else 0
 
 
 if __name__ == "__main__":
+    sigterm_as_exit()  # kill <pid> stops it as Ctrl-C does
     sys.exit(main())

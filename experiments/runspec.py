@@ -56,6 +56,10 @@ class RunSpec:
     def manifest_path(self, out: str | Path) -> Path:
         return Path(out) / self.workload.name / f"{self.run_id}.json"
 
+    def lock_path(self, out: str | Path) -> Path:
+        """The file a process training the run locks (experiments/runlock.py)."""
+        return Path(out) / self.workload.name / f"{self.run_id}.lock"
+
     def curvature_path(self, out: str | Path) -> Path:
         return Path(out) / self.workload.name / f"{self.run_id}.curvature.csv"
 

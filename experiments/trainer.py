@@ -47,7 +47,7 @@ from experiments.distributed import DistContext
 from experiments.evaluate import evaluate
 from experiments.fsdp import EvenTestBatches, load_sharded_state, shard_model, sharded_state
 from experiments.manifest import Manifest, device_description, git_state, is_finished, now_iso
-from experiments.models import build_model
+from experiments.preflight import build_checked_model, build_checked_optimizer
 from experiments.runspec import RunSpec
 from experiments.schedule import LRSchedule
 from experiments.tensorboard_log import TensorBoardLog
@@ -186,8 +186,6 @@ class Run:
     """
 
     def __init__(self, spec: RunSpec, opts: RunOptions, ctx: DistContext, data: DataSource) -> None:
-        from baselines import build_optimizer
-
         self.spec, self.opts, self.ctx, self.data = spec, opts, ctx, data
         cfg = spec.workload
         self.store = CheckpointStore(spec.checkpoint_dir(opts.checkpoint_root), ctx.rank, ctx.world_size,
@@ -196,7 +194,7 @@ class Run:
             ctx.barrier()
             self.store.clear()
             ctx.barrier()
-        self.raw_model = build_model(cfg.model, data.input_shape, data.num_classes).to(ctx.device)
+        self.raw_model = build_checked_model(spec, data.input_shape, data.num_classes).to(ctx.device)
         self.model: nn.Module = self.raw_model
         self.eval_data: DataSource = data
         if opts.fsdp:  # sharded in place: the model's forward pass gathers the weights on every rank
@@ -210,7 +208,7 @@ class Run:
         total = cfg.epochs * self.ipe
         self.total = total if spec.max_iters is None else min(total, spec.max_iters)
         self.eval_interval = cfg.eval_interval or self.ipe
-        self.opt = build_optimizer(spec.optimizer, self.raw_model, **_optimizer_settings(spec, ctx, opts.fsdp))
+        self.opt = build_checked_optimizer(spec, self.raw_model, _optimizer_settings(spec, ctx, opts.fsdp))
         if opts.fsdp and self.opt.state_dict()["extra"]:
             raise ValueError(f"--fsdp: optimizer {spec.optimizer!r} keeps state outside its torch.optim.Optimizer, "
                              "which the sharded checkpoints do not save")
@@ -491,9 +489,16 @@ def train(spec: RunSpec, opts: RunOptions, ctx: DistContext) -> dict[str, Any]:
                 bar.update(1)
                 if run.last_eval and not bar.disable:
                     bar.set_postfix(test_acc=f"{run.last_eval['test_acc']:.4f}", refresh=False)
+    except Exception as err:
+        # an unexpected error, as in lockstep: the manifest says failed (with the error) and the run's
+        # summary says so; a rerun resumes from the last checkpoint
+        import traceback
+
+        traceback.print_exc()
+        return run.fail(err)
     except BaseException:
-        # a crash or an interrupt: the rows so far reach the CSV and the TensorBoard files; the manifest
-        # still says running, and a rerun resumes from the last checkpoint
+        # an interrupt: the rows so far reach the CSV and the TensorBoard files; the manifest still says
+        # running, and a rerun resumes from the last checkpoint
         run.close_logs()
         raise
     return run.finish()

@@ -5,6 +5,7 @@ duplicated points after a resume, a clear error without the package."""
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 import time
@@ -118,10 +119,11 @@ def test_a_crash_closes_the_writer_and_a_resume_adds_no_duplicate_points(tmp_pat
     # rows buffered past the checkpoint at 10 reach the files only when the crash closes the logs
     args = _args(tmp_path, "sgd", extra=("--checkpoint-every", "10", "--flush-rows", "1000"))
     monkeypatch.setattr(Run, "advance", crashing)
-    with pytest.raises(RuntimeError, match="crash"):
-        run.main(args)
+    assert run.main(args) == 1  # the run failed: its manifest says so, a rerun resumes it
     monkeypatch.setattr(Run, "advance", original)
     run_id = _run_id("sgd")
+    manifest = json.loads((tmp_path / "runs" / "fmnist-cnn" / f"{run_id}.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == "RuntimeError: crash"
     before = _events(tmp_path / "tb" / run_id)
     assert [s for s, _ in before["train_loss"]] == list(range(1, crash_at + 1))
 
