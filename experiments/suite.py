@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
           f"over the {len(record.data['invocations'])} command(s) of the record); record: {record.path}", flush=True)
     if analysis_status:
         print(f"[suite] error: the analysis failed (exit {analysis_status}): "
-              f"{' '.join(analysis_command(preset)[1:])}", file=sys.stderr, flush=True)
+              f"python {' '.join(analysis_command(preset)[1:])}", file=sys.stderr, flush=True)
     return 1 if failures or analysis_status else 0
 
 
