@@ -2,6 +2,7 @@
 
 from . import state_keys
 from .blocks import assign_blocks, build_blocks, check_supported, layer_blocks, load_imbalance
+from .communication import CommunicationBytes
 from .config import CurvatureConfig
 from .curvature_history import CurvatureHistory
 from .damping import damping_factor
@@ -9,6 +10,7 @@ from .optimizer import MLBFGS, PairRecord
 
 __all__ = [
     "MLBFGS",
+    "CommunicationBytes",
     "CurvatureConfig",
     "CurvatureHistory",
     "PairRecord",

@@ -20,10 +20,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .communication import NO_COMMUNICATION, CommunicationBytes
 from .layout import FlatLayout
 
-# torch >= 2.10 renamed all_gather_into_tensor to all_gather_single
-_all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+def all_gather_flat(out: torch.Tensor, own: torch.Tensor, group: Any) -> None:
+    """``all_gather_into_tensor`` (renamed ``all_gather_single`` in torch 2.10), looked up at each call
+    (so that wrappers, e.g. the tests' collective counters, see it)."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, own, group=group)
+
+
+#: MLBFGS(process_group=pg, shard=...): whole blocks per rank (this module) or every block's rows per rank
+#: (:class:`mlbfgs.row_sharding.DataParallelRowSharding`)
+SHARD_MODES = ("blocks", "rows")
 
 
 @dataclass
@@ -38,6 +48,11 @@ class LocalSharding:
 
     def check_same_layout(self, block_sizes: Sequence[int]) -> None:
         return None
+
+    def communication_bytes(self, blocks: Sequence[Sequence[torch.Tensor]], layout: FlatLayout, history_size: int,
+                            work_dtype: torch.dtype) -> CommunicationBytes:
+        """Nothing is exchanged (:mod:`mlbfgs.communication`)."""
+        return NO_COMMUNICATION
 
 
 @dataclass
@@ -66,20 +81,18 @@ class ProcessGroupSharding:
         return torch.device("cpu")
 
     def check_same_layout(self, block_sizes: Sequence[int]) -> None:
-        """Raise on every rank (no hang) if the ranks disagree on the blocks."""
-        sig = torch.tensor(
-            [len(block_sizes), sum(block_sizes), zlib.crc32(repr(list(block_sizes)).encode())],
-            dtype=torch.int64,
-            device=self.device(),
-        )
-        out = torch.empty(self.world_size * 3, dtype=torch.int64, device=sig.device)
-        _all_gather_flat(out, sig, group=self.group)
-        sigs = out.view(self.world_size, 3).tolist()
-        if any(s != sigs[0] for s in sigs):
-            raise ValueError(
-                "process_group: ranks disagree on the parameter blocks (number of blocks, total elements, "
-                f"layout checksum per rank: {sigs}); every rank must build MLBFGS with the same model and blocks"
-            )
+        """Raise on every rank (no hang) if the ranks disagree on the blocks or the shard mode."""
+        check_same_blocks(self.group, block_sizes, self.device(), "blocks")
+
+    def communication_bytes(self, blocks: Sequence[Sequence[torch.Tensor]], layout: FlatLayout, history_size: int,
+                            work_dtype: torch.dtype) -> CommunicationBytes:
+        """The all-gather of the directions: ``world_size * segment`` elements of ``comm_dtype`` (default
+        the working dtype) per step, the segment being the largest rank's blocks plus its scalar slot
+        (:mod:`mlbfgs.communication`); 0 on one rank."""
+        if self.world_size == 1:
+            return NO_COMMUNICATION
+        element = torch.empty((), dtype=self.comm_dtype or work_dtype).element_size()
+        return CommunicationBytes(0, 0, layout.numel * element)
 
     def all_gather(self, flat: torch.Tensor, layout: FlatLayout) -> None:
         if self.world_size == 1:
@@ -87,19 +100,40 @@ class ProcessGroupSharding:
         own = layout.rank_view(flat, self.rank)
         try:
             if self.comm_dtype is None or self.comm_dtype == flat.dtype:
-                _all_gather_flat(flat, own, group=self.group)
+                all_gather_flat(flat, own, group=self.group)
             else:
                 if self._comm is None or self._comm.numel() != flat.numel():
                     self._comm = torch.empty(flat.numel(), dtype=self.comm_dtype, device=flat.device)
                 comm_own = layout.rank_view(self._comm, self.rank)
                 comm_own.copy_(own)
-                _all_gather_flat(self._comm, comm_own, group=self.group)
+                all_gather_flat(self._comm, comm_own, group=self.group)
                 flat.copy_(self._comm)
         except RuntimeError as err:
             raise RuntimeError(
                 f"mlbfgs: exchanging block directions failed on rank {self.rank} of {self.world_size} "
                 "(a rank died, timed out or called step() a different number of times)"
             ) from err
+
+
+def check_same_blocks(group: Any, block_sizes: Sequence[int], device: torch.device | str, shard: str) -> None:
+    """Raise ``ValueError`` on every rank of ``group`` (no hang) if the ranks disagree on the blocks
+    (number, total elements, a checksum of the sizes) or on ``shard`` (one of :data:`SHARD_MODES`):
+    one all-gather of four integers, the same collective in both modes."""
+    world_size = dist.get_world_size(group)
+    sig = torch.tensor(
+        [len(block_sizes), sum(block_sizes), zlib.crc32(repr(list(block_sizes)).encode()), SHARD_MODES.index(shard)],
+        dtype=torch.int64,
+        device=device,
+    )
+    out = torch.empty(world_size * sig.numel(), dtype=torch.int64, device=sig.device)
+    all_gather_flat(out, sig, group=group)
+    sigs = out.view(world_size, sig.numel()).tolist()
+    if any(s != sigs[0] for s in sigs):
+        raise ValueError(
+            "process_group: ranks disagree on the parameter blocks or the shard mode (number of blocks, total "
+            f"elements, layout checksum, shard mode index in {SHARD_MODES} per rank: {sigs}); every rank must "
+            "build MLBFGS with the same model, blocks and shard"
+        )
 
 
 def resolve_sharding(process_group: Any, block_sizes: Sequence[int], comm_dtype: torch.dtype | None = None) -> Any:

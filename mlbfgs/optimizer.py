@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 
 from . import state_keys as K
 from .blocks import BlockSpec, assign_blocks, build_blocks, check_supported, load_imbalance
+from .communication import CommunicationBytes
 from .config import DIRECTION_NORMS, HISTORY_DTYPES, CurvatureConfig
 from .curvature_history import CurvatureHistory
 from .damping import damped_curvature, damping_factor
@@ -64,8 +65,9 @@ class MLBFGS(Optimizer):
     4. *precondition*: ``d = H g_t`` with the L-BFGS inverse-Hessian estimate of the ring
        (``H_0 = \gamma I``, ``\gamma = s.\hat y / \hat y.\hat y`` of the newest pair; ``d = g_t``
        before the first pair), in compact form (:mod:`mlbfgs.compact`).
-    5. *exchange*: with a process group every rank computes its own blocks and one all-gather
-       assembles ``d`` (:mod:`mlbfgs.distributed`).
+    5. *exchange*: with a process group every rank computes its own blocks (``shard="blocks"``) or
+       its rows of every block (``shard="rows"``), and one all-gather assembles ``d``
+       (:mod:`mlbfgs.distributed`, :mod:`mlbfgs.row_sharding`).
     6. *rescale* (once the first pair period has passed, ``t > T``): ``"global"`` divides by
        ``\lVert d \rVert`` over all blocks (computed as ``a \lVert d/a \rVert`` with ``a = \max_i |d_i|``,
        so it neither overflows nor underflows), ``"kl"`` multiplies by ``\min(1, \sqrt{\kappa / g.d})``.
@@ -103,6 +105,17 @@ class MLBFGS(Optimizer):
     direction exchange, with the same mathematics as a single process (:mod:`mlbfgs.row_sharded`).
     ``process_group`` and ``comm_dtype`` must then be None, and ``history_dtype`` float32/float64.
 
+    DDP: with ``process_group`` every rank holds the full parameters and the same averaged gradient.
+    ``shard="blocks"`` (the default) gives each rank whole blocks, balanced by size, and all-gathers
+    the directions once per step; the load follows the block sizes (a model with few large blocks is
+    uneven). ``shard="rows"`` gives each rank its rows of every parameter (``torch.chunk`` of dim 0,
+    as ``fully_shard`` would shard it) and runs the FSDP2 mathematics on them: one all-reduce of
+    ``2m + 1`` numbers per block (two when a pair forms), then one all-gather of the rows' directions,
+    and every rank applies the same momentum update to its full parameters. Curvature memory per
+    rank is then the single process's divided by the ranks, up to a row per parameter, plus the small
+    matrices every rank keeps; momentum buffers stay whole. Bytes per collective:
+    :meth:`communication_bytes`; per-rank state: :meth:`curvature_bytes`.
+
     Not supported (``ValueError`` naming the parameter): complex parameters, sparse gradients,
     FSDP1 flat parameters, and DTensors other than ``fully_shard``'s (tensor parallel, HSDP, replicated).
 
@@ -128,17 +141,24 @@ class MLBFGS(Optimizer):
             :mod:`mlbfgs.curvature_history`).
         check_finite: skip the whole step (and count it) when the gradient has a non-finite entry,
             so it never enters the averages. Costs one host synchronisation per step.
-        process_group: shard the blocks over the ranks of this group (data-parallel training where
-            every rank holds the same averaged gradient); None for a single process. Each rank then
-            holds the curvature state of its own blocks only (:mod:`mlbfgs.distributed`). None with
-            ``fully_shard`` parameters (their mesh gives the group).
+        process_group: shard the curvature over the ranks of this group (data-parallel training where
+            every rank holds the same averaged gradient), as ``shard`` says; None for a single process.
+            None with ``fully_shard`` parameters (their mesh gives the group).
         comm_dtype: dtype of the direction exchange between ranks (e.g. ``torch.bfloat16``);
             None sends the working dtype.
         min_curvature: a damped pair with ``s.y_hat`` at or below this is rejected.
+        shard: with a ``process_group``, ``"blocks"`` (default: each rank holds whole blocks,
+            :mod:`mlbfgs.distributed`) or ``"rows"`` (each rank holds its rows of every block,
+            :mod:`mlbfgs.row_sharding`; ``history_dtype`` float32/float64). Ranks must agree (checked
+            at construction). Without a process group there is nothing to shard and it changes nothing;
+            with ``fully_shard`` parameters the curvature is always row-sharded and it is not read.
+            Checkpoints: a state saved in one mode loads only in the same mode (``ValueError``); rows
+            saved through ``torch.distributed.checkpoint`` load on any number of ranks (resharded),
+            whole blocks on the same number only.
 
     Raises:
         ValueError: a setting out of range (named), an empty parameter list, an unsupported tensor
-            kind, or a curvature setting given per group.
+            kind, a curvature setting given per group, or ``shard`` not ``"blocks"``/``"rows"``.
     """
 
     def __init__(
@@ -161,6 +181,7 @@ class MLBFGS(Optimizer):
         process_group: Any = None,
         comm_dtype: torch.dtype | None = None,
         min_curvature: float = CurvatureConfig.min_curvature,
+        shard: str = "blocks",
     ) -> None:
         _check_group_values(lr, momentum, weight_decay)
         self.config = CurvatureConfig(
@@ -186,8 +207,8 @@ class MLBFGS(Optimizer):
 
         from .distributed import resolve_sharding  # the math never depends on it beyond this
 
-        rows = resolve_row_sharding(all_params, process_group, comm_dtype, history_dtype)
-        if rows is not None:  # fully_shard (FSDP2) parameters: every rank holds its rows of every block
+        rows = resolve_row_sharding(all_params, process_group, comm_dtype, history_dtype, shard)
+        if rows is not None:  # fully_shard, or DDP with shard="rows": every rank holds its rows of every block
             rows.check_same_layout(self.block_sizes)
             self.sharding: Any = rows
             self.owners = [rows.rank] * len(self.blocks)
@@ -223,8 +244,8 @@ class MLBFGS(Optimizer):
 
     @property
     def row_sharded(self) -> bool:
-        """True with ``fully_shard`` (FSDP2) parameters: each rank holds its rows of every block
-        (:mod:`mlbfgs.row_sharding`)."""
+        """True with ``fully_shard`` (FSDP2) parameters, or with a process group and ``shard="rows"``
+        (DDP): each rank holds its rows of every block (:mod:`mlbfgs.row_sharding`)."""
         return isinstance(self.sharding, RowSharding)
 
     @property
@@ -235,7 +256,7 @@ class MLBFGS(Optimizer):
     def _relayout(self) -> None:
         sizes = self.block_sizes
         if self.row_sharded:  # the flat buffer holds this rank's rows of every block
-            local = [sum(RowSharding.local(p).numel() for p in b) for b in self.blocks]
+            local = [sum(self.sharding.local(p).numel() for p in b) for b in self.blocks]
             self.layout = FlatLayout.build(local, [0] * len(local), 1)
             per_rank = [sum(n) for n in zip(*(self.sharding.rows_per_rank(p) for b in self.blocks for p in b))]
             mean = sum(per_rank) / len(per_rank)
@@ -265,8 +286,9 @@ class MLBFGS(Optimizer):
         offset = sum(len(g["params"]) for g in self.param_groups[:-1])
         for i, p in enumerate(new):
             check_supported(p, offset + i, row_sharded=True)
-        if self.row_sharded or any(is_dtensor(p) for p in new):
-            same_mesh = [is_dtensor(p) and p.device_mesh == getattr(self.sharding, "mesh", None) for p in new]
+        fsdp = self.row_sharded and not self.sharding.replicated_params
+        if fsdp or any(is_dtensor(p) for p in new):
+            same_mesh = [fsdp and is_dtensor(p) and p.device_mesh == self.sharding.mesh for p in new]
             if not all(same_mesh):
                 raise ValueError(
                     f"param_group: parameter {offset + same_mesh.index(False)} does not match the others: with "
@@ -329,7 +351,7 @@ class MLBFGS(Optimizer):
         block = self.blocks[b]
         self._row_buffers[b] = self._new_row_buffers(b)
         m, work = self.config.history_size, self._work_dtype()
-        device = RowSharding.local(block[0]).device
+        device = self.sharding.local(block[0]).device
         self.state[block[0]][K.BLOCK] = {
             K.GRAM: torch.zeros(2 * m, 2 * m, dtype=torch.float64, device=device),
             K.COMPACT: torch.zeros(2 * m, 2 * m, dtype=work, device=device),
@@ -344,7 +366,7 @@ class MLBFGS(Optimizer):
 
     def _new_row_buffers(self, b: int) -> dict[str, torch.Tensor]:
         """Zeroed row buffers of block ``b``: this rank's rows of every parameter, concatenated."""
-        local = [RowSharding.local(p) for p in self.blocks[b]]
+        local = [self.sharding.local(p) for p in self.blocks[b]]
         n, m = sum(t.numel() for t in local), self.config.history_size
         device = local[0].device
         rows = {name: torch.zeros(n, dtype=self._work_dtype(), device=device) for name in self._row_vector_keys()}
@@ -357,7 +379,7 @@ class MLBFGS(Optimizer):
         rows, offset = self._row_buffers[b], 0
         two_m = rows[K.HISTORY].shape[0]
         for p in self.blocks[b]:
-            shape = RowSharding.local(p).shape
+            shape = self.sharding.local(p).shape
             k = shape.numel()
             views = {name: self.sharding.shard_like(rows[name].narrow(0, offset, k).view(shape), p)
                      for name in self._row_vector_keys()}
@@ -427,6 +449,15 @@ class MLBFGS(Optimizer):
                     total += v.numel() * v.element_size()
         return total
 
+    def communication_bytes(self) -> CommunicationBytes:
+        """Bytes per rank of a step's collectives: ``all_reduce`` (every step; row sharding only),
+        ``all_reduce_pair`` (in addition on a pair-forming step) and ``all_gather`` (the gathered
+        directions, every step; DDP only). All 0 in a single process. The formulas per mode are in
+        :mod:`mlbfgs.communication`; ``.per_step(pair)`` adds them up."""
+        return self.sharding.communication_bytes(  # type: ignore[no-any-return]
+            self.blocks, self.layout, self.config.history_size, self._work_dtype()
+        )
+
     def apply_inverse_hessian_(self, b: int, v: torch.Tensor) -> None:
         """``v <- H_b v`` with the current ring of block ``b`` (flat, ``block_sizes[b]`` elements,
         working dtype); for benchmarks and diagnostics. Not with row-sharded (FSDP2) state: ``ValueError``."""
@@ -489,7 +520,8 @@ class MLBFGS(Optimizer):
         self._check_saved(saved_global)
         saved_rows = any(K.ROWS in entry for entry in saved_state.values())
         if saved_rows != self.row_sharded:
-            kinds = {True: "fully_shard (row-sharded curvature)", False: "whole blocks (a single process or DDP)"}
+            kinds = {True: "row-sharded curvature (fully_shard, or shard='rows')",
+                     False: "whole blocks (a single process, or shard='blocks')"}
             raise ValueError(
                 f"load_state_dict: the state was saved with {kinds[saved_rows]} but this optimizer runs with "
                 f"{kinds[self.row_sharded]}; load it into the same kind of model"
@@ -538,7 +570,7 @@ class MLBFGS(Optimizer):
             rows, offset = self._row_buffers[b], 0
             two_m = rows[K.HISTORY].shape[0]
             for p in self.blocks[b]:
-                shape = RowSharding.local(p).shape
+                shape = self.sharding.local(p).shape
                 k = shape.numel()
                 entry = saved.get(p)
                 if entry is None:
@@ -550,7 +582,7 @@ class MLBFGS(Optimizer):
                 targets[K.HISTORY] = rows[K.HISTORY].narrow(1, offset, k).view(two_m, *shape)
                 for name, target in targets.items():
                     value = entry[name]
-                    local = RowSharding.local(value) if is_dtensor(value) else value
+                    local = value.to_local() if is_dtensor(value) else value
                     if tuple(local.shape) != tuple(target.shape):
                         raise ValueError(
                             f"load_state_dict: saved rows {name!r} of shape {tuple(local.shape)} do not fit this "
@@ -652,7 +684,7 @@ class MLBFGS(Optimizer):
                 signature.append(g is not None)
             signature.append(group["momentum"] != 0)
         if self.row_sharded:  # FSDP2 may swap a parameter's local tensor (e.g. at its lazy init)
-            signature.extend(RowSharding.local(p).data_ptr() for g in self.param_groups for p in g["params"])
+            signature.extend(self.sharding.local(p).data_ptr() for g in self.param_groups for p in g["params"])
         key = tuple(signature)
         if not any(p.grad is not None for g in self.param_groups for p in g["params"]):
             return False
@@ -719,6 +751,7 @@ class MLBFGS(Optimizer):
         rows.precondition(phase.with_pairs)
         if phase.active:
             rows.rescale(cfg, buf.flat, phase.blocks, phase.with_pairs)
+        self.sharding.all_gather(buf.flat, self.layout)  # DDP rows: every rank's direction; FSDP2: nothing
         self._momentum_update(buf)
 
     def _update_averages(self, buf: _StepBuffers, phase: _StepPhase) -> None:
@@ -820,7 +853,7 @@ class MLBFGS(Optimizer):
     def _momentum_update(self, buf: _StepBuffers) -> None:
         """Phase 7: ``buf <- mu buf + d``, ``theta <- theta - lr buf`` for parameters with gradients."""
         for group, views, params, momenta, mom, lr_t in zip(
-            self.param_groups, buf.group_views, buf.group_params, buf.group_momenta, buf.momentum, buf.lr
+            self.param_groups, buf.update_views, buf.update_params, buf.update_momenta, buf.momentum, buf.lr
         ):
             if not params:
                 continue
@@ -888,7 +921,7 @@ class _StepBuffers:
         self.lr = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]
         # row-sharded (FSDP2): every list holds the rank's local shards, and the flat buffer its rows
         self._row_sharded = opt.row_sharded
-        local = RowSharding.local if self._row_sharded else _same
+        self._local = local = opt.sharding.local if self._row_sharded else _same
         view_of: dict[int, torch.Tensor] = {}
         for b, block in enumerate(opt.blocks):
             views = param_views(layout.block_view(self.flat, b), 0, [local(p) for p in block])
@@ -927,15 +960,34 @@ class _StepBuffers:
         self.group_views = [
             [view_of[id(p)] for p in g["params"] if id(p) in has_grad] for g in opt.param_groups
         ]
-        self.group_momenta = [
+        group_momenta = [
             [local(opt.state[p][K.MOMENTUM_BUFFER]) for p in g["params"] if id(p) in has_grad]
             if g["momentum"] != 0 else []
             for g in opt.param_groups
         ]
+        # phase 7's lists: the local ones, but under DDP with shard="rows" every rank's rows of the full
+        # parameters (their direction comes from the all-gather)
+        self.update_params, self.update_views, self.update_momenta = self.group_params, self.group_views, group_momenta
+        if self._row_sharded and opt.sharding.replicated_params:
+            self._replicated_update_lists(opt, view_of, has_grad)
+
+    def _replicated_update_lists(self, opt: MLBFGS, view_of: dict[int, torch.Tensor], has_grad: set[int]) -> None:
+        """Per group: every rank's rows of each parameter with a gradient, of its momentum buffer, and of the
+        gathered direction (:meth:`mlbfgs.row_sharding.DataParallelRowSharding.update_views`)."""
+        sharding = opt.sharding
+        pieces = sharding.update_views(opt.blocks, view_of)
+        self.update_params, self.update_views, self.update_momenta = [], [], []
+        for g in opt.param_groups:
+            live = [(p, k, d) for p in g["params"] if id(p) in has_grad for k, d in pieces[id(p)]]
+            self.update_params.append([sharding.rows_of(p, k) for p, k, _ in live])
+            self.update_views.append([d for _, _, d in live])
+            self.update_momenta.append(
+                [sharding.rows_of(opt.state[p][K.MOMENTUM_BUFFER], k) for p, k, _ in live] if g["momentum"] != 0 else []
+            )
 
     def grads(self) -> list[torch.Tensor]:
         if self._row_sharded:
-            return [RowSharding.local(p.grad) for p in self._with_grad]
+            return [self._local(p.grad) for p in self._with_grad]
         return [p.grad for p in self._with_grad]
 
     def blocks_with_pairs(self, blocks: tuple[int, ...]) -> tuple[int, ...]:

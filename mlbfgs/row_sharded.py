@@ -1,4 +1,5 @@
-r"""The curvature phases of mL-BFGS on row-sharded blocks (FSDP2), with one all-reduce per step.
+r"""The curvature phases of mL-BFGS on row-sharded blocks (FSDP2, or DDP with ``shard="rows"``), with one
+all-reduce per step (where the rows come from: :mod:`mlbfgs.row_sharding`).
 
 Every rank holds, per block ``b``, its rows (a contiguous piece of each parameter's flat vector,
 concatenated) of the averages, anchors and the ring ``SY`` (``2m x n_local``), and the same copy of

@@ -8,9 +8,10 @@
 - ``BLOCK`` (first parameter of each block the rank owns): that block's curvature state, a dict
   with the keys below and those of :mod:`mlbfgs.curvature_history`;
 - ``GLOBAL`` (first parameter of the optimizer, every rank): counters and the settings.
-- ``ROWS`` (every parameter, row-sharded (FSDP2) only): DTensor views of the rank's rows of the
-  block's averages, anchors (keys below) and ring (``HISTORY``, shaped ``(2m, *p.shape)``, sharded on
-  dim 1); ``BLOCK`` then holds only the replicated part (Gram and compact matrices, gamma, counters).
+- ``ROWS`` (every parameter, row-sharded only: FSDP2, or DDP with ``shard="rows"``): DTensor views of
+  the rank's rows of the block's averages, anchors (keys below) and ring (``HISTORY``, shaped
+  ``(2m, *p.shape)``, sharded on dim 1); ``BLOCK`` then holds only the replicated part (Gram and
+  compact matrices, gamma, counters).
 """
 
 from .config import CURVATURE_SETTINGS

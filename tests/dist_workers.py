@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
 import os
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -153,3 +156,236 @@ def dcp_worker(rank: int, world: int, init_file: str, out_dir: str, optimizer: s
     torch.save({"diff": diff, "owned": owned}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- DDP with shard="rows"
+# The models, batches, configurations and the single-process reference are those of the fully_shard
+# tests (tests.fsdp_workers, imported inside the functions: it imports this module). Every rank takes
+# the whole global batch, so it holds what DDP gives it: the same averaged gradient as every other rank,
+# bit for bit the single process's.
+
+
+@contextlib.contextmanager
+def recording_collectives() -> Iterator[list[tuple[str, int]]]:
+    """Record ``(name, bytes)`` for every torch.distributed collective called inside the block: the
+    bytes of its first tensor argument (an all-reduce's buffer, an all-gather's output)."""
+    from tests.fsdp_workers import COLLECTIVES
+
+    calls: list[tuple[str, int]] = []
+    saved = {n: getattr(dist, n) for n in COLLECTIVES if hasattr(dist, n)}
+
+    def wrap(name: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def recorded(*args, **kwargs):
+            t = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            calls.append((name, t.numel() * t.element_size() if t is not None else 0))
+            return fn(*args, **kwargs)
+        return recorded
+
+    for n, fn in saved.items():
+        setattr(dist, n, wrap(n, fn))
+    try:
+        yield calls
+    finally:
+        for n, fn in saved.items():
+            setattr(dist, n, fn)
+
+
+def rows_optimizer(net: torch.nn.Module, blocks: str, norm: str, group, **kw) -> MLBFGS:
+    from tests.fsdp_workers import OPT_KW
+
+    return MLBFGS(net.parameters(), blocks=blocks, direction_norm=norm, process_group=group, shard="rows",
+                  **{**OPT_KW, **kw})
+
+
+def rows_backward(net: torch.nn.Module, name: str, step: int) -> None:
+    """The gradient of the whole global batch of ``step`` (what every DDP rank holds after averaging)."""
+    from tests.fsdp_workers import local_backward
+
+    local_backward(net, name, step, 0, 1)
+
+
+def ddp_rows_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """On 4 processes: every configuration of ``tests.fsdp_workers.CONFIGS`` with ``shard="rows"`` on
+    the 4 ranks, and on two 2-rank groups (ranks 0-1 and 2-3, half of the configurations each). Then the
+    bytes of the whole-block and fully_shard collectives, ``comm_dtype``, mismatched shard modes, and
+    checkpoints. Saves one dict per rank."""
+    from tests.fsdp_workers import CONFIGS
+
+    assert world == 4
+    init(rank, world, init_file, timeout_s=120.0)
+    halves = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    alone = dist.new_group([0])
+    half = halves[rank // 2]
+    out: dict = {4: train_rows(dist.group.WORLD, CONFIGS), 2: train_rows(half, CONFIGS[rank // 2::2])}
+    out["blocks_bytes"] = whole_block_bytes()
+    out["fsdp_bytes"] = fully_shard_bytes()
+    out["bf16"] = comm_dtype_run()
+    out["mismatch"] = mismatch_message(rank)
+    out["groups"] = groups_added_later(half)
+    out["ckpt"] = rows_checkpoint_check(half, alone if rank == 0 else None, os.path.join(out_dir, "ckpt"))
+    torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    finish()
+
+
+def train_rows(group, configs: list[tuple[str, str, str]]) -> dict:
+    """``STEPS`` steps of each configuration with ``shard="rows"`` over ``group``: the parameters, the
+    curvature bytes, the collectives of each step (and whether it formed a pair), the counters and
+    ``communication_bytes()``."""
+    from tests.fsdp_workers import STEPS, model
+
+    out: dict = {}
+    for name, blocks, norm in configs:
+        net = model(name)
+        opt = rows_optimizer(net, blocks, norm, group)
+        steps = []
+        for step in range(STEPS):
+            rows_backward(net, name, step)
+            with recording_collectives() as calls:
+                opt.step()
+            steps.append((calls, bool(opt.last_pairs)))
+        out[(name, blocks, norm)] = {
+            "params": [p.detach().clone() for p in net.parameters()],
+            "bytes": opt.curvature_bytes(),
+            "steps": steps,
+            "stats": opt.stats,
+            "comm": tuple(opt.communication_bytes()),
+            "imbalance": opt.imbalance,
+        }
+    return out
+
+
+def whole_block_bytes() -> dict:
+    """``shard="blocks"`` on the 4 ranks, 4 steps of the CNN by layer: the recorded collectives and
+    ``communication_bytes()``."""
+    from tests.fsdp_workers import OPT_KW, model
+
+    net = model("cnn")
+    opt = MLBFGS(net.parameters(), blocks="layer", process_group=dist.group.WORLD, **OPT_KW)
+    steps = []
+    for step in range(4):
+        rows_backward(net, "cnn", step)
+        with recording_collectives() as calls:
+            opt.step()
+        steps.append(calls)
+    return {"steps": steps, "comm": tuple(opt.communication_bytes())}
+
+
+def fully_shard_bytes() -> dict:
+    """``fully_shard`` on the 4 ranks, 5 steps (a pair forms at t = 4): the collectives of each step
+    and ``communication_bytes()``."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from tests.fsdp_workers import OPT_KW, local_backward, sharded_model
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    net = sharded_model("mlp", mesh)
+    opt = MLBFGS(net.parameters(), blocks="layer", **OPT_KW)
+    steps = []
+    for step in range(5):
+        local_backward(net, "mlp", step, mesh.get_local_rank(), mesh.size())
+        with recording_collectives() as calls:
+            opt.step()
+        steps.append((calls, bool(opt.last_pairs)))
+    return {"steps": steps, "comm": tuple(opt.communication_bytes())}
+
+
+#: the configuration of the comm_dtype and checkpoint checks, and the steps before and after the checkpoint
+ROWS_CONFIG, ROWS_SAVE_AT, ROWS_AFTER = ("cnn", "layer", "global"), 8, 6
+
+
+def comm_dtype_run() -> dict:
+    """``shard="rows"`` with ``comm_dtype=torch.bfloat16`` on the 4 ranks: the parameters after 10 steps."""
+    from tests.fsdp_workers import model
+
+    name, blocks, norm = ROWS_CONFIG
+    net = model(name)
+    opt = rows_optimizer(net, blocks, norm, dist.group.WORLD, comm_dtype=torch.bfloat16)
+    for step in range(10):
+        rows_backward(net, name, step)
+        opt.step()
+    return {"params": [p.detach().clone() for p in net.parameters()], "comm": tuple(opt.communication_bytes())}
+
+
+def groups_added_later(group, reference: bool = False) -> dict:
+    """The MLP's first layer trained with ``shard="rows"`` over ``group``, the rest added as a group at
+    step 5 (e.g. unfreezing); 12 steps. With ``reference`` the same in one process, without sharding."""
+    from tests.fsdp_workers import OPT_KW, model
+
+    net = model("mlp")
+    ps = list(net.parameters())
+    kw = {} if reference else {"process_group": group, "shard": "rows"}
+    opt = MLBFGS(ps[:2], blocks="layer", **kw, **OPT_KW)
+    for step in range(12):
+        if step == 5:
+            opt.add_param_group({"params": ps[2:]})
+        rows_backward(net, "mlp", step)
+        opt.step()
+    return {"params": [p.detach().clone() for p in ps], "stats": opt.stats, "blocks": len(opt.blocks)}
+
+
+def mismatch_message(rank: int) -> str:
+    """Rank 0 asks for rows, the others for blocks: the error every rank raises at construction."""
+    from tests.fsdp_workers import model
+
+    try:
+        MLBFGS(model("mlp").parameters(), lr=0.1, process_group=dist.group.WORLD,
+               shard="rows" if rank == 0 else "blocks")
+    except ValueError as err:
+        return str(err)
+    return "no error"
+
+
+def rows_checkpoint_check(half, one, path: str) -> dict:
+    """Ranks 0-1 train ``ROWS_SAVE_AT`` steps with ``shard="rows"`` over 2 ranks, save with
+    torch.distributed.checkpoint (the state-dict helpers) and as one ``torch.save`` of ``state_dict()``
+    per rank, and train ``ROWS_AFTER`` more ("straight"). A fresh 2-rank model and optimizer resume from
+    either (bit-exact expected); all 4 ranks, and rank 0 alone (a 1-rank group), resume from the
+    distributed checkpoint, resharded. Returns the parameters at the end of each."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    from tests.fsdp_workers import model
+
+    name, blocks, norm = ROWS_CONFIG
+    rank = dist.get_rank()
+    plain_file = f"{path}-rank{rank}.pt"
+
+    def build(group):
+        net = model(name)
+        return net, rows_optimizer(net, blocks, norm, group)
+
+    def train(net, opt, start: int, steps: int) -> list[torch.Tensor]:
+        for step in range(start, start + steps):
+            rows_backward(net, name, step)
+            opt.step()
+        return [p.detach().clone() for p in net.parameters()]
+
+    def from_dcp(group) -> list[torch.Tensor]:
+        net, opt = build(group)
+        state = {"model": net.state_dict(), "optim": get_optimizer_state_dict(net, opt)}
+        dcp.load(state, checkpoint_id=path, process_group=group)
+        net.load_state_dict(state["model"])
+        set_optimizer_state_dict(net, opt, state["optim"])
+        return train(net, opt, ROWS_SAVE_AT, ROWS_AFTER)
+
+    out: dict = {}
+    if rank < 2:
+        net, opt = build(half)
+        train(net, opt, 0, ROWS_SAVE_AT)
+        dcp.save({"model": net.state_dict(), "optim": get_optimizer_state_dict(net, opt)}, checkpoint_id=path,
+                 process_group=half)
+        torch.save({"model": net.state_dict(), "optim": opt.state_dict()}, plain_file)
+        out["straight"] = train(net, opt, ROWS_SAVE_AT, ROWS_AFTER)
+        out["dcp 2->2"] = from_dcp(half)
+        fresh, fopt = build(half)
+        saved = torch.load(plain_file)
+        fresh.load_state_dict(saved["model"])
+        fopt.load_state_dict(saved["optim"])
+        out["state_dict 2->2"] = train(fresh, fopt, ROWS_SAVE_AT, ROWS_AFTER)
+    dist.barrier()
+    out["dcp 2->4"] = from_dcp(dist.group.WORLD)
+    if one is not None:
+        out["dcp 2->1"] = from_dcp(one)
+    dist.barrier()
+    return out
