@@ -223,6 +223,7 @@ def ddp_rows_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
     out["bf16"] = comm_dtype_run()
     out["mismatch"] = mismatch_message(rank)
     out["groups"] = groups_added_later(half)
+    out["scalar"] = scalar_parameter_run(dist.group.WORLD)
     out["ckpt"] = rows_checkpoint_check(half, alone if rank == 0 else None, os.path.join(out_dir, "ckpt"))
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     finish()
@@ -322,6 +323,26 @@ def groups_added_later(group, reference: bool = False) -> dict:
         rows_backward(net, "mlp", step)
         opt.step()
     return {"params": [p.detach().clone() for p in ps], "stats": opt.stats, "blocks": len(opt.blocks)}
+
+
+def scalar_parameter_run(group, reference: bool = False) -> dict:
+    """A linear layer and a 0-dim temperature (one row: rank 0 holds it, the others none), 10 steps with
+    ``shard="rows"`` over ``group`` (with ``reference``: one process, without sharding)."""
+    from tests.fsdp_workers import OPT_KW, batch
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(12, 3).double()
+    temperature = torch.nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
+    params = [*linear.parameters(), temperature]
+    kw = {} if reference else {"process_group": group, "shard": "rows"}
+    opt = MLBFGS(params, **kw, **OPT_KW)
+    for step in range(10):
+        x, y = batch("mlp", step)
+        for p in params:
+            p.grad = None
+        torch.nn.functional.cross_entropy(linear(x) * temperature, y).backward()
+        opt.step()
+    return {"params": [p.detach().clone() for p in params], "bytes": opt.curvature_bytes()}
 
 
 def mismatch_message(rank: int) -> str:

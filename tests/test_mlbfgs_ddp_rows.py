@@ -160,6 +160,16 @@ def test_groups_added_later(runs) -> None:
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_a_0_dim_parameter_is_one_row(runs) -> None:
+    expected = dw.scalar_parameter_run(None, reference=True)
+    for out in (r["scalar"] for r in runs):
+        for a, b in zip(out["params"], expected["params"]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # the temperature's row lives on rank 0 only: its state (4 vectors, 2 pair vectors, 2m ring rows) is there
+    per_row = (4 + 2 + 2 * M) * ELEM
+    assert runs[0]["scalar"]["bytes"] - runs[1]["scalar"]["bytes"] == per_row  # ranks 0 and 1: a row of each else
+
+
 def test_checkpoints_resume_exactly_and_reshard(runs) -> None:
     """Saved on 2 ranks: resumed on 2 bit-exact (torch.distributed.checkpoint, and one state_dict() file
     per rank); resumed on 4 and on 1 through the distributed checkpoint (resharded), it continues to
