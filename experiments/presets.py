@@ -68,6 +68,17 @@ REQUIRED_RUN_KEYS = {"workload": "a built-in workload's name or the path of a wo
                      "optimizers": "'all' or a list of optimizer names"}
 
 
+def _check_keys(where: str, obj: dict[str, Any], allowed: tuple[str, ...], required: dict[str, str]) -> None:
+    """ValueError naming ``where`` for a key not in ``allowed`` or a missing ``required`` key (with what it
+    holds)."""
+    unknown = sorted(set(obj) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    for key, what in required.items():
+        if key not in obj:
+            raise ValueError(f"{where}: missing required key {key!r} ({what})")
+
+
 def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
@@ -91,12 +102,7 @@ def load_preset(name_or_path: str) -> Preset:
     raw = _read_object(path)
     if "results" in raw:
         raise ValueError(f"{path}: 'results' is not a preset key: the output folder is given with --out")
-    unknown = sorted(set(raw) - set(PRESET_KEYS))
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(PRESET_KEYS)}")
-    for key in ("name", "runs"):
-        if key not in raw:
-            raise ValueError(f"{path}: missing required key {key!r} ({REQUIRED_KEYS[key]})")
+    _check_keys(str(path), raw, PRESET_KEYS, REQUIRED_KEYS)
     name = raw["name"]
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"{path}: 'name' must be letters, digits, '-' and '_' ({REQUIRED_KEYS['name']}), "
@@ -175,12 +181,7 @@ def _run_entry(path: Path, index: int, entry: Any) -> PresetRuns:
     where = f"{path}: runs[{index}]"
     if not isinstance(entry, dict):
         raise ValueError(f"{where} must be a JSON object with 'workload' and 'optimizers', got {entry!r}")
-    unknown = sorted(set(entry) - set(RUN_KEYS))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(RUN_KEYS)}")
-    for key in ("workload", "optimizers"):
-        if key not in entry:
-            raise ValueError(f"{where}: missing required key {key!r} ({REQUIRED_RUN_KEYS[key]})")
+    _check_keys(where, entry, RUN_KEYS, REQUIRED_RUN_KEYS)
     if not isinstance(entry["workload"], str) or not entry["workload"]:
         raise ValueError(f"{where}: 'workload' must be a string ({REQUIRED_RUN_KEYS['workload']}), "
                          f"got {entry['workload']!r}")

@@ -76,10 +76,14 @@ def evaluate(out: Path) -> tuple[list[str], bool]:
         ok = ok and passed
         return "PASS" if passed else "FAIL"
 
+    def missing(text: str) -> None:
+        nonlocal ok
+        lines.append(f"- {text}: MISSING")
+        ok = False
+
     counts = cuda_test_counts(out / "cuda_tests.xml")
     if counts is None:
-        lines.append("- CUDA tests: no cuda_tests.xml: MISSING")
-        ok = False
+        missing("CUDA tests: no cuda_tests.xml")
     else:
         ran = counts["tests"] - counts["skipped"]
         good = ran > 0 and counts["failures"] == 0 and counts["errors"] == 0
@@ -88,8 +92,7 @@ def evaluate(out: Path) -> tuple[list[str], bool]:
 
     overhead = load_overhead(out)
     if overhead is None:
-        lines.append("- overhead: no overhead/optimizers*.csv: MISSING")
-        ok = False
+        missing("overhead: no overhead/optimizers*.csv")
     else:
         summary = overhead_summary(overhead)
         rows = summary[(summary["optimizer"] == JUDGED_OPTIMIZER) & (summary["measure"] == "iteration")]
@@ -99,13 +102,11 @@ def evaluate(out: Path) -> tuple[list[str], bool]:
             lines.append(text + (f" (limit {MAX_ITERATION_RATIO}): {verdict(bool(row.ratio <= MAX_ITERATION_RATIO))}"
                                  if limited else ""))
         if not any("bf16 autocast" in m for m in rows["model"]):
-            lines.append("- no bf16-autocast overhead rows: MISSING")
-            ok = False
+            missing("no bf16-autocast overhead rows")
 
     kernel = load_kernel(out)
     if kernel is None:
-        lines.append("- direction kernel: no overhead/direction_kernel.csv: MISSING")
-        ok = False
+        missing("direction kernel: no overhead/direction_kernel.csv")
     else:
         ks = kernel_summary(kernel)
         for row in ks.itertuples():
@@ -118,8 +119,7 @@ def evaluate(out: Path) -> tuple[list[str], bool]:
     runs_dir = out / "runs"
     runs = load_runs(runs_dir) if runs_dir.is_dir() else None
     if runs is None:
-        lines.append("- lockstep comparison: no runs: MISSING")
-        ok = False
+        missing("lockstep comparison: no runs")
     else:
         manifests = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/*.json"))]
         unfinished = [m["run_id"] for m in manifests if m.get("status") != "finished"]
