@@ -90,6 +90,10 @@ KERNEL_COLUMNS: tuple[str, ...] = (
 )
 KERNEL_NUMERIC: tuple[str, ...] = KERNEL_COLUMNS[1:]
 
+#: Tables in overhead/ and distributed/ that their own figure groups read (analysis/groups.py), so
+#: they are not reported as ignored by the overhead and scaling loaders.
+TABLES_OF_OTHER_GROUPS: tuple[Path, ...] = (KERNEL_FILE, Path("distributed") / "sharding_modes.csv")
+
 #: Suffix of curvature CSVs next to the run CSVs.
 CURVATURE_SUFFIX = ".curvature.csv"
 
@@ -449,7 +453,7 @@ def load_results(results: Path | str) -> Results:
         overhead=load_overhead(root, ignored),
         distributed=load_distributed(root, ignored),
         kernel=load_kernel(root),
-        ignored=[p for p in ignored if Path(p) != root / KERNEL_FILE],
+        ignored=[p for p in ignored if Path(p) not in {root / f for f in TABLES_OF_OTHER_GROUPS}],
     )
 
 

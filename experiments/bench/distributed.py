@@ -34,7 +34,7 @@ import torch.multiprocessing as mp
 
 from experiments.atomic import write_json
 from experiments.bench import sharding_modes
-from experiments.bench.records import provenance, write_csv
+from experiments.bench.records import gather_to_rank0, provenance, write_csv
 from experiments.bench.timing import median_time
 from experiments.bench.workload import workload_model
 from mlbfgs import MLBFGS
@@ -86,13 +86,7 @@ def _worker(rank: int, world: int, init_file: str, workload: str, repeats: int, 
         "largest_block_bytes": max(block_state_bytes(n, HISTORY) for n in opt.block_sizes),
         "imbalance": opt.imbalance,
     }
-    gathered = [None] * world
-    dist.all_gather_object(gathered, row)
-    if rank == 0:
-        with open(out, "w") as f:
-            json.dump(gathered, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    gather_to_rank0(row, out)
 
 
 def run(workloads: list[str], world_sizes: list[int], repeats: int, out_dir: Path,

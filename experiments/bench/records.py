@@ -31,3 +31,19 @@ def provenance(module: str, argv: list[str] | None) -> dict[str, Any]:
     ``sys.argv[1:]``), ``git_commit`` and ``git_dirty`` (:func:`experiments.manifest.git_state`)."""
     args = sys.argv[1:] if argv is None else argv
     return {"command": " ".join(shlex.quote(a) for a in ["python", "-m", module, *args]), **git_state()}
+
+
+def gather_to_rank0(local: Any, out: Path | str) -> None:
+    """Collective over the default process group: rank 0 writes every rank's ``local`` (JSON-able) as a
+    JSON list in rank order to ``out``; then every rank waits for it and leaves the process group."""
+    import json
+
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    if dist.get_rank() == 0:
+        with open(out, "w") as f:
+            json.dump(gathered, f)
+    dist.barrier()
+    dist.destroy_process_group()

@@ -66,7 +66,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from experiments.atomic import write_json
-from experiments.bench.records import provenance, write_csv
+from experiments.bench.records import gather_to_rank0, provenance, write_csv
 from experiments.bench.workload import workload_model
 from mlbfgs import MLBFGS
 from mlbfgs.row_sharding import is_dtensor
@@ -212,13 +212,7 @@ def _worker(rank: int, world: int, init_file: str, workload: str, repeats: int, 
                                                          accounted.all_gather),
             "model_bytes": model_bytes(mode, models[mode], world),
         }
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, local)
-    if rank == 0:
-        with open(out, "w") as f:
-            json.dump(gathered, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    gather_to_rank0(local, out)
 
 
 def _median(values: list[float]) -> float | None:
