@@ -25,11 +25,13 @@ class RunBusyError(Exception):
 class RunLock:
     """The held lock of one run (see the module docstring); :meth:`release` gives it up."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int, created: tuple[Path, ...] = ()) -> None:
         self.path, self.fd = path, fd
+        self.created = created  # folders made for the lock file, deepest first
 
     def release(self) -> None:
-        """Delete the lock file while still holding it, then close it (which unlocks)."""
+        """Delete the lock file while still holding it, then close it (which unlocks), and remove the
+        folders made for it if nothing else was written there (a run that never started leaves nothing)."""
         if self.fd < 0:
             return
         try:
@@ -37,6 +39,11 @@ class RunLock:
         finally:
             os.close(self.fd)
             self.fd = -1
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the run wrote its files there
+                break
 
 
 def _holder(fd: int) -> str:
@@ -54,6 +61,7 @@ def acquire(path: Path, run_id: str) -> RunLock | None:
         import fcntl
     except ImportError:  # no flock (Windows): runs are not locked
         return None
+    created = tuple(d for d in (path.parent, *path.parent.parents) if not d.exists())
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -72,7 +80,7 @@ def acquire(path: Path, run_id: str) -> RunLock | None:
             continue
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return RunLock(path, fd)
+        return RunLock(path, fd, created)
 
 
 @contextmanager
