@@ -80,6 +80,7 @@ def test_python_dash_m_entry_point(results_tree: Path, tmp_path: Path) -> None:
         f"skipping time to target: no run CSVs under {root / 'runs'}",
         f"skipping stability: no run CSVs under {root / 'runs'}",
         f"skipping direction kernel: no {root / 'overhead' / 'direction_kernel.csv'}",
+        f"skipping sharding modes: no {root / 'distributed' / 'sharding_modes.csv'}",
         f"skipping threads: no {root / 'threads' / 'threads.csv'}",
         f"skipping compiled step: no {root / 'compile'}/steps.csv and summary.csv",
         f"skipping runner overhead: no {root / 'runner' / 'runner.csv'}",
@@ -95,7 +96,7 @@ def test_every_group_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     (tmp_path / "empty").mkdir()
     assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     captured = capsys.readouterr()
-    assert captured.out.count("skipping") == 14
+    assert captured.out.count("skipping") == 15
     assert "error: no results found under" in captured.err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
