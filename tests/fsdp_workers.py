@@ -8,6 +8,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -260,3 +261,20 @@ def finish() -> None:
     dist.barrier()
     dist.destroy_process_group()
     os._exit(0)
+
+
+def check_rows_divided(outs: list[dict], single: Any, world: int) -> int:
+    """Assert that the ranks' curvature rows (``out["bytes"]`` less the replicated Gram/compact/gamma)
+    add up to the single process's and each holds its 1/world share up to a row per parameter (float64
+    state, history ``OPT_KW["history_size"]``). Returns the replicated bytes per rank."""
+    m, elem = OPT_KW["history_size"], 8
+    replicated = len(single.blocks) * ((2 * m) ** 2 * 8 + (2 * m) ** 2 * elem + elem)
+    row_norms = len(single.blocks) * 2 * m * elem  # kept by the single process for reduced dtypes only
+    single_rows = single.curvature_bytes() - replicated - row_norms
+    per_rank = [out["bytes"] - replicated for out in outs]
+    assert sum(per_rank) == single_rows
+    vectors = 4 + (2 if OPT_KW["pair_momentum"] > 0 else 0) + 2 * m
+    slack = sum(vectors * (p.numel() // p.shape[0]) * elem for b in single.blocks for p in b)
+    assert all(abs(r - single_rows / world) <= slack for r in per_rank), (per_rank, single_rows / world, slack)
+    assert max(per_rank) < single_rows / world * 1.5
+    return replicated

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import json
 import re
 import sys
@@ -84,13 +83,7 @@ class NeedsLR(torch.optim.Optimizer):
 '''
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cached_mnist1d() -> Iterator[None]:
-    """MNIST-1D is generated once for the module (each generation takes seconds)."""
-    original = data_registry.load_mnist1d
-    data_registry.load_mnist1d = functools.cache(original)
-    yield
-    data_registry.load_mnist1d = original
+pytestmark = pytest.mark.usefixtures("cached_mnist1d")
 
 
 @pytest.fixture()

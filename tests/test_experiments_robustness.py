@@ -4,7 +4,6 @@ the suite record's history across invocations."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -13,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,6 @@ from torch import nn
 
 from experiments import run, trainer
 from experiments.config import load_workload_dict
-from experiments.data import registry as data_registry
 from experiments.models import registry as model_registry
 from experiments.runlock import RunBusyError, acquire
 from experiments.runspec import make_run_spec
@@ -31,13 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["data.train_subset=320", "data.test_subset=100", "eval_interval=2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cached_mnist1d() -> Iterator[None]:
-    """MNIST-1D is generated once for the module (each generation takes seconds)."""
-    original = data_registry.load_mnist1d
-    data_registry.load_mnist1d = functools.cache(original)
-    yield
-    data_registry.load_mnist1d = original
+pytestmark = pytest.mark.usefixtures("cached_mnist1d")
 
 
 def _main(root: Path, optimizer: str | list[str], *extra: str, workload: str = "mnist1d-mlp", iters: int = 3) -> int:

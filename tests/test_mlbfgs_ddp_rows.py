@@ -74,25 +74,12 @@ def test_parameters_match_one_process_and_every_rank_holds_the_same(runs, refere
         assert all(torch.equal(a, b) for a, b in zip(outs[0]["params"], other["params"]))
 
 
-def _replicated_bytes(opt: MLBFGS) -> int:
-    """Per block: the Gram (float64) and compact matrices and gamma, held whole by every rank."""
-    return len(opt.blocks) * ((2 * M) ** 2 * 8 + (2 * M) ** 2 * ELEM + ELEM)
-
-
 @pytest.mark.parametrize("world", WORLDS)
 @pytest.mark.parametrize("cfg", w.CONFIGS, ids=["-".join(c) for c in w.CONFIGS])
 def test_row_state_is_divided_by_the_ranks(runs, references, world, cfg, capsys) -> None:
     outs = ranks_of(runs, world, cfg)
     _, single = references[cfg]
-    replicated = _replicated_bytes(single)
-    row_norms = len(single.blocks) * 2 * M * ELEM  # kept by the single process for reduced dtypes only
-    single_rows = single.curvature_bytes() - replicated - row_norms
-    per_rank = [out["bytes"] - replicated for out in outs]
-    assert sum(per_rank) == single_rows
-    vectors = 4 + (2 if w.OPT_KW["pair_momentum"] > 0 else 0) + 2 * M
-    slack = sum(vectors * (p.numel() // p.shape[0]) * ELEM for b in single.blocks for p in b)
-    assert all(abs(r - single_rows / world) <= slack for r in per_rank), (per_rank, single_rows / world, slack)
-    assert max(per_rank) < single_rows / world * 1.5
+    replicated = w.check_rows_divided(outs, single, world)
     with capsys.disabled():
         print(f"\n{'-'.join(cfg)}: curvature bytes per rank, 1 rank {single.curvature_bytes()}, "
               f"{world} ranks {[out['bytes'] for out in outs]} (replicated {replicated}), "
