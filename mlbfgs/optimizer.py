@@ -774,7 +774,11 @@ class MLBFGS(Optimizer):
 
     @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _form_pairs(self, buf: _StepBuffers, phase: _StepPhase) -> None:
-        """Phase 3: a pair per block with gradients; one host sync per block (accepting is a decision)."""
+        """Phase 3: a pair per block with gradients; one host sync per block (accepting is a decision).
+
+        Allocates (once every T steps): ``torch.dot(out=)`` copies through a new scalar on CPU, and the
+        compact matrix is rebuilt from O(m^2) temporaries. The dots stay: mv would change the bits of
+        every committed mL-BFGS run."""
         cfg = self.config
         for b in phase.blocks:
             st = buf.block_state[b]
@@ -819,11 +823,11 @@ class MLBFGS(Optimizer):
             slot.zero_()
             for b in phase.blocks:
                 g = buf.block_grads[b]
-                torch.dot(g, g, out=buf.scalar)
+                torch.mv(g.unsqueeze(0), g, out=buf.gg)  # g.g; torch.dot(out=) allocates on CPU
                 if b in phase.with_pairs:
-                    slot.addcmul_(buf.scalar, buf.block_state[b][K.GAMMA])
+                    slot.addcmul_(buf.gg, buf.block_state[b][K.GAMMA])
                 else:
-                    slot.add_(buf.scalar)
+                    slot.add_(buf.gg)
         for b in phase.with_pairs:
             buf.histories[b].apply_(buf.block_grads[b])
             if kl:
@@ -916,6 +920,7 @@ class _StepBuffers:
         self.flat = torch.zeros(layout.numel, dtype=work, device=device)
         self.scalar = torch.zeros((), dtype=work, device=device)
         self.pair_dots = torch.zeros(3, dtype=work, device=device)
+        self.gg = torch.zeros(1, dtype=work, device=device)  # a block's g.g ("kl"), written by mv
         self.kl_clip = torch.zeros((), dtype=work, device=device)
         self.momentum = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]
         self.lr = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]

@@ -44,7 +44,10 @@ def test_step_allocates_nothing_after_warmup(norm, history_dtype) -> None:
         set_grads()
         opt.step()
     assert all(opt.block_state(b)["num_pairs"] == 4 for b in range(2))
-    opt.config = dataclasses.replace(opt.config, update_period=1000)  # steps between pairs
+    # T = 8 from step 9 on: step 9 forms a pair, steps 10-13 are active (t > T: the direction is
+    # rescaled, the "kl" branch runs) and form none. T = 1000 would leave the rescaling off.
+    opt.config = dataclasses.replace(opt.config, update_period=8)
     set_grads()
     opt.step()
     assert allocations(opt.step) == []
+    assert opt._global_state()["step"] == 13  # steps 10-13 were profiled: t > T, no pair

@@ -219,12 +219,22 @@ def test_one_rank_group_matches_one_process_and_allocates_nothing(one_process_gr
     for a, b in zip(net.parameters(), ref_net.parameters()):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-9, atol=1e-12)
     assert opt.curvature_bytes() == single.curvature_bytes() - len(single.blocks) * 2 * M * ELEM
-    opt.config = dataclasses.replace(opt.config, update_period=1000)  # no pair in the profiled steps
-    opt.step()
+    # no pair in the profiled steps, yet past the first period, so the direction is rescaled
+    opt.config = dataclasses.replace(opt.config, update_period=1000)
+    opt.state[next(iter(net.parameters()))]["mlbfgs"]["step"] = 1500
+    events = []
+    for norm in ("global", "kl", "none"):
+        opt.config = dataclasses.replace(opt.config, direction_norm=norm)
+        opt.step()
+        events += [f"{norm}: {name}" for name in _allocations(opt.step, 3)]
+    assert events == []
+
+
+def _allocations(fn, repeat: int) -> list[str]:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        for _ in range(3):
-            opt.step()
-    assert [e.name for e in prof.events() if e.cpu_memory_usage > 0] == []
+        for _ in range(repeat):
+            fn()
+    return [e.name for e in prof.events() if e.cpu_memory_usage > 0]
 
 
 def test_arguments_that_cannot_apply_are_refused(one_process_group) -> None:
