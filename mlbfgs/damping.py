@@ -18,8 +18,6 @@ still hold because ``sigma_L <= 1 <= sigma_H``).
 
 from __future__ import annotations
 
-import math
-
 
 def damping_factor(sy: float, ss: float, sigma_low: float, sigma_high: float, tau0: float) -> float:
     """Return ``phi`` for a pair with ``s.y = sy`` and ``s.s = ss`` (``ss > 0``)."""
@@ -36,7 +34,3 @@ def damping_factor(sy: float, ss: float, sigma_low: float, sigma_high: float, ta
 def damped_curvature(sy: float, ss: float, phi: float) -> float:
     """``s.y_hat`` for ``y_hat = phi y + (1 - phi) s``."""
     return phi * sy + (1.0 - phi) * ss
-
-
-def is_finite(*values: float) -> bool:
-    return all(math.isfinite(v) for v in values)

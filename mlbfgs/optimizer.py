@@ -15,8 +15,8 @@ from .blocks import BlockSpec, assign_blocks, build_blocks, check_supported, loa
 from .communication import CommunicationBytes
 from .config import DIRECTION_NORMS, HISTORY_DTYPES, CurvatureConfig
 from .curvature_history import CurvatureHistory
-from .damping import damped_curvature, damping_factor
 from .layout import FlatLayout, param_views
+from .pairs import accept_pair, difference_pair_
 from .row_sharded import RowShardedCurvature
 from .row_sharding import RowSharding, is_dtensor, resolve_row_sharding
 
@@ -782,15 +782,9 @@ class MLBFGS(Optimizer):
         cfg = self.config
         for b in phase.blocks:
             st = buf.block_state[b]
-            s, y = st[K.PARAM_ANCHOR], st[K.GRAD_ANCHOR]
-            torch.sub(st[K.PARAM_AVG], s, out=s)  # s = P - P0, in the anchor's storage
-            torch.sub(st[K.GRAD_AVG], y, out=y)
-            if cfg.pair_momentum > 0:
-                if st[K.PAIRS_FORMED] > 0:
-                    s.lerp_(st[K.S_PREV], cfg.pair_momentum)
-                    y.lerp_(st[K.Y_PREV], cfg.pair_momentum)
-                st[K.S_PREV].copy_(s)
-                st[K.Y_PREV].copy_(y)
+            s, y = st[K.PARAM_ANCHOR], st[K.GRAD_ANCHOR]  # the pair is formed in the anchors' storage
+            difference_pair_(s, y, st[K.PARAM_AVG], st[K.GRAD_AVG], st.get(K.S_PREV), st.get(K.Y_PREV),
+                             cfg.pair_momentum, st[K.PAIRS_FORMED])
             st[K.PAIRS_FORMED] += 1
             dots = buf.pair_dots
             torch.dot(s, y, out=dots[0])
@@ -798,15 +792,10 @@ class MLBFGS(Optimizer):
             torch.dot(y, y, out=dots[2])
             sy, ss, yy = dots.tolist()
             mu = sy / ss if ss > 0 else float("nan")
-            accepted = False
-            if math.isfinite(sy) and math.isfinite(ss) and math.isfinite(yy) and ss > 0:
-                lo, hi = cfg.curvature_bounds
-                phi = damping_factor(sy, ss, lo, hi, cfg.damping)
-                sy_hat = damped_curvature(sy, ss, phi)
-                yy_hat = phi * phi * yy + 2 * phi * (1 - phi) * sy + (1 - phi) ** 2 * ss
-                if sy_hat > cfg.min_curvature and yy_hat > 0 and math.isfinite(yy_hat):
-                    buf.histories[b].push(s, y, phi)
-                    accepted = True
+            damped = accept_pair(sy, ss, yy, cfg)
+            if damped is not None:
+                buf.histories[b].push(s, y, damped[0])
+            accepted = damped is not None
             st[K.PAIRS_ACCEPTED if accepted else K.PAIRS_REJECTED] += 1
             self.last_pairs.append(PairRecord(b, mu, accepted))
             st[K.PARAM_ANCHOR].copy_(st[K.PARAM_AVG])

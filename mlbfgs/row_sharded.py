@@ -44,7 +44,7 @@ import torch
 from . import state_keys as K
 from .compact import compact_matrix, time_order
 from .config import CurvatureConfig
-from .damping import damped_curvature, damping_factor
+from .pairs import accept_pair, difference_pair_
 
 #: per block in the pair all-reduce: s.y, s.s, y.y, s.g, y.g, then SY_old s (2m) and SY_old y (2m)
 _PAIR_DOTS = 5
@@ -125,15 +125,9 @@ class RowShardedCurvature:
         ``(block, mu, accepted)`` per pair formed."""
         for b in blocks:
             st, rw = self.small[b], self.rows[b]
-            s, y = rw[K.PARAM_ANCHOR], rw[K.GRAD_ANCHOR]
-            torch.sub(rw[K.PARAM_AVG], s, out=s)  # s = P - P0, in the anchor's storage
-            torch.sub(rw[K.GRAD_AVG], y, out=y)
-            if config.pair_momentum > 0:
-                if st[K.PAIRS_FORMED] > 0:
-                    s.lerp_(rw[K.S_PREV], config.pair_momentum)
-                    y.lerp_(rw[K.Y_PREV], config.pair_momentum)
-                rw[K.S_PREV].copy_(s)
-                rw[K.Y_PREV].copy_(y)
+            s, y = rw[K.PARAM_ANCHOR], rw[K.GRAD_ANCHOR]  # the pair is formed in the anchors' storage
+            difference_pair_(s, y, rw[K.PARAM_AVG], rw[K.GRAD_AVG], rw.get(K.S_PREV), rw.get(K.Y_PREV),
+                             config.pair_momentum, st[K.PAIRS_FORMED])
             st[K.PAIRS_FORMED] += 1
             d, g, history = self.dots[b], self.grads[b], rw[K.HISTORY]
             torch.dot(s, y, out=d[0])
@@ -150,15 +144,11 @@ class RowShardedCurvature:
             o = self._pair_offsets[b]
             sy, ss, yy = values[o], values[o + 1], values[o + 2]
             mu = sy / ss if ss > 0 else float("nan")
-            accepted = False
-            if math.isfinite(sy) and math.isfinite(ss) and math.isfinite(yy) and ss > 0:
-                lo, hi = config.curvature_bounds
-                phi = damping_factor(sy, ss, lo, hi, config.damping)
-                sy_hat = damped_curvature(sy, ss, phi)
-                yy_hat = phi * phi * yy + 2 * phi * (1 - phi) * sy + (1 - phi) ** 2 * ss
-                if sy_hat > config.min_curvature and yy_hat > 0 and math.isfinite(yy_hat):
-                    self._push(b, phi, ss, sy_hat, yy_hat)
-                    accepted = True
+            damped = accept_pair(sy, ss, yy, config)
+            if damped is not None:
+                phi, sy_hat, yy_hat = damped
+                self._push(b, phi, ss, sy_hat, yy_hat)
+            accepted = damped is not None
             st, rw = self.small[b], self.rows[b]
             st[K.PAIRS_ACCEPTED if accepted else K.PAIRS_REJECTED] += 1
             records.append((b, mu, accepted))
