@@ -24,6 +24,7 @@ from typing import Any
 
 from experiments.manifest import is_finished
 from experiments.planning import PlannedRun
+from experiments.progress import ProgressReporter
 
 MODES = ("lockstep", "separate")
 RUN_FILE_SUFFIXES = (".csv", ".curvature.csv", ".json")  # the manifest last: it marks a run finished
@@ -39,6 +40,7 @@ class ExecOptions:
     force: bool = False
     dry_run: bool = False
     jobs: int = 1  # processes at a time (each with its own torch threads)
+    progress_every: float = 300.0  # seconds between progress lines of the running processes (0: none)
 
 
 def groups(runs: list[PlannedRun], mode: str, jobs: int = 1) -> list[list[PlannedRun]]:
@@ -125,9 +127,11 @@ def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[]
         return 0
     running: list[tuple[subprocess.Popen, float, str, list[PlannedRun]]] = []
     pending = list(zip(labels, batches, strict=True))
+    progress = ProgressReporter(opts.progress_every)
 
     def reap(proc: subprocess.Popen, t0: float, label: str, group: list[PlannedRun]) -> int:
         rc = proc.wait()
+        progress.stop(label)
         secs = round(time.monotonic() - t0, 3)
         failed = 0
         for run in group:
@@ -146,8 +150,10 @@ def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[]
                 label, group = pending.pop(0)
                 print(f"{label} {', '.join(r.run_id for r in group)}: running", flush=True)
                 running.append((subprocess.Popen(run_command(group, opts)), time.monotonic(), label, group))
+                progress.start(label, group)
             done = next((item for item in running if item[0].poll() is not None), None)
             if done is None:
+                progress.report([(label, group) for _, _, label, group in running])
                 time.sleep(0.2)
                 continue
             running.remove(done)

@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads per process (default: the runner's, see python -m experiments.run --help)")
     p.add_argument("--jobs", type=int, default=1,
                    help="processes at a time (default 1; 2 single-thread processes use 2 cores)")
+    p.add_argument("--progress-every", type=float, default=300.0, metavar="SECONDS",
+                   help="print each running process's iterations, rate and time left every SECONDS "
+                        "(default 300; 0: never). The runs themselves train without progress bars")
     p.add_argument("--force", action="store_true", help="retrain finished runs and discard checkpoints")
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs of the selected stages and their state, run and write nothing")
@@ -174,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         check_selection(preset, args.workloads, args.optimizers, args.seeds)
         if args.jobs < 1:
             raise ValueError(f"jobs must be a positive integer, got {args.jobs}")
+        if not args.progress_every >= 0:  # also NaN
+            raise ValueError(f"--progress-every must be >= 0 seconds (0: never), got {args.progress_every}")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.trainer import DEFAULT_THREADS
 
     opts = ExecOptions(results=Path(preset.results), mode=args.mode, threads=args.threads, force=args.force,
-                       dry_run=args.dry_run, jobs=args.jobs)
+                       dry_run=args.dry_run, jobs=args.jobs, progress_every=args.progress_every)
     own = {"preset": preset.name, "description": preset.description,
            **({"sweep": preset.sweep} if preset.sweep else {}), **({"tuning": preset.tuning} if preset.tuning else {})}
     command = {"command": " ".join(["python -m experiments.suite", *(sys.argv[1:] if argv is None else argv)]),

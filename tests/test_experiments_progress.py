@@ -1,0 +1,89 @@
+"""The suite's progress lines (experiments/progress.py): read from run CSVs and manifests."""
+
+import json
+
+import pytest
+
+from experiments import suite
+from experiments.csvlog import RUN_COLUMNS
+from experiments.planning import PlannedRun
+from experiments.progress import ProgressReporter, format_duration, iterations_done
+
+
+def write_run(folder, run_id, iterations, total=1000, partial=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / f"{run_id}.json"
+    manifest.write_text(json.dumps({"run_id": run_id, "total_iters": total, "status": "running"}))
+    rows = [",".join(RUN_COLUMNS)]
+    for it in iterations:
+        row = dict.fromkeys(RUN_COLUMNS, "")
+        row.update(run_id=run_id, kind="train", iteration=str(it), train_loss="0.5")
+        rows.append(",".join(row[c] for c in RUN_COLUMNS))
+    text = "\n".join(rows) + "\n"
+    if partial:
+        text += f"{run_id},w,sgd,0,train,1.0,99"  # a row still being written
+    (folder / f"{run_id}.csv").write_text(text)
+    return PlannedRun("w", "sgd", 0, run_id, (), manifest)
+
+
+def test_iterations_done_reads_the_last_complete_row(tmp_path) -> None:
+    run = write_run(tmp_path, "a", [10, 20, 30], partial=True)
+    assert iterations_done(run.manifest.with_suffix(".csv")) == 30
+    assert iterations_done(tmp_path / "missing.csv") == 0
+    header_only = write_run(tmp_path, "b", [])
+    assert iterations_done(header_only.manifest.with_suffix(".csv")) == 0
+
+
+def test_reporter_prints_rate_and_time_left_every_interval(tmp_path) -> None:
+    now = [0.0]
+    lines: list[str] = []
+    fast = write_run(tmp_path, "fast", [100])
+    slow = write_run(tmp_path, "slow", [100])
+    reporter = ProgressReporter(300, clock=lambda: now[0], emit=lines.append)
+    reporter.start("[suite 1/1] lockstep", [fast, slow])
+    now[0] = 299.0
+    reporter.report([("[suite 1/1] lockstep", [fast, slow])])
+    assert lines == []  # the interval has not passed
+    write_run(tmp_path, "fast", [100, 500])
+    write_run(tmp_path, "slow", [100, 400])  # a lockstep process reports its slowest run
+    now[0] = 300.0
+    reporter.report([("[suite 1/1] lockstep", [fast, slow])])
+    # 300 iterations in 300 s: 60 it/min, 600 left: 10 min
+    assert lines == ["[suite 1/1] lockstep 400/1000 iterations (40.0 %), 60.0 it/min since this start, "
+                     "about 10 min left"]
+    now[0] = 400.0
+    reporter.report([("[suite 1/1] lockstep", [fast, slow])])
+    assert len(lines) == 1  # the next line comes 300 s after the last
+
+
+def test_reporter_before_the_first_logged_iteration(tmp_path) -> None:
+    now = [0.0]
+    lines: list[str] = []
+    run = write_run(tmp_path, "r", [])
+    reporter = ProgressReporter(10, clock=lambda: now[0], emit=lines.append)
+    reporter.start("[suite 1/1]", [run])
+    now[0] = 10.0
+    reporter.report([("[suite 1/1]", [run])])
+    assert lines == ["[suite 1/1] 0/1000 iterations (0.0 %), no iteration logged since this start yet"]
+
+
+def test_interval_zero_prints_nothing(tmp_path) -> None:
+    now = [0.0]
+    lines: list[str] = []
+    run = write_run(tmp_path, "r", [5])
+    reporter = ProgressReporter(0, clock=lambda: now[0], emit=lines.append)
+    reporter.start("x", [run])
+    now[0] = 1e6
+    reporter.report([("x", [run])])
+    assert lines == []
+
+
+@pytest.mark.parametrize("seconds, text", [(40.4, "40 s"), (720, "12 min"), (3900, "1 h 05 min")])
+def test_format_duration(seconds, text) -> None:
+    assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_suite_rejects_a_negative_progress_interval(value, capsys) -> None:
+    assert suite.main(["--preset", "quick", "--progress-every", value, "--dry-run"]) == 2
+    assert "--progress-every must be >= 0" in capsys.readouterr().err
