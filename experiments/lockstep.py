@@ -21,7 +21,8 @@ else (tested).
 
 Kill and resume: every run checkpoints on its own schedule; on restart each resumes from its own
 checkpoint and the runs behind catch up first (the runs with the fewest iterations move each round).
-Finished runs are skipped.
+Finished runs are skipped. A run that ends before the others (diverged, or shorter) is finished at once
+(manifest written, checkpoint dropped), so an interruption later does not make a rerun train it again.
 """
 
 from __future__ import annotations
@@ -125,22 +126,25 @@ def train_lockstep(specs: list[RunSpec], opts: RunOptions, ctx: DistContext,
                     raise HostRngDrawError(f"{spec.run_id}: Python's or NumPy's global RNG is not in the state of "
                                            "the group's other runs (a resumed run that drew from them?); use --mode "
                                            "separate")
-            failed = _drive(runs, streams, host, opts, ctx)
+            ended = _drive(runs, streams, host, opts, ctx)
         except BaseException:
             # an error that stops the group (or an interrupt): every run's rows so far reach its CSV and
             # TensorBoard files; their manifests still say running, and a rerun resumes them
             for run in runs:
                 run.close_logs()
             raise
-        for run in runs:
-            summaries[run.spec.run_id] = failed[run.spec.run_id] if run.spec.run_id in failed else run.finish()
+        for run in runs:  # a run done before the first turn (nothing left to train) ends here
+            summaries[run.spec.run_id] = ended[run.spec.run_id] if run.spec.run_id in ended else run.finish()
     return [summaries[s.run_id] for s in specs]
 
 
 def _drive(runs: list[Run], streams: dict[str, Any], host: Any, opts: RunOptions,
            ctx: DistContext) -> dict[str, dict[str, Any]]:
-    """Advance the runs in turn until each is done; a run that raises an unexpected error is recorded as
-    failed (its summary returned) and the others go on. Numerical failures end a run as diverged."""
+    """Advance the runs in turn until each is done; the summaries of the runs that ended, by run id.
+
+    A run is finished (manifest, checkpoint dropped) as soon as it is done, so a diverged or shorter run
+    is not retrained when the group is interrupted later. A run that raises an unexpected error is
+    recorded as failed and the others go on. Numerical failures end a run as diverged."""
     from tqdm import tqdm
 
     first = runs[0].spec
@@ -149,7 +153,7 @@ def _drive(runs: list[Run], streams: dict[str, Any], host: Any, opts: RunOptions
     with tqdm(total=total, initial=sum(r.iteration for r in runs), desc=desc, dynamic_ncols=True, leave=False,
               disable=not opts.progress) as bar:
         active = [r for r in runs if not r.done]
-        failed: dict[str, dict[str, Any]] = {}
+        ended: dict[str, dict[str, Any]] = {}
         turns = 0
         while active:
             behind = min(r.iteration for r in active)  # after a resume, the runs behind catch up first
@@ -163,15 +167,17 @@ def _drive(runs: list[Run], streams: dict[str, Any], host: Any, opts: RunOptions
                     import traceback
 
                     traceback.print_exc()
-                    failed[run.spec.run_id] = run.fail(err)
+                    ended[run.spec.run_id] = run.fail(err)
                 streams[run.spec.run_id] = torch_rng_state(ctx.device)
+                if run.done and run.spec.run_id not in ended:
+                    ended[run.spec.run_id] = run.finish()
                 bar.update(1)
                 turns += 1
                 if turns % HOST_RNG_CHECK_EVERY == 0:
                     _check_host(host, active, behind)
-            active = [r for r in active if not r.done and r.spec.run_id not in failed]
+            active = [r for r in active if r.spec.run_id not in ended]
         _check_host(host, runs, None)
-    return failed
+    return ended
 
 
 def _check_host(host: Any, runs: list[Run], iteration: int | None) -> None:

@@ -210,3 +210,32 @@ def test_one_failing_run_does_not_stop_the_group(tmp_path: Path, monkeypatch: py
     assert summaries[1]["status"] == status and type(error).__name__ in summaries[1]["error"]
     manifest = json.loads((tmp_path / "o" / "mnist1d-mlp" / f"{specs[1].run_id}.json").read_text())
     assert manifest["status"] == status and manifest.get("outcome") == outcome
+
+
+@pytest.mark.parametrize("ending", ["diverged", "shorter"])
+def test_a_run_that_ends_early_is_finished_before_the_group_is_interrupted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str) -> None:
+    """A diverged (or shorter) run's manifest says finished as soon as it ends: an interruption of the
+    group afterwards (a kill at the end of a session) must not make a rerun train it again."""
+    from experiments.trainer import Run
+
+    original = Run.advance
+
+    def advance(self: Run) -> None:
+        if ending == "diverged" and self.spec.optimizer == "adam" and self.iteration == 3:
+            raise FloatingPointError("loss is nan")
+        if self.spec.optimizer == "sgd" and self.iteration == 8:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(Run, "advance", advance)
+    specs = [make_run_spec("mnist1d-mlp", "sgd", 0, max_iters=12),
+             make_run_spec("mnist1d-mlp", "adam", 0, max_iters=12 if ending == "diverged" else 5)]
+    opts = RunOptions(out=tmp_path / "o", checkpoint_root=tmp_path / "ck")
+    with pytest.raises(KeyboardInterrupt):
+        train_lockstep(specs, opts, DistContext())
+    manifests = [json.loads((tmp_path / "o" / "mnist1d-mlp" / f"{s.run_id}.json").read_text()) for s in specs]
+    assert manifests[0]["status"] == "running"  # interrupted: resumed by a rerun
+    assert manifests[1]["status"] == "finished"
+    assert manifests[1]["outcome"] == ("diverged" if ending == "diverged" else "completed")
+    assert manifests[1]["iterations_done"] == (3 if ending == "diverged" else 5)
