@@ -3,12 +3,11 @@ the step allocates no device memory after warm-up, and a bfloat16 history on the
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from mlbfgs import MLBFGS
+from tests.allocation_setup import PROFILED_STEPS, warmed_optimizer
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -39,27 +38,9 @@ def test_the_counter_sees_device_allocations() -> None:
 @pytest.mark.parametrize("norm", ["global", "kl", "none"])
 @pytest.mark.parametrize("history_dtype", [None, torch.bfloat16])
 def test_cuda_step_allocates_nothing_after_warmup(norm: str, history_dtype: torch.dtype | None) -> None:
-    model = _model().cuda()
-    groups = [
-        {"params": list(model[0].parameters()), "weight_decay": 1e-4},
-        {"params": list(model[2].parameters()), "momentum": 0.5},
-    ]
-    opt = MLBFGS(groups, lr=0.01, update_period=1, history_size=4, blocks="layer", direction_norm=norm,
-                 history_dtype=history_dtype)
-    grads = [torch.randn_like(p) * 0.01 + 0.1 * p.detach() for p in model.parameters()]
-
-    def set_grads() -> None:
-        for p, g in zip(model.parameters(), grads, strict=True):
-            p.grad = g + 0.05 * p.detach()
-
-    for _ in range(8):  # fill the rings
-        set_grads()
-        opt.step()
-    assert all(opt.block_state(b)["num_pairs"] == 4 for b in range(2))
-    opt.config = dataclasses.replace(opt.config, update_period=1000)  # steps between pairs
-    set_grads()
-    opt.step()
-    assert device_allocations(opt.step) == 0
+    opt, check = warmed_optimizer("cuda", norm, history_dtype)
+    assert device_allocations(opt.step, PROFILED_STEPS) == 0
+    check()
 
 
 def test_cuda_bfloat16_history_follows_the_cpu() -> None:
