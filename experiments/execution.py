@@ -150,7 +150,7 @@ def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[]
                 label, group = pending.pop(0)
                 print(f"{label} {', '.join(r.run_id for r in group)}: running", flush=True)
                 running.append((subprocess.Popen(run_command(group, opts)), time.monotonic(), label, group))
-                progress.start(label, group)
+                progress.start(label)
             done = next((item for item in running if item[0].poll() is not None), None)
             if done is None:
                 progress.report([(label, group) for _, _, label, group in running])

@@ -4,21 +4,26 @@ The suite starts its runs with ``--no-progress`` (several tqdm bars on one termi
 other, and a log file would fill with carriage returns), so it reports for them: every
 ``interval_s`` seconds one line per running process,
 
-    [suite 1/2] 3440/4690 iterations (73.3 %), 8.3 it/min since this start, about 2 h 30 min left
+    [suite 1/2] 3440/4690 iterations (73.3 %), 8.3 it/min, about 2 h 30 min left
 
 An iteration count is the last complete row of a run's CSV (rows are flushed every ``--flush-rows``
 rows, so it lags by at most that many logged rows); the total is the manifest's ``total_iters``. A
-lockstep process reports its slowest run. The rate counts only iterations trained since this
-invocation started the process (a resumed run's earlier iterations are not in it).
+lockstep process reports its slowest run among those still training (a diverged, failed or shorter run
+has ended and no longer holds the line back). The rate is measured from the first line on (by then the
+process has cut a resumed run's CSV back to its checkpoint, or emptied it under ``--force``), and
+measured again from a line whose count dropped. The display never stops training: a file it cannot
+read makes its line say so.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from experiments.planning import PlannedRun
 
@@ -30,7 +35,7 @@ def iterations_done(csv_path: Path) -> int:
     is missing (a run that has not logged yet)."""
     try:
         with open(csv_path, "rb") as f:
-            header = f.readline().decode().strip().split(",")
+            header = f.readline().decode(errors="replace").strip().split(",")
             f.seek(0, 2)
             size = f.tell()
             f.seek(max(0, size - _TAIL_BYTES))
@@ -45,26 +50,41 @@ def iterations_done(csv_path: Path) -> int:
         cells = line.split(",")
         if len(cells) == len(header) and cells != header:
             try:
-                return int(float(cells[column]))
+                value = float(cells[column])
             except ValueError:
                 continue
+            if math.isfinite(value):
+                return int(value)
     return 0
 
 
-def total_iterations(manifest: Path) -> int | None:
-    """The manifest's ``total_iters`` (None before the runner wrote it)."""
+def _manifest(path: Path) -> dict[str, Any]:
     try:
-        total = json.loads(manifest.read_text()).get("total_iters")
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def total_iterations(manifest: Path) -> int | None:
+    """The manifest's ``total_iters`` (None before the runner wrote it, or when it is not a positive count)."""
+    total = _manifest(manifest).get("total_iters")
+    return total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else None
+
+
+def has_ended(manifest: Path) -> bool:
+    """Whether the run's manifest says it ended (finished, diverged included, or failed)."""
+    return _manifest(manifest).get("status") in ("finished", "failed")
+
+
+def group_progress(group: Sequence[PlannedRun]) -> tuple[int, int | None] | None:
+    """``(iterations, total)`` of a process: the slowest run still training and the largest total among
+    those runs; total None while a run's total is not known yet. None when every run has ended."""
+    training = [r for r in group if not has_ended(r.manifest)]
+    if not training:
         return None
-    return int(total) if total else None
-
-
-def group_progress(group: Sequence[PlannedRun]) -> tuple[int, int | None]:
-    """``(iterations, total)`` of a process: its slowest run's iterations and the largest total (None
-    when a run's total is not known yet)."""
-    done = min(iterations_done(r.manifest.with_suffix(".csv")) for r in group)
-    totals = [total_iterations(r.manifest) for r in group]
+    done = min(iterations_done(r.manifest.with_suffix(".csv")) for r in training)
+    totals = [total_iterations(r.manifest) for r in training]
     return done, None if any(t is None for t in totals) else max(t for t in totals if t is not None)
 
 
@@ -78,56 +98,68 @@ def format_duration(seconds: float) -> str:
 
 
 @dataclass
-class _Started:
-    t0: float
-    done0: int | None = None  # iterations when first read (a resumed run starts above 0)
+class _Baseline:
+    t0: float  # when the rate is measured from
+    done0: int  # iterations then
+    last: int  # iterations at the last line
 
 
 @dataclass
 class ProgressReporter:
     """Prints each running process's progress every ``interval_s`` seconds (0: never).
 
-    ``start(label, group)`` when a process starts, ``report(running)`` as often as convenient (it prints
-    only when the interval has passed), ``stop(label)`` when it ends.
+    ``start(label)`` when a process starts, ``report(running)`` as often as convenient (it prints only
+    when the interval has passed since the first start or the last lines), ``stop(label)`` when it ends.
     """
 
     interval_s: float
     clock: Callable[[], float] = time.monotonic
     emit: Callable[[str], None] = lambda line: print(line, flush=True)
-    _started: dict[str, _Started] = field(default_factory=dict)
+    _baselines: dict[str, _Baseline | None] = field(default_factory=dict)
     _last: float | None = None
 
     def __post_init__(self) -> None:
-        if self.interval_s < 0:
+        if not self.interval_s >= 0:  # also NaN
             raise ValueError(f"progress interval must be >= 0 seconds (0 turns it off), got {self.interval_s}")
 
-    def start(self, label: str, group: Sequence[PlannedRun]) -> None:
-        now = self.clock()
-        self._started[label] = _Started(now, group_progress(group)[0] if self.interval_s else None)
+    def start(self, label: str) -> None:
+        self._baselines[label] = None  # measured at its first line
         if self._last is None:
-            self._last = now
+            self._last = self.clock()
 
     def stop(self, label: str) -> None:
-        self._started.pop(label, None)
+        self._baselines.pop(label, None)
 
     def report(self, running: Sequence[tuple[str, Sequence[PlannedRun]]]) -> None:
         if not self.interval_s or self._last is None or self.clock() - self._last < self.interval_s:
             return
         self._last = now = self.clock()
         for label, group in running:
-            self.emit(self.line(label, group, now))
+            try:
+                text = self.line(label, group, now)
+            except Exception as err:  # a display: it must never stop the training it reports on
+                text = f"{label} progress unavailable ({type(err).__name__}: {err})"
+            self.emit(text)
 
     def line(self, label: str, group: Sequence[PlannedRun], now: float) -> str:
-        done, total = group_progress(group)
-        started = self._started.get(label, _Started(now, done))
-        if started.done0 is None:
-            started.done0 = done
+        progress = group_progress(group)
+        if progress is None:
+            return f"{label} all {len(group)} run(s) ended"
+        done, total = progress
+        base = self._baselines.get(label)
+        if base is None or done < base.last:  # first line, or the CSV was cut back: measure from here
+            self._baselines[label] = _Baseline(now, done, done)
+            rate_text = "measuring the rate"
+        else:
+            base.last = done
+            elapsed, gained = now - base.t0, done - base.done0
+            rate = gained / elapsed if elapsed > 0 else 0.0
+            if rate <= 0:
+                rate_text = "no new iteration logged"
+            elif total is None:
+                rate_text = f"{60 * rate:.1f} it/min"
+            else:
+                rate_text = f"{60 * rate:.1f} it/min, about {format_duration(max(0, total - done) / rate)} left"
         if total is None:
-            return f"{label} {done} iterations, total not known yet"
-        text = f"{label} {done}/{total} iterations ({100 * done / total:.1f} %)"
-        elapsed, gained = now - started.t0, done - started.done0
-        if gained <= 0 or elapsed <= 0:
-            return text + ", no iteration logged since this start yet"
-        rate = gained / elapsed
-        return (f"{text}, {60 * rate:.1f} it/min since this start, "
-                f"about {format_duration(max(0, total - done) / rate)} left")
+            return f"{label} {done} iterations (total not known yet), {rate_text}"
+        return f"{label} {done}/{total} iterations ({100 * done / total:.1f} %), {rate_text}"

@@ -34,26 +34,69 @@ def test_iterations_done_reads_the_last_complete_row(tmp_path) -> None:
     assert iterations_done(header_only.manifest.with_suffix(".csv")) == 0
 
 
+LABEL = "[suite 1/1] lockstep"
+
+
 def test_reporter_prints_rate_and_time_left_every_interval(tmp_path) -> None:
     now = [0.0]
     lines: list[str] = []
     fast = write_run(tmp_path, "fast", [100])
     slow = write_run(tmp_path, "slow", [100])
     reporter = ProgressReporter(300, clock=lambda: now[0], emit=lines.append)
-    reporter.start("[suite 1/1] lockstep", [fast, slow])
+    reporter.start(LABEL)
     now[0] = 299.0
-    reporter.report([("[suite 1/1] lockstep", [fast, slow])])
+    reporter.report([(LABEL, [fast, slow])])
     assert lines == []  # the interval has not passed
+    now[0] = 300.0
+    reporter.report([(LABEL, [fast, slow])])
+    assert lines == [f"{LABEL} 100/1000 iterations (10.0 %), measuring the rate"]
     write_run(tmp_path, "fast", [100, 500])
     write_run(tmp_path, "slow", [100, 400])  # a lockstep process reports its slowest run
-    now[0] = 300.0
-    reporter.report([("[suite 1/1] lockstep", [fast, slow])])
-    # 300 iterations in 300 s: 60 it/min, 600 left: 10 min
-    assert lines == ["[suite 1/1] lockstep 400/1000 iterations (40.0 %), 60.0 it/min since this start, "
-                     "about 10 min left"]
     now[0] = 400.0
-    reporter.report([("[suite 1/1] lockstep", [fast, slow])])
+    reporter.report([(LABEL, [fast, slow])])
     assert len(lines) == 1  # the next line comes 300 s after the last
+    now[0] = 600.0
+    reporter.report([(LABEL, [fast, slow])])
+    # 300 iterations in 300 s: 60 it/min, 600 left: 10 min
+    assert lines[1] == f"{LABEL} 400/1000 iterations (40.0 %), 60.0 it/min, about 10 min left"
+
+
+def test_a_run_that_ended_does_not_hold_the_line_back(tmp_path) -> None:
+    now = [0.0]
+    lines: list[str] = []
+    diverged = write_run(tmp_path, "diverged", [3])
+    diverged.manifest.write_text(json.dumps({"total_iters": 1000, "status": "finished", "outcome": "diverged"}))
+    shorter = write_run(tmp_path, "shorter", [5], total=5)
+    shorter.manifest.write_text(json.dumps({"total_iters": 5, "status": "finished"}))
+    training = write_run(tmp_path, "training", [200], total=800)
+    reporter = ProgressReporter(1, clock=lambda: now[0], emit=lines.append)
+    reporter.start(LABEL)
+    now[0] = 1.0
+    reporter.report([(LABEL, [diverged, shorter, training])])
+    assert lines == [f"{LABEL} 200/800 iterations (25.0 %), measuring the rate"]
+    training.manifest.write_text(json.dumps({"total_iters": 800, "status": "finished"}))
+    now[0] = 2.0
+    reporter.report([(LABEL, [diverged, shorter, training])])
+    assert lines[1] == f"{LABEL} all 3 run(s) ended"
+
+
+def test_a_csv_cut_back_restarts_the_rate(tmp_path) -> None:
+    """Under --force (or a resume) the process empties (cuts back) the CSV it started with."""
+    now = [0.0]
+    lines: list[str] = []
+    run = write_run(tmp_path, "r", [300], total=300)  # the previous invocation's finished run
+    reporter = ProgressReporter(10, clock=lambda: now[0], emit=lines.append)
+    reporter.start("x")
+    now[0] = 10.0
+    reporter.report([("x", [run])])
+    write_run(tmp_path, "r", [62], total=300)
+    now[0] = 20.0
+    reporter.report([("x", [run])])
+    write_run(tmp_path, "r", [62, 122], total=300)
+    now[0] = 30.0
+    reporter.report([("x", [run])])
+    assert lines[1:] == ["x 62/300 iterations (20.7 %), measuring the rate",
+                         "x 122/300 iterations (40.7 %), 360.0 it/min, about 30 s left"]
 
 
 def test_reporter_before_the_first_logged_iteration(tmp_path) -> None:
@@ -61,10 +104,32 @@ def test_reporter_before_the_first_logged_iteration(tmp_path) -> None:
     lines: list[str] = []
     run = write_run(tmp_path, "r", [])
     reporter = ProgressReporter(10, clock=lambda: now[0], emit=lines.append)
-    reporter.start("[suite 1/1]", [run])
-    now[0] = 10.0
-    reporter.report([("[suite 1/1]", [run])])
-    assert lines == ["[suite 1/1] 0/1000 iterations (0.0 %), no iteration logged since this start yet"]
+    reporter.start("[suite 1/1]")
+    for t in (10.0, 20.0):
+        now[0] = t
+        reporter.report([("[suite 1/1]", [run])])
+    assert lines == ["[suite 1/1] 0/1000 iterations (0.0 %), measuring the rate",
+                     "[suite 1/1] 0/1000 iterations (0.0 %), no new iteration logged"]
+
+
+def test_unreadable_files_never_stop_the_suite(tmp_path, monkeypatch) -> None:
+    from experiments import progress
+
+    run = write_run(tmp_path, "r", [5])
+    run.manifest.write_text(json.dumps([1, 2]))  # not an object: no total
+    (tmp_path / "r.csv").write_bytes(b"\xff\xfe,iteration\n" + b"r,inf\n")
+    assert progress.total_iterations(run.manifest) is None and iterations_done(tmp_path / "r.csv") == 0
+    for bad in ("NaN", "Infinity", '"abc"', "0", "true"):
+        run.manifest.write_text('{"total_iters": ' + bad + '}')
+        assert progress.total_iterations(run.manifest) is None, bad
+    lines: list[str] = []
+    now = [0.0]
+    reporter = ProgressReporter(1, clock=lambda: now[0], emit=lines.append)
+    reporter.start("x")
+    monkeypatch.setattr(progress, "group_progress", lambda group: 1 / 0)
+    now[0] = 1.0
+    reporter.report([("x", [run])])
+    assert lines == ["x progress unavailable (ZeroDivisionError: division by zero)"]
 
 
 def test_interval_zero_prints_nothing(tmp_path) -> None:
@@ -72,10 +137,12 @@ def test_interval_zero_prints_nothing(tmp_path) -> None:
     lines: list[str] = []
     run = write_run(tmp_path, "r", [5])
     reporter = ProgressReporter(0, clock=lambda: now[0], emit=lines.append)
-    reporter.start("x", [run])
+    reporter.start("x")
     now[0] = 1e6
     reporter.report([("x", [run])])
     assert lines == []
+    with pytest.raises(ValueError, match="interval"):
+        ProgressReporter(float("nan"))
 
 
 @pytest.mark.parametrize("seconds, text", [(40.4, "40 s"), (720, "12 min"), (3900, "1 h 05 min")])
