@@ -63,16 +63,17 @@ def test_lr_sensitivity_table_and_figure(tmp_path: Path) -> None:
     rows = ["workload,optimizer,trial,setting.lr,setting.beta,final_test_acc,final_train_loss,chosen,finished,run_id",
             "w,sgd,0,0.01,,0.60,1.0,False,True,a", "w,sgd,1,0.1,,0.80,0.5,True,True,b",
             "w,sgd,2,1.0,,nan,nan,False,True,c",
+            "w,sgd,3,3.0,,0.10,nan,False,True,c3",  # diverged: NaN weights still get an argmax accuracy
             "w,mlbfgs,0,0.03,0.99,0.70,0.7,False,True,d", "w,mlbfgs,1,0.3,0.9,0.75,0.6,True,True,e"]
     (tmp_path / "tuning" / "long_trials.csv").write_text("\n".join(rows) + "\n")
     trials = load_trials(tmp_path)
     summary = sensitivity_summary(trials).set_index("optimizer")
-    assert summary.loc["sgd", "trials"] == 3 and summary.loc["sgd", "finite"] == 2
+    assert summary.loc["sgd", "trials"] == 4 and summary.loc["sgd", "finite"] == 2
     assert summary.loc["sgd", "chosen"] == "lr=0.1"
     assert summary.loc["mlbfgs", "chosen"] == "lr=0.3 beta=0.9"
     assert summary.loc["sgd", "median_acc"] == pytest.approx(0.70)
     md = sensitivity_markdown(sensitivity_summary(trials))
-    assert "| w | sgd | 3 | 2 | lr=0.1 | 0.8000 | 0.7000 | 0.6000 |" in md
+    assert "| w | sgd | 4 | 2 | lr=0.1 | 0.8000 | 0.7000 | 0.6000 |" in md  # the diverged 0.10 is not the worst
     assert len(plot_sensitivity(trials).axes) == 1
     assert load_trials(tmp_path / "nothing") is None
 
