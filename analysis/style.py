@@ -126,9 +126,27 @@ def new_figure(nrows: int, ncols: int, width: float, height: float) -> tuple[Fig
     return fig, [ax for row in axes for ax in row]
 
 
+class PlainLogLocator(LogLocator):
+    """Ticks at 1, 2, 5 x 10^k over a span of up to :data:`DENSE_DECADES` decades, at the decades alone
+    beyond it (the 1-2-5 labels of a wider span run into each other)."""
+
+    def __init__(self) -> None:
+        super().__init__(subs=(1.0, 2.0, 5.0))
+
+    def tick_values(self, vmin: float, vmax: float):  # type: ignore[no-untyped-def]
+        lo, hi = sorted((vmin, vmax))
+        wide = lo > 0 and math.isfinite(hi / lo) and math.log10(hi / lo) > DENSE_DECADES
+        self.set_params(subs=(1.0,) if wide else (1.0, 2.0, 5.0))
+        return super().tick_values(vmin, vmax)
+
+
+DENSE_DECADES = 2.5
+
+
 def plain_log_ticks(axis: Axis, suffix: str = "") -> None:
-    """Label a log axis at 1, 2, 5 x 10^k in plain numbers (``0.5``, ``20``) with ``suffix``."""
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    """Label a log axis in plain numbers (``0.5``, ``20``) with ``suffix``: at 1, 2, 5 x 10^k, or at the
+    decades alone on a span of more than :data:`DENSE_DECADES` decades (:class:`PlainLogLocator`)."""
+    axis.set_major_locator(PlainLogLocator())
     axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}{suffix}"))
     axis.set_minor_formatter(NullFormatter())
 

@@ -103,3 +103,21 @@ def test_unknown_optimizer_colour_is_stable() -> None:
 def test_unknown_workload_is_an_error(runs: pd.DataFrame) -> None:
     with pytest.raises(ValueError, match="nope"):
         plot_convergence(runs, "nope")
+
+
+@pytest.mark.parametrize("limits, labels", [
+    ((1e-4, 3.0), ["0.0001", "0.001", "0.01", "0.1", "1"]),  # 4.5 decades: decades only, no collisions
+    ((0.01, 0.5), ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5"]),  # 1.7 decades: 1-2-5
+])
+def test_plain_log_ticks_thin_out_on_wide_spans(limits, labels) -> None:
+    from analysis.style import new_figure, plain_log_ticks
+
+    fig, axes = new_figure(1, 1, 5.5, 4.2)
+    ax = axes[0]
+    ax.set_xscale("log")
+    ax.set_xlim(*limits)
+    plain_log_ticks(ax.xaxis)
+    fig.canvas.draw()
+    shown = [t.get_text() for t, v in zip(ax.get_xticklabels(), ax.get_xticks(), strict=True)
+             if limits[0] <= v <= limits[1]]
+    assert shown == labels
