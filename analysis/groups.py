@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from analysis.ablations import FOLDER as ABLATION_FOLDER
 from analysis.ablations import ablation_markdown, centre
 from analysis.compiled import compiled_markdown, compiled_summary, load_compiled
+from analysis.compute import compute_markdown, compute_summary, load_compute
 from analysis.fairness import fairness_markdown, fairness_summary, load_fairness, plot_fairness
 from analysis.kernel import kernel_markdown, kernel_summary
 from analysis.load import KERNEL_FILE, Results
@@ -122,6 +123,10 @@ GROUPS: tuple[FigureGroup, ...] = (
         "no {root}/tuning/*_trials.csv",
         lambda data: load_trials(data.root), sensitivity_summary, lambda _, s: sensitivity_markdown(s),
         lambda raw, _: plot_sensitivity(raw), "%.6f",
+    ),
+    FigureGroup(
+        "compute", "Compute spent", "compute", "no run manifests with cpu_s under {root}/runs or {root}/tuning/runs",
+        lambda data: load_compute(data.root), compute_summary, lambda _, s: compute_markdown(s), None, "%.6f",
     ),
     FigureGroup(
         "paper", "Test accuracy of the paper's workloads", "paper_accuracy",
