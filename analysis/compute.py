@@ -1,7 +1,8 @@
 """Compute spent by a results tree's runs: CPU-hours and CPU milliseconds per iteration.
 
-Reads the run manifests (``<run id>.json``) under ``<root>/runs/<workload>/`` (stage ``final``) and
-``<root>/tuning/runs/<workload>/`` (stage ``trial``, the tuning trials of a preset such as ``long``).
+Reads the run manifests (``<run id>.json`` beside each run CSV, :func:`analysis.load.load_manifests`) under
+``<root>/runs/<workload>/`` (stage ``final``) and ``<root>/tuning/runs/<workload>/`` (stage ``trial``, the
+tuning trials of a preset such as ``long``).
 A manifest's ``cpu_s`` is the process CPU time of the run's own training iterations (batch, forward,
 backward, step; evaluation excluded: ``experiments/trainer.py``) and ``iterations_done`` the
 iterations it has trained; an unfinished run's manifest holds them as of its last checkpoint.
@@ -14,37 +15,31 @@ total per workload and stage and one for the tree: the measured side of a preset
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
+from analysis.load import Results, load_manifests
 from analysis.style import sort_optimizers
 from analysis.tables import fmt, markdown_table
 
-STAGES: dict[str, str] = {"final": "runs", "trial": "tuning/runs"}  # stage -> folder under the root
 ALL = "all"
 
 
-def load_compute(root: Path | str) -> pd.DataFrame | None:
+def load_compute(data: Results) -> pd.DataFrame | None:
     """One row per run manifest with ``cpu_s``: workload, stage, optimizer, run_id, finished, iterations,
-    cpu_s. None when there is none."""
-    rows = []
-    for stage, folder in STAGES.items():
-        for path in sorted((Path(root) / folder).glob("*/*.json")):
-            try:
-                manifest = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(manifest, dict) or manifest.get("cpu_s") is None or "run_id" not in manifest:
-                continue
-            rows.append({"workload": str(manifest.get("workload", path.parent.name)), "stage": stage,
-                         "optimizer": str(manifest.get("optimizer", "")), "run_id": manifest["run_id"],
-                         "finished": manifest.get("status") == "finished",
-                         "iterations": int(manifest.get("iterations_done") or 0),
-                         "cpu_s": float(manifest["cpu_s"])})
-    return pd.DataFrame(rows) if rows else None
+    cpu_s. Finals are ``data.manifests`` (``<root>/runs``), trials the manifests under ``<root>/tuning``
+    (both read by :func:`analysis.load.load_manifests`). None when there is none."""
+    frames = []
+    for stage, manifests in (("final", data.manifests), ("trial", load_manifests(data.root / "tuning"))):
+        if manifests is None:
+            continue
+        part = manifests[manifests["cpu_s"].notna()]
+        frames.append(pd.DataFrame({
+            "workload": part["workload"].astype(str), "stage": stage, "optimizer": part["optimizer"].astype(str),
+            "run_id": part["run_id"], "finished": part["status"] == "finished",
+            "iterations": part["iterations_done"].fillna(0).astype(int), "cpu_s": part["cpu_s"]}))
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def _summary_row(workload: str, stage: str, optimizer: str, sub: pd.DataFrame) -> dict[str, object]:

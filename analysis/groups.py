@@ -126,7 +126,7 @@ GROUPS: tuple[FigureGroup, ...] = (
     ),
     FigureGroup(
         "compute", "Compute spent", "compute", "no run manifests with cpu_s under {root}/runs or {root}/tuning/runs",
-        lambda data: load_compute(data.root), compute_summary, lambda _, s: compute_markdown(s), None, "%.6f",
+        load_compute, compute_summary, lambda _, s: compute_markdown(s), None, "%.6f",
     ),
     FigureGroup(
         "paper", "Test accuracy of the paper's workloads", "paper_accuracy",

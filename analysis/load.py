@@ -198,6 +198,8 @@ def load_runs(results: Path | str) -> pd.DataFrame | None:
     frames = []
     for path in paths:
         df = read_checked_csv(path, RUN_COLUMNS, RUN_NUMERIC)
+        if df.empty:  # a run that has not logged a row yet (its manifest still counts: load_manifests)
+            continue
         kinds = set(df["kind"].dropna().unique())
         unknown = sorted(kinds - set(RUN_KINDS))
         if unknown:
@@ -324,7 +326,8 @@ def _get(obj: Any, *keys: str) -> Any:
 def load_manifests(results: Path | str) -> pd.DataFrame | None:
     """One row per manifest: the ``<run_id>.json`` next to each run CSV under ``results`` (see
     :func:`run_csv_paths`). Columns: run_id, workload, optimizer, seed, beta, config, settings (see
-    :func:`load_runs`), path and the parsed manifest (column ``manifest``). ``None`` when there are none."""
+    :func:`load_runs`), status, iterations_done and cpu_s (NaN when the manifest lacks them), path
+    and the parsed manifest (column ``manifest``). ``None`` when there are none."""
     return _manifests_of(run_csv_paths(results))
 
 
@@ -352,11 +355,20 @@ def _manifests_of(csv_paths: Sequence[Path]) -> pd.DataFrame | None:
                 "config": f"{workload}__{manifest.get('optimizer')}__{config_key(settings)}",
                 "settings": json.dumps(settings, sort_keys=True, default=str),
                 "status": str(manifest.get("status") or "unknown"),
+                "iterations_done": _count_or_nan(manifest.get("iterations_done")),
+                "cpu_s": _count_or_nan(manifest.get("cpu_s")),
                 "path": str(path),
                 "manifest": manifest,
             }
         )
     return pd.DataFrame(rows) if rows else None
+
+
+def _count_or_nan(value: Any) -> float:
+    """A manifest's number (iterations, seconds) as float; NaN when absent or not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return float("nan")
+    return float(value) if math.isfinite(value) else float("nan")
 
 
 def load_curvature(results: Path | str) -> pd.DataFrame | None:

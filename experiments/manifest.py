@@ -48,9 +48,19 @@ def command_line(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in ["python", "-m", "experiments.run", *argv])
 
 
+#: Statuses of a run that has stopped training for good: "finished" (diverged runs included: they end
+#: early and finish) or "failed"; "running" is the other one.
+ENDED_STATUSES: tuple[str, ...] = ("finished", "failed")
+
+
+def run_status(manifest: Any) -> str | None:
+    """The ``status`` of a parsed manifest; None when it is not a JSON object with a text status."""
+    status = manifest.get("status") if isinstance(manifest, dict) else None
+    return status if isinstance(status, str) else None
+
+
 def is_finished(path: str | Path) -> bool:
-    manifest = read_json(path)
-    return manifest is not None and manifest.get("status") == "finished"
+    return run_status(read_json(path)) == "finished"
 
 
 class Manifest:

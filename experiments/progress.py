@@ -17,14 +17,14 @@ read makes its line say so.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from experiments.atomic import read_json
+from experiments.manifest import ENDED_STATUSES, run_status
 from experiments.planning import PlannedRun
 
 _TAIL_BYTES = 8192  # rows are under 300 bytes: the tail holds several complete ones
@@ -58,33 +58,34 @@ def iterations_done(csv_path: Path) -> int:
     return 0
 
 
-def _manifest(path: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunState:
+    """What a run's manifest says about its progress: whether it ended and its total iterations."""
+
+    ended: bool
+    total: int | None  # the manifest's ``total_iters``; None before the runner wrote it or when not a positive count
+
+
+def run_state(manifest: Path) -> RunState:
+    """Read the manifest once; an unreadable one is a run still training with no known total."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def total_iterations(manifest: Path) -> int | None:
-    """The manifest's ``total_iters`` (None before the runner wrote it, or when it is not a positive count)."""
-    total = _manifest(manifest).get("total_iters")
-    return total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else None
-
-
-def has_ended(manifest: Path) -> bool:
-    """Whether the run's manifest says it ended (finished, diverged included, or failed)."""
-    return _manifest(manifest).get("status") in ("finished", "failed")
+        data = read_json(manifest)
+    except (OSError, UnicodeDecodeError):
+        data = None
+    total = data.get("total_iters") if isinstance(data, dict) else None
+    valid = isinstance(total, int) and not isinstance(total, bool) and total > 0
+    return RunState(run_status(data) in ENDED_STATUSES, total if valid else None)
 
 
 def group_progress(group: Sequence[PlannedRun]) -> tuple[int, int | None] | None:
     """``(iterations, total)`` of a process: the slowest run still training and the largest total among
     those runs; total None while a run's total is not known yet. None when every run has ended."""
-    training = [r for r in group if not has_ended(r.manifest)]
+    states = [(r, run_state(r.manifest)) for r in group]
+    training = [(r, s) for r, s in states if not s.ended]
     if not training:
         return None
-    done = min(iterations_done(r.manifest.with_suffix(".csv")) for r in training)
-    totals = [total_iterations(r.manifest) for r in training]
+    done = min(iterations_done(r.manifest.with_suffix(".csv")) for r, _ in training)
+    totals = [s.total for _, s in training]
     return done, None if any(t is None for t in totals) else max(t for t in totals if t is not None)
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from analysis.compute import compute_markdown, compute_summary, load_compute
+from analysis.load import load_results
+from experiments.csvlog import RUN_COLUMNS
 
 
 def manifest(root: Path, folder: str, run_id: str, optimizer: str, iterations: int, cpu_s: float | None,
@@ -17,6 +19,7 @@ def manifest(root: Path, folder: str, run_id: str, optimizer: str, iterations: i
     if cpu_s is not None:
         data["cpu_s"] = cpu_s
     path.write_text(json.dumps(data))
+    path.with_suffix(".csv").write_text(",".join(RUN_COLUMNS) + "\n")  # a manifest belongs to a run CSV
 
 
 def test_compute_table_sums_cpu_per_stage_and_optimizer(tmp_path: Path) -> None:
@@ -25,8 +28,8 @@ def test_compute_table_sums_cpu_per_stage_and_optimizer(tmp_path: Path) -> None:
     manifest(tmp_path, "runs", "c", "mlbfgs", 500, 3600.0, status="running")  # up to its last checkpoint
     manifest(tmp_path, "runs", "old", "adam", 1000, None)  # no cpu_s: left out
     manifest(tmp_path, "tuning/runs", "t", "sgd", 250, 20.0)
-    (tmp_path / "runs" / "w" / "broken.json").write_text("{not json")
-    runs = load_compute(tmp_path)
+    (tmp_path / "runs" / "w" / "stray.json").write_text("{not json")  # no run CSV beside it: not a manifest
+    runs = load_compute(load_results(tmp_path))
     assert sorted(runs["run_id"]) == ["a", "b", "c", "t"]
     summary = compute_summary(runs).set_index(["workload", "stage", "optimizer"])
     sgd = summary.loc[("w", "final", "sgd")]
@@ -42,6 +45,7 @@ def test_compute_table_sums_cpu_per_stage_and_optimizer(tmp_path: Path) -> None:
 
 
 def test_no_manifests_with_cpu_gives_none(tmp_path: Path) -> None:
-    assert load_compute(tmp_path) is None
+    assert load_compute(load_results(tmp_path)) is None
     manifest(tmp_path, "runs", "old", "adam", 1000, None)
-    assert load_compute(tmp_path) is None
+    manifest(tmp_path, "tuning/runs", "old-trial", "adam", 250, None)
+    assert load_compute(load_results(tmp_path)) is None

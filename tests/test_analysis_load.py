@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -140,6 +141,24 @@ def test_header_only_files_are_accepted(tmp_path: Path) -> None:
     shutil.copy(root / "overhead" / "overhead.csv", root / "overhead" / "b.csv")
     (root / "overhead" / "b.csv").write_text("model,optimizer,measure,repeat,seconds\n")
     assert len(load_overhead(root)) == 2 * len(OPTIMIZERS) * 2 * 5
+
+
+def test_a_run_that_has_not_logged_yet_is_left_out_of_runs_but_its_manifest_is_read(results_tree: Path) -> None:
+    """A run just started has a header-only CSV: analysing a tree with training in progress must work."""
+    workload = WORKLOADS[0]
+    started = results_tree / "runs" / workload / "just-started.csv"
+    started.write_text((results_tree / "runs" / workload / f"{run_id(workload, OPTIMIZERS[0], SEEDS[0])}.csv")
+                       .read_text().splitlines()[0] + "\n")
+    started.with_suffix(".json").write_text(json.dumps(
+        {"run_id": "just-started", "workload": workload, "optimizer": "sgd", "status": "running", "cpu_s": 1.5}))
+    data = load_results(results_tree)
+    assert "just-started" not in set(data.runs["run_id"])
+    row = data.manifests.set_index("run_id").loc["just-started"]
+    assert (row["status"], row["cpu_s"], np.isnan(row["iterations_done"])) == ("running", 1.5, True)
+    only = results_tree / "only" / "runs" / workload
+    only.mkdir(parents=True)
+    shutil.copy(started, only / started.name)
+    assert load_runs(results_tree / "only") is None
 
 
 def test_other_tables_in_the_overhead_folder_are_ignored(tmp_path: Path) -> None:

@@ -80,6 +80,19 @@ def test_a_run_that_ended_does_not_hold_the_line_back(tmp_path) -> None:
     assert lines[1] == f"{LABEL} all 3 run(s) ended"
 
 
+def test_each_manifest_is_read_once_per_line_and_a_failed_run_has_ended(tmp_path, monkeypatch) -> None:
+    from experiments import progress
+
+    failed = write_run(tmp_path, "failed", [7])
+    failed.manifest.write_text(json.dumps({"total_iters": 1000, "status": "failed"}))
+    runs = [failed, write_run(tmp_path, "a", [40]), write_run(tmp_path, "b", [30], total=2000)]
+    reads: list[str] = []
+    real = progress.read_json
+    monkeypatch.setattr(progress, "read_json", lambda path: reads.append(path.name) or real(path))
+    assert progress.group_progress(runs) == (30, 2000)  # the failed run no longer holds the line back
+    assert sorted(reads) == ["a.json", "b.json", "failed.json"]
+
+
 def test_a_csv_cut_back_restarts_the_rate(tmp_path) -> None:
     """Under --force (or a resume) the process empties (cuts back) the CSV it started with."""
     now = [0.0]
@@ -118,10 +131,10 @@ def test_unreadable_files_never_stop_the_suite(tmp_path, monkeypatch) -> None:
     run = write_run(tmp_path, "r", [5])
     run.manifest.write_text(json.dumps([1, 2]))  # not an object: no total
     (tmp_path / "r.csv").write_bytes(b"\xff\xfe,iteration\n" + b"r,inf\n")
-    assert progress.total_iterations(run.manifest) is None and iterations_done(tmp_path / "r.csv") == 0
+    assert progress.run_state(run.manifest).total is None and iterations_done(tmp_path / "r.csv") == 0
     for bad in ("NaN", "Infinity", '"abc"', "0", "true"):
         run.manifest.write_text('{"total_iters": ' + bad + '}')
-        assert progress.total_iterations(run.manifest) is None, bad
+        assert progress.run_state(run.manifest) == progress.RunState(False, None), bad
     lines: list[str] = []
     now = [0.0]
     reporter = ProgressReporter(1, clock=lambda: now[0], emit=lines.append)
