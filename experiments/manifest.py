@@ -22,18 +22,26 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def git_state() -> dict[str, Any]:
+#: Paths whose changes do not make the code dirty: results written by runs (a suite updates its record
+#: under results/ while it trains, which would otherwise mark every run it starts as dirty).
+DATA_PATHS: tuple[str, ...] = ("results",)
+
+
+def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """``git_commit`` (HEAD, None outside a git checkout) and ``git_dirty`` (tracked files outside
+    :data:`DATA_PATHS` differ from HEAD; None when git cannot tell)."""
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
             )
             return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                 *(f":(exclude){p}" for p in DATA_PATHS))
     return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
 
 
@@ -63,16 +71,27 @@ def is_finished(path: str | Path) -> bool:
     return run_status(read_json(path)) == "finished"
 
 
+#: Fields of a run's first attempt that a resume keeps: the run records the code it started from.
+START_FIELDS: tuple[str, ...] = ("start_time", "git_commit", "git_dirty")
+
+
 class Manifest:
-    """Holds the manifest dict; ``save()`` writes it atomically. Attempts accumulate across resumes."""
+    """Holds the manifest dict; ``save()`` writes it atomically. Attempts accumulate across resumes.
+
+    ``git_commit``/``git_dirty``/``start_time`` are the run's first attempt's; each entry of ``attempts``
+    holds its own start time and ``git_commit``/``git_dirty`` (from ``base``), so a run resumed at a later
+    commit shows both."""
 
     def __init__(self, path: str | Path, base: dict[str, Any], resumed_from: int | None) -> None:
         self.path = Path(path)
         previous = read_json(self.path) if resumed_from is not None else None
         self.data: dict[str, Any] = dict(base)
-        self.data["start_time"] = previous["start_time"] if previous else now_iso()
+        self.data["start_time"] = now_iso()
+        if previous:
+            self.data.update({k: previous[k] for k in START_FIELDS if k in previous})
         self.data["attempts"] = list(previous.get("attempts", [])) if previous else []
-        self.data["attempts"].append({"start_time": now_iso(), "resumed_from_iteration": resumed_from})
+        self.data["attempts"].append({"start_time": now_iso(), "resumed_from_iteration": resumed_from,
+                                      **{k: base[k] for k in ("git_commit", "git_dirty") if k in base}})
         self.data.update(status="running", end_time=None)
         self._attempt_start = time.monotonic()
 
