@@ -5,7 +5,7 @@ seconds and gradient evaluations, mean and spread over seeds, one figure per wor
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -197,6 +197,51 @@ def finish_loss_axis(ax: Axes, log: bool, initial: Sequence[float | None]) -> No
             line.set_ydata(np.minimum(np.asarray(line.get_ydata(), dtype=float), inside))
 
 
+#: The accuracy axes start at the lowest mean accuracy after this fraction of each axis's x range (the
+#: first evaluations, near chance, would otherwise squeeze curves that all end within a few points).
+ACCURACY_SKIP = 0.1
+
+#: gid and style of the target line (the time-to-target table's target) on the metric's panels.
+TARGET_GID = "target"
+TARGET_STYLE: dict[str, object] = {"color": "0.35", "linestyle": (0, (4, 3)), "linewidth": 1.0, "zorder": 1}
+
+
+def finish_accuracy_axis(ax: Axes, target: float | None = None, skip: float = ACCURACY_SKIP) -> None:
+    """Zoom the accuracy axis of ``ax`` on what its curves do after the first ``skip`` of the x range:
+    from the lowest mean accuracy there (or the target, if lower) to the highest value drawn, with a 5%
+    margin, never below 0. The earlier, lower part of the curves enters from the bottom."""
+    xs, lows, highs = [], [], []
+    for line in ax.get_lines():
+        if line.get_gid() == TARGET_GID:
+            continue
+        x = np.asarray(line.get_xdata(), dtype=float)
+        y = np.asarray(line.get_ydata(), dtype=float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.any():
+            xs.append((x[ok], y[ok]))
+    if not xs:
+        return
+    x0 = min(float(x.min()) for x, _ in xs)
+    x1 = max(float(x.max()) for x, _ in xs)
+    cut = x0 + skip * (x1 - x0)
+    for x, y in xs:
+        late = y[x >= cut]
+        lows.append(float(late.min()) if len(late) else float(y[-1]))
+        highs.append(float(y.max()))
+    lo, hi = min(lows), max(highs)
+    if target is not None and np.isfinite(target):
+        lo, hi = min(lo, target), max(hi, target)
+    pad = 0.05 * (hi - lo) if hi > lo else 0.01
+    ax.set_ylim(max(0.0, lo - pad), hi + pad)
+
+
+def draw_target(ax: Axes, target: float) -> Line2D:
+    """A horizontal dashed line at ``target`` (gid :data:`TARGET_GID`)."""
+    line = ax.axhline(target, **TARGET_STYLE)
+    line.set_gid(TARGET_GID)
+    return line
+
+
 def diverged_runs(train: pd.DataFrame) -> set[str]:
     """Run ids whose train loss is non-finite at some iteration."""
     bad = train[~np.isfinite(train["train_loss"].to_numpy(dtype=float))]
@@ -220,9 +265,14 @@ def plot_curve_grid(
     x_axes: dict[str, str],
     band: Band,
     title: str,
+    target: tuple[str, float] | None = None,
 ) -> Figure:
     """Figure with a row for the smoothed train loss and a row for the test accuracy, one column per
-    x-axis in ``x_axes``, one curve per value of ``group_col`` (mean over runs with a shaded band)."""
+    x-axis in ``x_axes``, one curve per value of ``group_col`` (mean over runs with a shaded band).
+
+    ``target``: ``(metric, value)`` of the time-to-target table (metric "test_acc" or "train_loss"),
+    drawn as a dashed line on that metric's panels. The accuracy panels are zoomed by
+    :func:`finish_accuracy_axis`."""
     with styled():
         ncols = len(x_axes)
         fig, axes = new_figure(2, ncols, 4.2 * ncols, 7.6)
@@ -250,11 +300,21 @@ def plot_curve_grid(
             ax.set_ylabel("train loss (EMA-smoothed)")
             ax.set_title(f"train loss vs {_short(x)}")
             finish_loss_axis(ax, log_loss, initial[i])
+            if target is not None and target[0] == "train_loss":
+                draw_target(ax, target[1])
+        acc_target = target[1] if target is not None and target[0] == "test_acc" else None
         for ax, (x, xlabel) in zip(acc_axes, x_axes.items(), strict=True):
             ax.set_xlabel(xlabel)
             ax.set_ylabel("test accuracy (%)")
             ax.set_title(f"test accuracy vs {_short(x)}")
             ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+            finish_accuracy_axis(ax, acc_target)
+            if acc_target is not None:
+                draw_target(ax, acc_target)
+        if target is not None:
+            metric = "test accuracy" if target[0] == "test_acc" else "train loss"
+            handles.append(Line2D([], [], label=f"target ({metric} {target[1]:.4g}, time-to-target table)",
+                                  **TARGET_STYLE))
         spread = "min–max over seeds" if band == "minmax" else "±1 std over seeds"
         fig.suptitle(f"{title}\nline: mean over seeds, band: {spread}; × marks a run whose loss became non-finite")
         if handles:
@@ -274,14 +334,16 @@ def plot_convergence(
     band: Band = "minmax",
     smooth_fraction: float = SMOOTH_FRACTION,
     main_beta: float = MAIN_BETA,
+    target: tuple[str, float] | None = None,
 ) -> Figure:
     """Convergence figure of one workload: every optimizer of the main comparison (see
     :func:`analysis.select.main_runs`), train loss (EMA, span = ``smooth_fraction`` of the run) and
-    test accuracy vs iteration, epoch, training seconds and gradient evaluations."""
+    test accuracy vs iteration, epoch, training seconds and gradient evaluations; ``target``
+    (``(metric, value)``) is drawn as a dashed line."""
     data = main_runs(runs[runs["workload"] == workload], main_beta)
     if data.empty:
         raise ValueError(f"workload {workload!r} has no runs; known: {', '.join(sorted(runs['workload'].unique()))}")
-    return plot_configurations(data, band, smooth_fraction, f"{workload}: convergence")
+    return plot_configurations(data, band, smooth_fraction, f"{workload}: convergence", target)
 
 
 def plot_configurations(
@@ -289,6 +351,7 @@ def plot_configurations(
     band: Band = "minmax",
     smooth_fraction: float = SMOOTH_FRACTION,
     title: str = "convergence",
+    target: tuple[str, float] | None = None,
 ) -> Figure:
     """The convergence grid of ``data`` (rows of :func:`analysis.load.load_runs`): one curve per
     configuration (:mod:`analysis.configs`; runs differing only in the seed share a curve), labelled
@@ -316,6 +379,7 @@ def plot_configurations(
         X_AXES,
         band,
         f"{title} (train loss EMA span {span} iterations)",
+        target,
     )
 
 
@@ -325,7 +389,12 @@ def workloads(runs: pd.DataFrame) -> list[str]:
 
 
 def convergence_figures(
-    runs: pd.DataFrame, band: Band = "minmax", smooth_fraction: float = SMOOTH_FRACTION
+    runs: pd.DataFrame,
+    band: Band = "minmax",
+    smooth_fraction: float = SMOOTH_FRACTION,
+    targets: Mapping[str, tuple[str, float]] | None = None,
 ) -> dict[str, Figure]:
-    """:func:`plot_convergence` for every workload, keyed by workload name (sorted)."""
-    return {w: plot_convergence(runs, w, band, smooth_fraction) for w in workloads(runs)}
+    """:func:`plot_convergence` for every workload, keyed by workload name (sorted); ``targets`` maps a
+    workload to its ``(metric, value)`` target line."""
+    targets = targets or {}
+    return {w: plot_convergence(runs, w, band, smooth_fraction, target=targets.get(w)) for w in workloads(runs)}

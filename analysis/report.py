@@ -83,16 +83,17 @@ def _convergence(data: Results, out: Path, opts: Options, report: Report, log: C
                 f"comparison's are left out (the beta ablation: stability figure)")
         report.notices.append(line)
         log(line)
-    paths = {}
-    for workload, fig in convergence_figures(data.runs, opts.band, opts.smooth_fraction).items():
-        paths[workload] = save_figure(fig, out / f"convergence_{safe_name(workload)}.png")
-    report.figures["convergence"] = paths
-    report.written += paths.values()
     rule = opts.target
     trials = load_trials(data.root)
     if rule == TargetRule() and trials is not None:  # tuned results: AlgoPerf-style fixed targets
         rule = targets_from_trials(trials)
     table = time_to_target(data.runs, rule, opts.smooth_fraction, opts.main_beta)
+    targets = {str(w): (rule.metric, float(t)) for w, t in zip(table["workload"], table["target"], strict=True)}
+    paths = {}
+    for workload, fig in convergence_figures(data.runs, opts.band, opts.smooth_fraction, targets).items():
+        paths[workload] = save_figure(fig, out / f"convergence_{safe_name(workload)}.png")
+    report.figures["convergence"] = paths
+    report.written += paths.values()
     if table.empty:
         _skip(report, log, "time to target", f"no workload has {rule.reference} runs to set the target")
         return

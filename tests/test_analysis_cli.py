@@ -56,6 +56,26 @@ def test_cli_writes_every_figure_and_table(generated: Path) -> None:
     assert "mnist1d_mlp,mlbfgs,mlbfgs,test_acc,0.891000,2,2,62.500000,62.500000,0.781250,0.625000" in csv_text
 
 
+def test_convergence_figures_draw_the_time_to_target_tables_target(
+    results_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from analysis import report
+
+    drawn: dict[str, tuple[str, float]] = {}
+    real = report.convergence_figures
+
+    def spy(runs, band, smooth_fraction, targets=None):
+        drawn.update(targets or {})
+        return real(runs, band, smooth_fraction, targets)
+
+    monkeypatch.setattr(report, "convergence_figures", spy)
+    assert main(["--results", str(results_tree), "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "time_to_target.csv").read_text().splitlines()
+    mlp = next(line.split(",") for line in table if line.startswith("mnist1d_mlp,"))
+    assert drawn["mnist1d_mlp"] == ("test_acc", float(mlp[4]))
+    assert set(drawn) == set(WORKLOADS)
+
+
 def test_regeneration_is_byte_identical(results_tree: Path, generated: Path, tmp_path: Path) -> None:
     assert main(["--results", str(results_tree), "--out", str(tmp_path)]) == 0
     for name in sorted(EXPECTED):

@@ -9,7 +9,16 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
-from analysis.curves import X_AXES, diverged_runs, ema, plot_convergence, seed_band, smoothed_train
+from analysis.curves import (
+    TARGET_GID,
+    X_AXES,
+    diverged_runs,
+    ema,
+    finish_accuracy_axis,
+    plot_convergence,
+    seed_band,
+    smoothed_train,
+)
 from analysis.load import load_runs
 from analysis.select import chosen_beta, main_runs
 from analysis.style import OPTIMIZER_COLORS, optimizer_color
@@ -93,6 +102,43 @@ def test_convergence_figure(runs: pd.DataFrame) -> None:
                 widths[to_hex(line.get_color())] = line.get_linewidth()
         assert set(widths) == {optimizer_color(o) for o in OPTIMIZERS}
         assert widths[OPTIMIZER_COLORS["mlbfgs"]] == max(widths.values())
+
+
+def test_accuracy_axis_zooms_on_the_curves_after_their_first_evaluations() -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    x = np.arange(0.0, 101.0, 5.0)
+    ax.plot(x, np.where(x < 10, 0.1, 0.90 + 0.0003 * x))  # chance at first, then 0.90 to 0.93
+    ax.plot(x, np.where(x < 5, 0.05, 0.88))
+    finish_accuracy_axis(ax)
+    low, high = ax.get_ylim()
+    assert 0.85 < low < 0.88 and 0.93 < high < 0.96  # the chance-level start is left below the axis
+    finish_accuracy_axis(ax, target=0.8)
+    assert 0.75 < ax.get_ylim()[0] < 0.8  # the target stays visible
+    ax.plot([0.0, 100.0], [0.0, 0.0])  # a curve that never learns keeps the axis at 0
+    finish_accuracy_axis(ax)
+    assert ax.get_ylim()[0] == 0.0
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("metric", ["test_acc", "train_loss"])
+def test_the_target_is_drawn_on_its_metrics_panels(runs: pd.DataFrame, metric: str) -> None:
+    value = 0.6 if metric == "test_acc" else 0.3
+    fig = plot_convergence(runs, "mnist1d_mlp", target=(metric, value))
+    axes = fig.get_axes()
+    loss_axes, acc_axes = axes[: len(X_AXES)], axes[len(X_AXES):]
+    with_target = acc_axes if metric == "test_acc" else loss_axes
+    for ax in axes:
+        lines = [line for line in ax.get_lines() if line.get_gid() == TARGET_GID]
+        if ax in with_target:
+            assert len(lines) == 1 and list(lines[0].get_ydata()) == [value, value]
+            assert ax.get_ylim()[0] <= value <= ax.get_ylim()[1]
+        else:
+            assert not lines
+    assert any(t.get_text().startswith("target") for t in fig.legends[0].get_texts())
+    plain = plot_convergence(runs, "mnist1d_mlp")
+    assert not any(line.get_gid() == TARGET_GID for ax in plain.get_axes() for line in ax.get_lines())
 
 
 def test_unknown_optimizer_colour_is_stable() -> None:
