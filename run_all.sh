@@ -3,7 +3,8 @@
 #   bash run_all.sh --quick   set up, train the quick comparison into runs/quick/, draw the figures
 #   bash run_all.sh --full    every CPU workload x every optimizer x 3 seeds into runs/full/; rerun to resume
 #   bash run_all.sh --long    the long preset: equal-budget tuning, then 3-5 seeds at full length, into
-#                             runs/long/ (about 16 CPU-hours, two processes at a time); rerun to resume
+#                             runs/long/ (planned 16 CPU-hours, measured about 20: results/long/figures/compute.md;
+#                             two processes at a time); rerun to resume
 #   bash run_all.sh --paper --data-dir DIR   the paper's workloads and settings (CIFAR-10/100 ResNet-18, DeiT,
 #                             ImageNet ResNet-50 on 4 GPUs in fp16) on the data in DIR, into runs/paper/;
 #                             the paper-style figure runs/paper/figures/paper_accuracy.png; rerun to resume
