@@ -39,6 +39,8 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "iterations_ratio",
     "grad_evals_ratio",
     "seconds_ratio",
+    "final",
+    "final_std",
 )
 
 Metric = Literal["test_acc", "train_loss"]
@@ -115,7 +117,9 @@ class TargetRule:
             f"Target: {name} {sign} {fmt(target, 4)}, {how}. "
             f"Iterations, gradient evaluations and training seconds (evaluation excluded) until the first "
             f'{point} that reaches it; {agg}, else "{NOT_REACHED}". Columns "/ {self.reference}": ratio to '
-            f"{self.reference} (below 1 = fewer than {self.reference})."
+            f"{self.reference} (below 1 = fewer than {self.reference}). Last column: the {name} at the end of the "
+            f"runs (last evaluation{'' if self.metric == 'test_acc' else ' or iteration'}), mean ± standard "
+            f"deviation over seeds."
         )
 
 
@@ -199,7 +203,9 @@ def time_to_target(
     optimizer order, over the main comparison runs (:func:`analysis.select.main_runs`).
 
     ``iterations``/``grad_evals``/``seconds`` are means over seeds when ``seeds_reached == seeds``,
-    else NaN; ``*_ratio`` divide them by the reference optimizer's. Workloads without a target
+    else NaN; ``*_ratio`` divide them by the reference optimizer's; ``final``/``final_std`` are the mean
+    and sample standard deviation over seeds of the metric's last finite value (std NaN for one seed).
+    Workloads without a target
     (no reference runs and no fixed value) are left out.
     """
     rule = rule or TargetRule()
@@ -218,6 +224,7 @@ def time_to_target(
             run_ids = sorted(wl.loc[wl["label"] == label, "run_id"].unique())
             reach = first_reach(frame[frame["label"] == label], column, target, rule.higher_is_better)
             reach = reach.reindex(run_ids)
+            finals = final_values(frame[frame["label"] == label], column).reindex(run_ids).dropna()
             reached = int(reach["iteration"].notna().sum())
             complete = reached == len(run_ids) and reached > 0
             if rule.aggregate == "median":
@@ -236,6 +243,8 @@ def time_to_target(
                 "iterations": stat["iteration"] if stat is not None else np.nan,
                 "grad_evals": stat["grad_evals"] if stat is not None else np.nan,
                 "seconds": stat["wall_s"] if stat is not None else np.nan,
+                "final": float(finals.mean()) if len(finals) else np.nan,
+                "final_std": float(finals.std(ddof=1)) if len(finals) > 1 else np.nan,
             }
         ref_label = reference_label(wl, rule, smooth_fraction)
         ref = per_opt.get(ref_label) if ref_label is not None else None
@@ -276,6 +285,7 @@ def time_to_target_markdown(
             f"iterations / {ref}",
             f"grad evals / {ref}",
             f"seconds / {ref}",
+            f"final {_METRIC_NAMES[rule.metric].split(' (')[0]}",
         ]
         body = []
         for _, r in rows.iterrows():
@@ -289,6 +299,7 @@ def time_to_target_markdown(
                     fmt(r["iterations_ratio"], 3),
                     fmt(r["grad_evals_ratio"], 3),
                     fmt(r["seconds_ratio"], 3),
+                    fmt(r["final"], 4) + ("" if np.isnan(r["final_std"]) else f" ± {fmt(r['final_std'], 4)}"),
                 ]
             )
         ref_label = reference_label(with_labels(data[data["workload"] == workload]), rule, smooth_fraction)

@@ -67,6 +67,8 @@ def test_time_to_target_matches_the_fixture(runs: pd.DataFrame, workload: str) -
         assert row["target"] == pytest.approx(exp["target"])
         assert row["seeds"] == len(SEEDS)  # only the main mlbfgs config (beta 0.999) is counted
         assert row["seeds_reached"] == exp["reached"]
+        finals = [ACC[workload][optimizer][s][-1] for s in SEEDS]  # the last evaluation of each seed
+        assert (row["final"], row["final_std"]) == pytest.approx((np.mean(finals), np.std(finals, ddof=1)))
         for col in ("iterations", "grad_evals", "seconds"):
             if exp["reached"] < len(SEEDS):
                 assert math.isnan(row[col])
@@ -93,6 +95,9 @@ def test_markdown(runs: pd.DataFrame) -> None:
     assert "Target: test accuracy ≥ 0.8910, 0.99 × the final test accuracy of sgd" in md
     assert "| mlbfgs | 2/2 | 62.5 | 62.5 | 0.78 | 0.625 | 0.625 | 0.694 |" in md
     assert "| kfac | 1/2 | not reached | not reached | not reached | n/a | n/a | n/a |" in md
+    finals = [ACC["mnist1d_mlp"]["mlbfgs"][s][-1] for s in SEEDS]
+    assert "| seconds / sgd | final test accuracy |" in md
+    assert f"| 0.694 | {np.mean(finals):.4f} ± {np.std(finals, ddof=1):.4f} |" in md
     assert md.index("### Time to target: cifar10_resnet18") < md.index("### Time to target: mnist1d_mlp")
     assert md == time_to_target_markdown(time_to_target(runs), runs)
 
