@@ -308,10 +308,7 @@ def manifest_beta(manifest: Mapping[str, Any]) -> float | None:
         _get(manifest, "config", "beta"),
         _get(manifest, "beta"),
     ]
-    for value in candidates:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    return None
+    return next((v for v in map(_finite_number, candidates) if v is not None), None)
 
 
 def _get(obj: Any, *keys: str) -> Any:
@@ -364,11 +361,17 @@ def _manifests_of(csv_paths: Sequence[Path]) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
+def _finite_number(value: Any) -> float | None:
+    """A manifest's JSON number as float; None when absent, not a number (booleans included) or not finite."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def _count_or_nan(value: Any) -> float:
-    """A manifest's number (iterations, seconds) as float; NaN when absent or not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return float("nan")
-    return float(value) if math.isfinite(value) else float("nan")
+    """A manifest's number (iterations, seconds) as float; NaN when :func:`_finite_number` finds none."""
+    number = _finite_number(value)
+    return float("nan") if number is None else number
 
 
 def load_curvature(results: Path | str) -> pd.DataFrame | None:

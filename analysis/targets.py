@@ -222,9 +222,9 @@ def time_to_target(
         optimizer_of = dict(zip(first["label"], first["optimizer"], strict=True))
         for label in sorted(optimizer_of, key=lambda lab: (optimizer_sort_key(optimizer_of[lab]), lab)):
             run_ids = sorted(wl.loc[wl["label"] == label, "run_id"].unique())
-            reach = first_reach(frame[frame["label"] == label], column, target, rule.higher_is_better)
-            reach = reach.reindex(run_ids)
-            finals = final_values(frame[frame["label"] == label], column).reindex(run_ids).dropna()
+            rows_of_label = frame[frame["label"] == label]
+            reach = first_reach(rows_of_label, column, target, rule.higher_is_better).reindex(run_ids)
+            finals = final_values(rows_of_label, column).reindex(run_ids).dropna()
             reached = int(reach["iteration"].notna().sum())
             complete = reached == len(run_ids) and reached > 0
             if rule.aggregate == "median":

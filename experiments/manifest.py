@@ -71,8 +71,11 @@ def is_finished(path: str | Path) -> bool:
     return run_status(read_json(path)) == "finished"
 
 
+#: The code an attempt ran (from :func:`git_state`).
+GIT_FIELDS: tuple[str, ...] = ("git_commit", "git_dirty")
+
 #: Fields of a run's first attempt that a resume keeps: the run records the code it started from.
-START_FIELDS: tuple[str, ...] = ("start_time", "git_commit", "git_dirty")
+START_FIELDS: tuple[str, ...] = ("start_time", *GIT_FIELDS)
 
 
 class Manifest:
@@ -91,7 +94,7 @@ class Manifest:
             self.data.update({k: previous[k] for k in START_FIELDS if k in previous})
         self.data["attempts"] = list(previous.get("attempts", [])) if previous else []
         self.data["attempts"].append({"start_time": now_iso(), "resumed_from_iteration": resumed_from,
-                                      **{k: base[k] for k in ("git_commit", "git_dirty") if k in base}})
+                                      **{k: base[k] for k in GIT_FIELDS if k in base}})
         self.data.update(status="running", end_time=None)
         self._attempt_start = time.monotonic()
 
