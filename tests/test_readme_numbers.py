@@ -1,0 +1,46 @@
+"""README's hand-written prose quotes results only from committed tables.
+
+Every number with three or more decimals outside the generated results block (accuracies, mu
+quantiles, ratios) must appear, as a whole number token, in a table committed under ``results/``
+(``.md`` / ``.csv``, run logs excluded: they hold too many numbers to prove anything). A number typed
+by hand, or one left behind when the tables were regenerated, fails here.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PRECISE = re.compile(r"(?<![\w.])-?\d+\.\d{3,}(?!\d)")
+
+
+def _prose(readme: str) -> str:
+    start, end = readme.index("<!-- results:start"), readme.index("<!-- results:end")
+    return readme[:start] + readme[end:]
+
+
+def _committed_tables() -> str:
+    listed = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True, check=True)
+    paths = [p for p in listed.stdout.split() if p.endswith((".md", ".csv")) and "/runs/" not in p]
+    return "\n".join((REPO / p).read_text() for p in paths if (REPO / p).is_file())
+
+
+def _missing(prose: str, tables: str) -> list[str]:
+    numbers = sorted(set(PRECISE.findall(prose)))
+    return [n for n in numbers if not re.search(rf"(?<![\d.]){re.escape(n)}(?!\d)", tables)]
+
+
+def test_readme_precise_numbers_are_in_committed_tables() -> None:
+    prose = _prose((REPO / "README.md").read_text())
+    assert len(PRECISE.findall(prose)) >= 10  # the results paragraphs quote accuracies and mu quantiles
+    assert _missing(prose, _committed_tables()) == []
+
+
+def test_a_typed_or_stale_number_is_caught() -> None:
+    tables = "| sgd | 0.9265 ± 0.0006 |\n0.251,1.000\n"
+    assert _missing("sgd ends at 0.9265 and 0.251 of the state", tables) == []
+    assert _missing("sgd ends at 0.9266", tables) == ["0.9266"]
+    assert _missing("a share of 0.25", tables) == []  # two decimals: settings, not results
+    assert _missing("ratio 1.0006", "11.00061") == ["1.0006"]  # whole tokens only
