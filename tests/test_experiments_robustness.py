@@ -23,6 +23,7 @@ from experiments.config import load_workload_dict
 from experiments.models import registry as model_registry
 from experiments.runlock import RunBusyError, acquire
 from experiments.runspec import make_run_spec
+from tests.committed_results import committed_results
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["data.train_subset=320", "data.test_subset=100", "eval_interval=2"]
@@ -298,8 +299,7 @@ def test_the_record_keeps_every_invocation(tmp_path: Path, capsys: pytest.Captur
 def test_committed_suite_records_are_read_as_invocations() -> None:
     from experiments.stages.record import command_seconds, invocations
 
-    listed = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True, check=True)
-    names = [n for n in listed.stdout.split() if Path(n).name.startswith("suite_") and n.endswith(".json")]
+    names = [n for n in committed_results() if Path(n).name.startswith("suite_") and n.endswith(".json")]
     assert "results/quick/suite_quick.json" in names and "results/examples/suite_radam_nadam.json" in names
     for name in names:  # a record keeps every invocation (a resumed or partly rerun preset has several)
         commands = invocations(json.loads((REPO / name).read_text()))

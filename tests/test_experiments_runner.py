@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from experiments import run
 from experiments.config import available_workloads
 from experiments.csvlog import RUN_COLUMNS
 from experiments.runspec import make_run_spec
+from tests.committed_results import committed_results
 
 SCHEMA = [
     "run_id", "workload", "optimizer", "seed", "kind", "epoch", "iteration", "train_loss", "lr", "wall_s",
@@ -112,9 +112,8 @@ def test_run_id_hash_tracks_non_default_overrides() -> None:
 def test_committed_runs_keep_their_run_ids() -> None:
     """Every manifest committed under results/ names the run id its recorded workload, optimizer, seed,
     overrides and iteration cap resolve to today (reruns skip or resume them instead of starting new runs)."""
-    listed = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True, check=True)
     checked = 0
-    for name in listed.stdout.split():
+    for name in committed_results():
         if not name.endswith(".json") or "/runs/" not in name or not (REPO / name).is_file():
             continue
         manifest = json.loads((REPO / name).read_text())

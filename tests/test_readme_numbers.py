@@ -9,10 +9,9 @@ by hand, or one left behind when the tables were regenerated, fails here.
 from __future__ import annotations
 
 import re
-import subprocess
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.committed_results import REPO, committed_results
+
 PRECISE = re.compile(r"(?<![\w.])-?\d+\.\d{3,}(?!\d)")
 
 
@@ -22,8 +21,7 @@ def _prose(readme: str) -> str:
 
 
 def _committed_tables() -> str:
-    listed = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True, check=True)
-    paths = [p for p in listed.stdout.split() if p.endswith((".md", ".csv")) and "/runs/" not in p]
+    paths = [p for p in committed_results() if p.endswith((".md", ".csv")) and "/runs/" not in p]
     return "\n".join((REPO / p).read_text() for p in paths if (REPO / p).is_file())
 
 
