@@ -62,6 +62,9 @@ RUN_KINDS: tuple[str, ...] = ("train", "eval")
 
 CURVATURE_COLUMNS: tuple[str, ...] = ("run_id", "iteration", "block", "mu", "accepted")
 CURVATURE_NUMERIC: tuple[str, ...] = ("iteration", "mu")
+#: Per-block diagnostics at each pair (``mlbfgs.PairRecord``), in files written since 2026-12-07; NaN
+#: for older files.
+CURVATURE_DIAGNOSTICS: tuple[str, ...] = ("damped_mu", "gamma", "grad_norm", "direction_share")
 
 OVERHEAD_COLUMNS: tuple[str, ...] = ("model", "optimizer", "measure", "repeat", "seconds")
 OVERHEAD_NUMERIC: tuple[str, ...] = ("repeat", "seconds")
@@ -383,6 +386,8 @@ def load_curvature(results: Path | str) -> pd.DataFrame | None:
         if not path.is_file():
             continue
         df = read_checked_csv(path, CURVATURE_COLUMNS, CURVATURE_NUMERIC)
+        for col in CURVATURE_DIAGNOSTICS:
+            df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else float("nan")
         df["accepted"] = _to_bool(df["accepted"], path)
         df["source"] = str(path)
         frames.append(df)

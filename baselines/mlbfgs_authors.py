@@ -466,7 +466,7 @@ class AuthorsMLBFGS(PicklableOptimizer):
         self._ring_push(bst, s, y_hat, rho)
         bst["gamma"] = rho / (float(torch.dot(y_hat, y_hat)) + BLOCK_EPS)
         st["started"] = 1
-        self.last_pairs.append({"block": b, "mu": mu, "accepted": True})
+        self.last_pairs.append(_pair_record(b, mu, True, rho, s, bst["gamma"]))
 
     def _add_model_pair(self, bst: dict, s: torch.Tensor, y: torch.Tensor, b: int, st: dict) -> None:
         h = self.hyper
@@ -481,17 +481,21 @@ class AuthorsMLBFGS(PicklableOptimizer):
             self._ring_push(bst, s, y_hat, rho)
             bst["gamma"] = rho / (float(torch.dot(y_hat, y_hat)) + MODEL_EPS)
             st["started"] = 1
-        self.last_pairs.append({"block": b, "mu": mu, "accepted": accepted})
+        self.last_pairs.append(_pair_record(b, mu, accepted, rho, s, bst["gamma"] if accepted else math.nan))
 
     def _directions(self, st: dict, flats: list[tuple[torch.Tensor, torch.Tensor, float] | None]
                     ) -> dict[int, torch.Tensor]:
         out: dict[int, torch.Tensor] = {}
         sq, norms = 0.0, []
-        for block, bst, flat in zip(self.blocks, self._block_states(), flats, strict=True):
+        recorded = {rec["block"]: rec for rec in self.last_pairs}  # diagnostics of this step's pairs
+        squares: dict[int, float] = {}
+        for b, (block, bst, flat) in enumerate(zip(self.blocks, self._block_states(), flats, strict=True)):
             if flat is None:
                 continue
             theta, g_raw, wd = flat
             g = g_raw + wd * theta
+            if b in recorded:
+                recorded[b]["grad_norm"] = float(torch.linalg.vector_norm(g))
             eps = MODEL_EPS if self.variant == "model" else 0.0
             if bst["count"]:
                 order = self._ring_order(bst)
@@ -506,12 +510,15 @@ class AuthorsMLBFGS(PicklableOptimizer):
                 kappa = self.hyper["kl_clip"]
                 nu = min(1.0, math.sqrt(kappa / dot)) if kappa > 0 and dot > 0 else 1.0  # g.d = 0: d = 0 anyway
                 d = d * nu
-            sq += float(torch.dot(d, d))
+            squares[b] = float(torch.dot(d, d))
+            sq += squares[b]
             norms.append(d)
             offset = 0
             for p in block:
                 out[id(p)] = d[offset: offset + p.numel()].view_as(p)
                 offset += p.numel()
+        for b, rec in recorded.items():  # the block's share of |d|^2 before the global rescaling
+            rec["direction_share"] = squares[b] / sq if b in squares and sq > 0 else math.nan
         if self.variant == "block":
             # the global norm as the reference computes it; when the sum of squares over- or underflows
             # (gradients near 1e+-30) it is recomputed scaled, and a zero direction stays zero (the
@@ -525,6 +532,14 @@ class AuthorsMLBFGS(PicklableOptimizer):
                 if p.grad is not None:
                     out[id(p)] = p.grad / norm
         return out
+
+
+def _pair_record(b: int, mu: float, accepted: bool, rho: float, s: torch.Tensor, gamma: float) -> dict[str, Any]:
+    """A curvature record with the columns of ``mlbfgs.PairRecord``: ``damped_mu = s.y_hat / s.s``;
+    ``grad_norm`` and ``direction_share`` are filled in when the step's directions are computed."""
+    ss = float(torch.dot(s, s))
+    return {"block": b, "mu": mu, "accepted": accepted, "damped_mu": rho / ss if accepted and ss > 0 else math.nan,
+            "gamma": gamma, "grad_norm": math.nan, "direction_share": math.nan}
 
 
 def _norm(v: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ Both take one gradient per step. ``curvature_records()`` reports ``MLBFGS.last_p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -97,10 +97,7 @@ class SLBFGSConfig(_QuasiNewtonCommon):
 
 class QuasiNewtonTraining(TrainingOptimizer):
     def curvature_records(self) -> list[dict[str, Any]]:
-        return [
-            {"block": r.block, "mu": r.mu, "accepted": r.accepted}
-            for r in self.optimizer.last_pairs  # type: ignore[attr-defined]
-        ]
+        return [asdict(r) for r in self.optimizer.last_pairs]  # type: ignore[attr-defined]
 
 
 def _build(name: str, model: nn.Module, cfg: _QuasiNewtonCommon, **fixed: float) -> TrainingOptimizer:

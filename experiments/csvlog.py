@@ -36,7 +36,11 @@ RUN_COLUMNS = (
     "eval_s",
     "cpu_s",
 )
-CURVATURE_COLUMNS = ("run_id", "iteration", "block", "mu", "accepted")
+#: One row per pair formed: the block, its raw ``mu`` and whether it was kept, then the block's diagnostics
+#: at that step (``mlbfgs.PairRecord``; empty where an optimizer does not report them). Files written
+#: before 2026-12-07 have the first five columns only.
+CURVATURE_COLUMNS = ("run_id", "iteration", "block", "mu", "accepted", "damped_mu", "gamma", "grad_norm",
+                     "direction_share")
 
 
 class CsvLog:

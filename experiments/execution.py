@@ -43,15 +43,16 @@ class ExecOptions:
     progress_every: float = 300.0  # seconds between progress lines of the running processes (0: none)
 
 
-def groups(runs: list[PlannedRun], mode: str, jobs: int = 1) -> list[list[PlannedRun]]:
+def groups(runs: list[PlannedRun], mode: str, jobs: int = 1, split: bool = False) -> list[list[PlannedRun]]:
     """Processes to start, in order: one run each (separate), or the runs sharing workload, seed and
     data, in the order of their first run (lockstep).
 
-    In lockstep a group of at least ``2 * jobs`` runs is dealt into ``jobs`` parts (run i to part
-    i mod jobs), so that ``--jobs N`` keeps N cores busy when there are fewer groups than cores (the
-    trials of a tuning stage are one group). Each run keeps its own RNG and clock, so the parts train
-    the same numbers as the whole group would. ValueError for a ``mode`` not in :data:`MODES` or
-    ``jobs`` < 1.
+    A lockstep group shares one process, so its runs' seconds compare (one clock); ``--jobs N`` runs N
+    groups side by side. Only with ``split`` (the tuning trials, chosen by accuracy alone, whose seconds
+    no table compares) is a group of at least ``2 * jobs`` runs dealt into ``jobs`` parts (run i to part
+    i mod jobs), so that N cores stay busy when there are fewer groups than cores. Each run keeps its own
+    RNG, so the parts train the same numbers as the whole group would. ValueError for a ``mode`` not in
+    :data:`MODES` or ``jobs`` < 1.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -64,7 +65,7 @@ def groups(runs: list[PlannedRun], mode: str, jobs: int = 1) -> list[list[Planne
         out.setdefault(run.group_key if run.nproc == 1 else run.run_id, []).append(run)
     parts = []
     for group in out.values():
-        n = jobs if len(group) >= 2 * jobs else 1
+        n = jobs if split and len(group) >= 2 * jobs else 1
         parts += [group[i::n] for i in range(n)]
     return parts
 
@@ -102,9 +103,11 @@ def run_command(group: list[PlannedRun], opts: ExecOptions, gpus: int | None = N
     return [sys.executable, "-m", "experiments.run", "--group", json.dumps([list(r.args) for r in group]), *common]
 
 
-def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[], None], opts: ExecOptions) -> int:
+def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[], None], opts: ExecOptions,
+            split: bool = False) -> int:
     """Run ``runs`` (lockstep groups or one process each), skipping finished ones unless forced; return
-    the number of runs that failed (did not end with a finished manifest).
+    the number of runs that failed (did not end with a finished manifest). ``split``: lockstep groups
+    may be dealt into ``opts.jobs`` processes (:func:`groups`; tuning trials only).
 
     Each run's status (and for trained ones the process seconds, mode and group size) is appended to
     ``log``; ``save()`` is called after every process. With ``opts.dry_run`` the runs and their state
@@ -118,7 +121,7 @@ def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[]
             log.append({"run_id": run.run_id, "status": "skipped (finished)"})
         else:
             todo.append(run)
-    batches = groups(todo, opts.mode, opts.jobs)
+    batches = groups(todo, opts.mode, opts.jobs, split)
     labels = [f"[suite {i}/{len(batches)}]" + (" lockstep" if len(g) > 1 else "") for i, g in enumerate(batches, 1)]
     if opts.dry_run:
         for label, group in zip(labels, batches, strict=True):

@@ -23,6 +23,7 @@ Under torchrun the model trains under DDP, or sharded by ``fully_shard`` when :a
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import sys
@@ -124,19 +125,20 @@ class _CurvatureLog:
         self.path = path
         self.max_rows = max_rows
         self.log: CsvLog | None = None
-        if resuming and resume_offset is not None:
-            self.log = CsvLog(path, CURVATURE_COLUMNS, resume_offset=resume_offset, max_rows=max_rows)
+        if resuming and resume_offset is not None:  # a file begun before a column was added keeps its header
+            with open(path, newline="") as f:
+                columns = next(csv.reader(f), CURVATURE_COLUMNS)
+            self.log = CsvLog(path, columns, resume_offset=resume_offset, max_rows=max_rows)
         elif path.exists():
             path.unlink()
 
     def write(self, run_id: str, iteration: int, records: list[dict[str, Any]]) -> None:
         if self.log is None:
             self.log = CsvLog(self.path, CURVATURE_COLUMNS, max_rows=self.max_rows)
+        columns = self.log.columns
         for rec in records:
-            self.log.write(
-                {"run_id": run_id, "iteration": iteration, "block": rec["block"], "mu": rec["mu"],
-                 "accepted": rec["accepted"]}
-            )
+            row = {"run_id": run_id, "iteration": iteration, **rec}
+            self.log.write_values([row.get(c) for c in columns])
 
     def offset(self) -> int | None:
         return None if self.log is None else self.log.offset()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple, TypeVar, overload
 
 import torch
@@ -26,11 +26,23 @@ _Loss = TypeVar("_Loss")  # what a step's closure returns (usually the loss tens
 
 @dataclass(frozen=True)
 class PairRecord:
-    """A pair formed in the last step: ``mu = s.y / s.s`` before damping, and whether it was kept."""
+    """A pair formed in the last step, with the block's diagnostics at that step.
+
+    ``mu = s.y / s.s`` before damping and whether the pair was kept; ``damped_mu = s.y_hat / s.s`` and
+    ``gamma = s.y_hat / y_hat.y_hat`` (the block's new initial scaling) of a kept pair; ``grad_norm``, the
+    block's ``|g_b|`` (weight decay included) and ``direction_share``, its share ``|d_b|^2 / |d|^2`` of the
+    whole direction before the rescaling (the global rescaling keeps shares, so it is the block's share
+    of the step). NaN where the pair was rejected, and the two last under row sharding (diagnostics of
+    whole blocks only).
+    """
 
     block: int
     mu: float
     accepted: bool
+    damped_mu: float = math.nan
+    gamma: float = math.nan
+    grad_norm: float = math.nan
+    direction_share: float = math.nan
 
 
 class _StepPhase(NamedTuple):
@@ -663,6 +675,8 @@ class MLBFGS(Optimizer):
             phase = self._with_pairs(phase)
         self._precondition(buf, phase)
         self.sharding.all_gather(buf.flat, self.layout)
+        if self.last_pairs:
+            self._record_direction_shares(buf)
         self._rescale(buf, phase)
         self._momentum_update(buf)
         return loss
@@ -790,16 +804,30 @@ class MLBFGS(Optimizer):
             torch.dot(s, y, out=dots[0])
             torch.dot(s, s, out=dots[1])
             torch.dot(y, y, out=dots[2])
-            sy, ss, yy = dots.tolist()
+            g = buf.block_grads[b]
+            torch.dot(g, g, out=dots[3])  # diagnostics only: read in the same host sync
+            sy, ss, yy, gg = dots.tolist()
             mu = sy / ss if ss > 0 else float("nan")
             damped = accept_pair(sy, ss, yy, cfg)
+            record = PairRecord(b, mu, damped is not None, grad_norm=math.sqrt(gg))
             if damped is not None:
-                buf.histories[b].push(s, y, damped[0])
-            accepted = damped is not None
-            st[K.PAIRS_ACCEPTED if accepted else K.PAIRS_REJECTED] += 1
-            self.last_pairs.append(PairRecord(b, mu, accepted))
+                phi, sy_hat, yy_hat = damped
+                buf.histories[b].push(s, y, phi)
+                record = replace(record, damped_mu=sy_hat / ss, gamma=sy_hat / yy_hat)
+            st[K.PAIRS_ACCEPTED if record.accepted else K.PAIRS_REJECTED] += 1
+            self.last_pairs.append(record)
             st[K.PARAM_ANCHOR].copy_(st[K.PARAM_AVG])
             st[K.GRAD_ANCHOR].copy_(st[K.GRAD_AVG])
+
+    @torch._dynamo.disable  # type: ignore[untyped-decorator]
+    def _record_direction_shares(self, buf: _StepBuffers) -> None:
+        """Each recorded block's share of ``|d|^2`` before the rescaling (pair steps only: one host sync
+        every T steps). After the all-gather every block's direction is in the flat buffer."""
+        views = [self.layout.block_view(buf.flat, b) for b in range(len(self.block_sizes))]
+        squares = torch.stack(torch._foreach_norm(views)).double().square().tolist()
+        total = sum(squares)
+        self.last_pairs = [replace(r, direction_share=squares[r.block] / total if total > 0 else math.nan)
+                           for r in self.last_pairs]
 
     @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _precondition(self, buf: _StepBuffers, phase: _StepPhase) -> None:
@@ -908,7 +936,7 @@ class _StepBuffers:
         self.signature = signature
         self.flat = torch.zeros(layout.numel, dtype=work, device=device)
         self.scalar = torch.zeros((), dtype=work, device=device)
-        self.pair_dots = torch.zeros(3, dtype=work, device=device)
+        self.pair_dots = torch.zeros(4, dtype=work, device=device)  # s.y, s.s, y.y, g.g
         self.gg = torch.zeros(1, dtype=work, device=device)  # a block's g.g ("kl"), written by mv
         self.kl_clip = torch.zeros((), dtype=work, device=device)
         self.momentum = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]

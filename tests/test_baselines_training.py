@@ -125,7 +125,7 @@ def test_optimizer_lowers_training_loss_and_counts_gradients(name, data):
     else:
         assert calls == {"backward": STEPS, "forward_only": 0}
     if name in ("mlbfgs", "slbfgs", "olbfgs", "sqn", "mlbfgs_authors", "slimqn_authors"):
-        assert records and all(set(r) == {"block", "mu", "accepted"} for r in records)
+        assert records and all({"block", "mu", "accepted"} <= set(r) for r in records)
         assert any(r["accepted"] for r in records)
     else:
         assert records == []

@@ -127,12 +127,25 @@ def test_lockstep_groups_share_workload_seed_and_data() -> None:
         groups(runs, "parallel")
 
 
-def test_lockstep_groups_are_dealt_to_keep_every_job_busy() -> None:
+def test_lockstep_groups_are_dealt_to_keep_every_job_busy_only_when_split() -> None:
     runs = plan(load_preset("quick"), seeds=[0, 1])
-    dealt = groups(runs, "lockstep", jobs=2)
+    dealt = groups(runs, "lockstep", jobs=2, split=True)
     assert [len(g) for g in dealt] == [3, 2, 3, 2, 3, 2, 3, 2]
     assert [r.run_id for r in dealt[0] + dealt[1]] == [r.run_id for r in runs[0:5:2] + runs[1:5:2]]
-    assert [len(g) for g in groups(runs, "lockstep", jobs=3)] == [5, 5, 5, 5]  # too small to deal
+    assert [len(g) for g in groups(runs, "lockstep", jobs=3, split=True)] == [5, 5, 5, 5]  # too small to deal
+
+
+@pytest.mark.parametrize("preset", ["quick", "long_ablations", "resnet_diagnosis"])
+def test_jobs_never_split_a_lockstep_group_whose_seconds_compare(preset: str) -> None:
+    """--jobs N runs whole (workload, seed) groups side by side: every run of a group trains in one
+    process (one clock), whatever N; only the tuning trials are dealt (split=True)."""
+    runs = plan(load_preset(preset))
+    for jobs in (1, 2, 4):
+        parts = groups(runs, "lockstep", jobs=jobs)
+        keys = [r.group_key for part in parts for r in part[:1]]
+        assert len(keys) == len(set(keys))  # no (workload, seed, data) group in two processes
+        assert sorted(r.run_id for part in parts for r in part) == sorted(r.run_id for r in runs)
+
     with pytest.raises(ValueError, match="jobs must be a positive integer"):
         groups(runs, "lockstep", jobs=0)
 

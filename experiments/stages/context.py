@@ -36,11 +36,13 @@ class StageContext:
         """The selected optimizers of ``entry``, in its order."""
         return [n for n in entry_optimizers(entry) if not self.optimizers or n in self.optimizers]
 
-    def execute(self, stage: str, runs: list[PlannedRun], results: Path | None = None) -> int:
-        """Run ``runs`` as part of ``stage`` (into ``results``, default the preset's folder); the failures."""
+    def execute(self, stage: str, runs: list[PlannedRun], results: Path | None = None, split: bool = False) -> int:
+        """Run ``runs`` as part of ``stage`` (into ``results``, default the preset's folder); the failures.
+        ``split``: lockstep groups may be dealt into several processes (tuning trials only, whose seconds
+        no table compares: :func:`experiments.execution.groups`)."""
         opts = self.opts if results is None else replace(self.opts, results=results)
         start = time.monotonic()
-        failures = execute(runs, self.record.stage(stage)["runs"], self.record.save, opts)
+        failures = execute(runs, self.record.stage(stage)["runs"], self.record.save, opts, split)
         if runs and not self.dry_run:
             self.record.add_seconds(stage, time.monotonic() - start)
             self.record.save()

@@ -57,7 +57,7 @@ def run(ctx: StageContext) -> int:
         names = ctx.names(entry)
         trials = [t for name in names for t in trial_runs(preset, entry, name, spaces[name])]
         if "trials" in ctx.stages:
-            failures += ctx.execute("trials", [t.run for t in trials], trials_dir)
+            failures += ctx.execute("trials", [t.run for t in trials], trials_dir, split=True)
         unfinished = [t for t in trials if not is_finished(t.run.manifest)]
         ready = [n for n in names if not any(t.optimizer == n for t in unfinished)]
         if unfinished:  # a choice from partial trials would not be the protocol's
