@@ -21,6 +21,8 @@ from analysis.ablations import FOLDER as ABLATION_FOLDER
 from analysis.ablations import ablation_markdown, centre
 from analysis.compiled import compiled_markdown, compiled_summary, load_compiled
 from analysis.compute import compute_markdown, compute_summary, load_compute
+from analysis.diagnosis import FOLDER as DIAGNOSIS_FOLDER
+from analysis.diagnosis import diagnosis_markdown, diagnosis_summary, load_diagnosis, plot_block_shares
 from analysis.fairness import fairness_markdown, fairness_summary, load_fairness, plot_fairness
 from analysis.kernel import kernel_markdown, kernel_summary
 from analysis.load import KERNEL_FILE, Results
@@ -117,6 +119,12 @@ GROUPS: tuple[FigureGroup, ...] = (
         + ABLATION_FOLDER + "/runs",
         _ablation_input, lambda raw: variant_summary(*raw), lambda raw, s: ablation_markdown(s, raw[1]),
         lambda raw, s: plot_variants(raw[0], s, "mL-BFGS ablations, one setting at a time"),
+    ),
+    FigureGroup(
+        "resnet diagnosis", "The ResNet diagnosis: configurations and each block's share of the step",
+        "resnet_diagnosis", "no finished runs under {root}/" + DIAGNOSIS_FOLDER + "/runs",
+        lambda data: load_diagnosis(data.root), diagnosis_summary, lambda _, s: diagnosis_markdown(s),
+        plot_block_shares, "%.6f",
     ),
     FigureGroup(
         "lr sensitivity", "Learning-rate sensitivity of the tuning trials", "lr_sensitivity",

@@ -194,7 +194,8 @@ def load_runs(results: Path | str) -> pd.DataFrame | None:
     ``config`` and ``settings`` (the run's configuration without the seed and its settings as JSON,
     see :mod:`analysis.configs`; runs are seeds of one configuration exactly when their ``config`` is
     equal), ``status`` (the manifest's: finished, running, failed; "unknown" without one) and
-    ``epoch_progress`` (epochs completed as a float, see :func:`epoch_progress`). Eval rows
+    ``epoch_progress`` (epochs completed as a float, see :func:`epoch_progress`) and ``process``
+    (:func:`run_process`: runs with equal values shared one process and one clock). Eval rows
     with an empty ``wall_s`` or ``grad_evals`` take the value of the train row at the same iteration.
     """
     paths = run_csv_paths(results)
@@ -223,6 +224,8 @@ def load_runs(results: Path | str) -> pd.DataFrame | None:
             status[rid] = known.at[rid, "status"]
         else:
             config[rid], settings[rid], status[rid] = config_of_run_id(str(rid)), "", "unknown"
+    process = {} if manifests is None else dict(zip(manifests["run_id"], manifests["process"], strict=True))
+    runs["process"] = runs["run_id"].map(lambda rid: process.get(rid, rid))
     runs["config"] = runs["run_id"].map(config)
     runs["settings"] = runs["run_id"].map(settings)
     runs["status"] = runs["run_id"].map(status)
@@ -326,8 +329,8 @@ def _get(obj: Any, *keys: str) -> Any:
 def load_manifests(results: Path | str) -> pd.DataFrame | None:
     """One row per manifest: the ``<run_id>.json`` next to each run CSV under ``results`` (see
     :func:`run_csv_paths`). Columns: run_id, workload, optimizer, seed, beta, config, settings (see
-    :func:`load_runs`), status, iterations_done and cpu_s (NaN when the manifest lacks them), path
-    and the parsed manifest (column ``manifest``). ``None`` when there are none."""
+    :func:`load_runs`), status, iterations_done and cpu_s (NaN when the manifest lacks them), process
+    (:func:`run_process`), path and the parsed manifest (column ``manifest``). ``None`` when there are none."""
     return _manifests_of(run_csv_paths(results))
 
 
@@ -357,11 +360,20 @@ def _manifests_of(csv_paths: Sequence[Path]) -> pd.DataFrame | None:
                 "status": str(manifest.get("status") or "unknown"),
                 "iterations_done": _count_or_nan(manifest.get("iterations_done")),
                 "cpu_s": _count_or_nan(manifest.get("cpu_s")),
+                "process": run_process(manifest, path.stem),
                 "path": str(path),
                 "manifest": manifest,
             }
         )
     return pd.DataFrame(rows) if rows else None
+
+
+def run_process(manifest: Mapping[str, Any], run_id: str) -> str:
+    """A key of the process that trained the run: its lockstep group's run ids (sorted, joined by
+    ``|``), or the run id alone for a run trained in a process of its own. Seconds compare only between
+    runs with equal keys (one clock)."""
+    group = (manifest.get("lockstep") or {}).get("group") if isinstance(manifest.get("lockstep"), dict) else None
+    return "|".join(sorted(str(r) for r in group)) if group else str(manifest.get("run_id", run_id))
 
 
 def _finite_number(value: Any) -> float | None:

@@ -32,9 +32,10 @@ from analysis.sensitivity import load_trials
 from analysis.stability import DEFAULT_BOUNDS, stability_figures, stability_markdown, stability_summary
 from analysis.style import safe_name, save_figure
 from analysis.tables import write_csv, write_text
+from analysis.target_sensitivity import plot_target_sensitivity, sensitivity_markdown, target_sensitivity
 from analysis.targets import (
+    TUNED_RULE,
     TargetRule,
-    targets_from_trials,
     time_to_target,
     time_to_target_csv_frame,
     time_to_target_markdown,
@@ -84,9 +85,8 @@ def _convergence(data: Results, out: Path, opts: Options, report: Report, log: C
         report.notices.append(line)
         log(line)
     rule = opts.target
-    trials = load_trials(data.root)
-    if rule == TargetRule() and trials is not None:  # tuned results: AlgoPerf-style fixed targets
-        rule = targets_from_trials(trials)
+    if rule == TargetRule() and load_trials(data.root) is not None:  # tuned results: AlgoPerf's median
+        rule = TUNED_RULE
     table = time_to_target(data.runs, rule, opts.smooth_fraction, opts.main_beta)
     targets = {str(w): (rule.metric, float(t)) for w, t in zip(table["workload"], table["target"], strict=True)}
     paths = {}
@@ -104,6 +104,10 @@ def _convergence(data: Results, out: Path, opts: Options, report: Report, log: C
     summary = profile_summary(table)
     _emit(report, out, "performance_profiles", "Performance profiles", profile_markdown(summary), summary, "%.6f",
           figure=plot_profiles(table))
+    if rule.value is None:
+        sens = target_sensitivity(data.runs, rule)
+        _emit(report, out, "target_sensitivity", "Target sensitivity", sensitivity_markdown(sens, rule.reference),
+              sens, "%.6f", figure=plot_target_sensitivity(sens, rule.reference))
 
 
 def _stability(data: Results, out: Path, opts: Options, report: Report, log: Callable[[str], None]) -> None:

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.intervals import mean_interval
 from analysis.load import load_runs
-from analysis.targets import TargetRule, time_to_target, time_to_target_markdown
+from analysis.targets import TargetRule, same_process_ratio, time_to_target, time_to_target_markdown
 from tests.fixtures_results import (
     ACC,
     GRAD_EVALS_PER_STEP,
@@ -46,6 +47,13 @@ def expected_row(workload: str, optimizer: str) -> dict[str, float]:
     }
 
 
+def _seconds(workload: str, optimizer: str, seed: int) -> float:
+    """Seconds to target of one seed, straight from the fixture's definition."""
+    target = expected_row(workload, "sgd")["target"]
+    hit = next(e + 1 for e, a in enumerate(ACC[workload][optimizer][seed]) if a >= target)
+    return wall_s(optimizer, seed, hit * ITERS_PER_EPOCH)
+
+
 def test_hand_computed_values() -> None:
     # spelled out once, so that the generic check below cannot hide a wrong fixture definition
     assert expected_row("mnist1d_mlp", "mlbfgs") == pytest.approx(
@@ -76,14 +84,22 @@ def test_time_to_target_matches_the_fixture(runs: pd.DataFrame, workload: str) -
             else:
                 assert row[col] == pytest.approx(exp[col])
                 ratio = exp[col] / sgd[col] if col in sgd else float("nan")
+                if col == "seconds":  # the fixture's runs have no manifests: each trained in a process of its
+                    ratio = 1.0 if optimizer == "sgd" else float("nan")  # own, so no two runs' seconds compare
                 assert row[f"{col}_ratio"] == pytest.approx(ratio, nan_ok=True)
+        assert row["seconds_pairs"] == (row["seeds_reached"] if optimizer == "sgd" and sgd.get("seconds") else 0)
 
 
 def test_specific_numbers(runs: pd.DataFrame) -> None:
     table = time_to_target(runs).set_index(["workload", "optimizer"])
     mlbfgs = table.loc[("mnist1d_mlp", "mlbfgs")]
     assert (mlbfgs["iterations"], mlbfgs["iterations_ratio"]) == pytest.approx((62.5, 0.625))
-    assert mlbfgs["seconds_ratio"] == pytest.approx(0.78125 / 1.125)
+    assert np.isnan(mlbfgs["seconds_ratio"])  # different processes: no seconds compared
+    shared = time_to_target(runs.assign(process=runs["workload"] + runs["seed"].astype(str)))
+    shared = shared.set_index(["workload", "optimizer"]).loc[("mnist1d_mlp", "mlbfgs")]
+    assert shared["seconds_pairs"] == 2  # one process per (workload, seed): the ratio is the median of seeds'
+    per_seed = [_seconds("mnist1d_mlp", "mlbfgs", s) / _seconds("mnist1d_mlp", "sgd", s) for s in SEEDS]
+    assert shared["seconds_ratio"] == pytest.approx(np.median(per_seed))
     # sgd itself does not reach the cifar target on every seed: every ratio there is undefined
     assert table.loc[("cifar10_resnet18", "sgd"), "seeds_reached"] == 1
     assert np.isnan(table.loc[("cifar10_resnet18", "mlbfgs"), "iterations_ratio"])
@@ -93,13 +109,21 @@ def test_markdown(runs: pd.DataFrame) -> None:
     table = time_to_target(runs)
     md = time_to_target_markdown(table, runs)
     assert "Target: test accuracy ≥ 0.8910, 0.99 × the final test accuracy of sgd" in md
-    assert "| mlbfgs | 2/2 | 62.5 | 62.5 | 0.78 | 0.625 | 0.625 | 0.694 |" in md
+    assert "| mlbfgs | 2/2 | 62.5 | 62.5 | 0.78 | 0.625 | 0.625 | n/a |" in md
     assert "| kfac | 1/2 | not reached | not reached | not reached | n/a | n/a | n/a |" in md
     finals = [ACC["mnist1d_mlp"]["mlbfgs"][s][-1] for s in SEEDS]
-    assert "| seconds / sgd | final test accuracy |" in md
-    assert f"| 0.694 | {np.mean(finals):.4f} ± {np.std(finals, ddof=1):.4f} |" in md
+    assert "| seconds / sgd (same process) | final test accuracy [95%] |" in md
+    iv = mean_interval(finals)
+    assert f"| n/a | {np.mean(finals):.4f} [{iv.low:.4f}, {iv.high:.4f}] |" in md
     assert md.index("### Time to target: cifar10_resnet18") < md.index("### Time to target: mnist1d_mlp")
     assert md == time_to_target_markdown(time_to_target(runs), runs)
+
+
+def test_same_process_ratio_compares_seconds_only_within_one_process() -> None:
+    mine = pd.DataFrame({"seed": [0, 1, 2], "wall_s": [2.0, 3.0, 8.0], "process": ["a", "b", "x"]})
+    ref = pd.DataFrame({"seed": [0, 1, 2], "wall_s": [1.0, 1.0, 1.0], "process": ["a", "b", "y"]})
+    assert same_process_ratio(mine, ref) == (2.5, 2)  # seed 2 trained in another process: left out
+    assert np.isnan(same_process_ratio(mine.assign(process="z"), ref)[0])
 
 
 def _run(run_id: str, optimizer: str, losses: list[float], ge_per_step: int = 1) -> list[dict]:

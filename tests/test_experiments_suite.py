@@ -44,6 +44,7 @@ def test_stages_follow_the_preset_sections(tmp_path: Path) -> None:
         "long_ablations": ("grid", "analysis"),
         "paper": ("grid", "analysis"),
         "quick": ("grid", "analysis"),
+        "resnet_diagnosis": ("grid", "analysis"),
     }
     full = load_preset("full")
     assert select_stages(full, None) == ("sweep", "final", "ablation", "analysis")
@@ -65,7 +66,8 @@ def test_bad_arguments_name_the_allowed_values(preset_file: Path, capsys: pytest
         (["--preset", "long", "--stages", "grid"], "must be among ['trials', 'final', 'analysis']"),
         (["--preset", "quick", "--workloads", "fmnist-vit"], "workloads must be among ['fmnist-cnn', 'mnist1d-mlp']"),
         (["--preset", "quick", "--optimizers", "sqn"], "optimizers must be among ['adam', 'kfac', 'mlbfgs'"),
-        (["--preset", "nope"], "preset must be one of ['authors', 'full', 'long', 'long_ablations', 'paper', 'quick']"),
+        (["--preset", "nope"], "preset must be one of ['authors', 'full', 'long', 'long_ablations', 'paper', "
+                               "'quick', 'resnet_diagnosis']"),
         (["--preset", str(preset_file), "--jobs", "0"], "jobs must be a positive integer"),
     ]:
         assert suite.main([*args, "--dry-run"]) == 2

@@ -1,0 +1,79 @@
+"""Per-block diagnostics of ``MLBFGS.last_pairs`` against a dense float64 BFGS computation.
+
+Two blocks of known, very different curvature: ``f = a_1 |x_1|^2 / 2 + a_2 |x_2|^2 / 2``. With
+``beta = 0`` the averages are the iterates, so a pair is ``s = x_t - x_{t-1}``, ``y = A s`` exactly and
+every number of a record follows from the spec's formulas by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mlbfgs import MLBFGS
+
+A = (100.0, 0.5)  # curvature of block 0 (above sigma_H = 1.5) and block 1 (inside the bounds)
+TAU0, LO, HI = 0.01, 0.01, 1.5
+
+
+def _damped(mu: float) -> float:
+    """phi of the spec's damping rule (step 3), with phi <= 1 - tau0."""
+    if mu < LO:
+        phi = (1 - LO) / (1 - mu)
+    elif mu > HI:
+        phi = (HI - 1) / (mu - 1)
+    else:
+        phi = 1.0
+    return min(phi, 1 - TAU0)
+
+
+def test_records_match_a_dense_bfgs_computation() -> None:
+    torch.manual_seed(0)
+    x = [torch.randn(n, dtype=torch.float64, requires_grad=True) for n in (5, 3)]
+    opt = MLBFGS(x, lr=0.05, momentum=0.0, beta=0.0, update_period=1, history_size=1, blocks=[[x[0]], [x[1]]],
+                 damping=TAU0, curvature_bounds=(LO, HI), direction_norm="global")
+    before = [[t.detach().clone() for t in x]]
+    grads = []
+    for _ in range(2):
+        opt.zero_grad()
+        loss = sum(0.5 * a * (t * t).sum() for a, t in zip(A, x))
+        loss.backward()
+        grads.append([t.grad.detach().clone() for t in x])
+        opt.step()
+        before.append([t.detach().clone() for t in x])
+    records = {r.block: r for r in opt.last_pairs}  # step 2 formed the first pair of each block
+    assert sorted(records) == [0, 1]
+    directions = []
+    for b, a in enumerate(A):
+        s = before[1][b] - before[0][b]  # iterate at step 2 minus iterate at step 1
+        y = a * s
+        phi = _damped(a)
+        y_hat = phi * y + (1 - phi) * s
+        rho = 1.0 / float(s @ y_hat)
+        gamma = float(s @ y_hat) / float(y_hat @ y_hat)
+        eye = torch.eye(s.numel(), dtype=torch.float64)
+        h = (eye - rho * torch.outer(s, y_hat)) @ (gamma * eye) @ (eye - rho * torch.outer(y_hat, s))
+        h += rho * torch.outer(s, s)
+        directions.append(h @ grads[1][b])
+        r = records[b]
+        assert r.accepted
+        assert math.isclose(r.mu, a, rel_tol=1e-9)
+        assert math.isclose(r.damped_mu, float(s @ y_hat) / float(s @ s), rel_tol=1e-9)
+        assert math.isclose(r.gamma, gamma, rel_tol=1e-9)
+        assert math.isclose(r.grad_norm, float(grads[1][b].norm()), rel_tol=1e-9)
+    squares = [float(d @ d) for d in directions]
+    for b in (0, 1):
+        assert math.isclose(records[b].direction_share, squares[b] / sum(squares), rel_tol=1e-7)
+
+
+def test_no_records_between_pair_steps() -> None:
+    x = torch.nn.Parameter(torch.ones(4))
+    opt = MLBFGS([x], lr=0.1, update_period=3)
+    for step in range(1, 8):
+        opt.zero_grad()
+        (x * x).sum().backward()
+        opt.step()
+        assert bool(opt.last_pairs) == (step > 1 and (step - 1) % 3 == 0)
+        for r in opt.last_pairs:
+            assert math.isclose(r.direction_share, 1.0)
