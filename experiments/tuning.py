@@ -27,11 +27,18 @@ Trials go to ``<out>/tuning/runs``, their table to ``<out>/tuning/<preset>_trial
 are all finished, whichever workloads a command selected. Finals go to ``<out>/runs``. A final
 identical to a trial (same run id: full-length trials, seed ``seed``) is copied, not rerun. Resumable
 like every suite command.
+
+Ties: with ``"tiebreak_seeds": [1, 2]`` in the tuning section, an optimizer whose two best trials are
+within noise of each other (final test accuracies closer than :func:`noise_threshold`: 1.96 standard
+errors of the difference of two accuracies on the workload's test set) reruns both trials on those
+seeds, at the trial length, and the choice goes to the higher mean final test accuracy over all the
+seeds of the two (:func:`best_settings`). The first seed alone does not decide a tie.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import zlib
 from dataclasses import dataclass, replace
@@ -39,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.atomic import write_json
-from experiments.choice import final_metrics_of, mark_best
+from experiments.choice import final_metrics_of, mark_best, score
 from experiments.manifest import is_finished
 from experiments.planning import PlannedRun, entry_optimizers, plan
 from experiments.presets import Preset, PresetRuns
@@ -148,12 +155,13 @@ def check_tuning(preset: Preset, optimizers: dict[str, list[str]]) -> dict[str, 
     return {n: parse_space(n, spaces[n]) for n in names}
 
 
-def trial_runs(preset: Preset, entry: PresetRuns, optimizer: str, space: list[Dimension]) -> list[Trial]:
-    """The ``tuning.trials`` trials of ``optimizer`` on ``entry`` (seed ``tuning.seed``, the entry's epochs
-    times its ``trial_fraction``), into ``<results>/tuning/runs``; ValueError when a fraction below 1
-    has no epochs to shorten."""
+def trial_runs(preset: Preset, entry: PresetRuns, optimizer: str, space: list[Dimension],
+               seed: int | None = None) -> list[Trial]:
+    """The ``tuning.trials`` trials of ``optimizer`` on ``entry`` (seed ``tuning.seed``, or ``seed``: a
+    tie-break's; the entry's epochs times its ``trial_fraction``), into ``<results>/tuning/runs``;
+    ValueError when a fraction below 1 has no epochs to shorten."""
     tuning = preset.tuning
-    seed = int(tuning.get("seed", 0))
+    seed = int(tuning.get("seed", 0)) if seed is None else seed
     settings_list = sample_trials(space, int(tuning["trials"]),
                                   space_seed(int(tuning.get("search_seed", 0)), entry.workload, optimizer))
     epochs = entry.epochs
@@ -183,16 +191,80 @@ def complete(trials: list[Trial]) -> set[tuple[str, str]]:
     return pairs
 
 
-def best_settings(trials: list[Trial]) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
-    """The table rows of ``trials`` (settings, final metrics, ``chosen``) and the chosen settings per
-    workload and optimizer (the best trial of each pair, :mod:`experiments.choice`); writes nothing."""
-    rows = []
+NOISE_Z = 1.96
+
+
+def noise_threshold(acc: float, num_test: int) -> float:
+    """The smallest difference of two final test accuracies near ``acc`` that is not noise:
+    ``1.96 sqrt(2 acc (1 - acc) / num_test)``, 1.96 standard errors of the difference of two
+    independent binomial proportions on ``num_test`` images (0.0091 at 0.88 on 10,000 images)."""
+    return NOISE_Z * math.sqrt(2 * acc * (1 - acc) / num_test)
+
+
+def _num_test(manifest: Path) -> int | None:
+    try:
+        value = json.loads(manifest.read_text()).get("num_test")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def tied_trials(preset: Preset, trials: list[Trial]) -> list[Trial]:
+    """The tie-break runs the finished ``trials`` call for: for every (workload, optimizer) whose two best
+    trials (by :func:`experiments.choice.score`) lie within :func:`noise_threshold`, both trials again
+    on each of ``tuning.tiebreak_seeds`` (none without that key)."""
+    seeds = [int(s) for s in preset.tuning.get("tiebreak_seeds", [])]
+    if not seeds:
+        return []
+    by_pair: dict[tuple[str, str], list[tuple[tuple[float, float], Trial]]] = {}
     for t in trials:
         acc, loss = final_metrics_of(t.run.manifest)
+        by_pair.setdefault((t.workload, t.optimizer), []).append((score({"final_test_acc": acc,
+                                                                          "final_train_loss": loss}), t))
+    entries = {e.workload: e for e in preset.runs}
+    spaces = preset.tuning.get("spaces", {})
+    out = []
+    for (workload, optimizer), scored in by_pair.items():
+        scored.sort(key=lambda item: item[0], reverse=True)
+        if len(scored) < 2 or not all(math.isfinite(sc[0]) for sc, _ in scored[:2]):
+            continue
+        a, b = scored[0][0][0], scored[1][0][0]
+        n = _num_test(scored[0][1].run.manifest)
+        if n is None or abs(a - b) >= noise_threshold((a + b) / 2, n):
+            continue
+        space = parse_space(optimizer, spaces[optimizer])
+        for seed in seeds:
+            again = {t.index: t for t in trial_runs(preset, entries[workload], optimizer, space, seed)}
+            out += [again[t.index] for _, t in scored[:2]]
+    return out
+
+
+def best_settings(trials: list[Trial], tiebreaks: list[Trial] = ()
+                  ) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+    """The table rows of ``trials`` (settings, final metrics, ``chosen``) and the chosen settings per
+    workload and optimizer (the best trial of each pair, :mod:`experiments.choice`); writes nothing.
+    A trial with finished ``tiebreaks`` (:func:`tied_trials`) is ranked by its mean final test
+    accuracy over all its seeds (``mean_test_acc``, ``seeds``) against the other tied trial."""
+    rows = []
+    extra: dict[tuple[str, str, int], list[float]] = {}
+    for t in tiebreaks:
+        extra.setdefault((t.workload, t.optimizer, t.index), []).append(final_metrics_of(t.run.manifest)[0])
+    for t in trials:
+        acc, loss = final_metrics_of(t.run.manifest)
+        accs = [acc, *extra.get((t.workload, t.optimizer, t.index), [])]
         rows.append({"workload": t.workload, "optimizer": t.optimizer, "trial": t.index, **{
             f"setting.{k}": v for k, v in t.settings.items()}, "final_test_acc": acc, "final_train_loss": loss,
+            "seeds": len(accs), "mean_test_acc": sum(accs) / len(accs),
             "run_id": t.run.run_id, "finished": is_finished(t.run.manifest)})
     best = mark_best(rows)
+    for key in {(t.workload, t.optimizer) for t in tiebreaks}:
+        tied = [r for r in rows if (r["workload"], r["optimizer"]) == key and r["seeds"] > 1]
+        if len(tied) == 2 and all(math.isfinite(r["mean_test_acc"]) for r in tied):
+            winner = max(tied, key=lambda r: (r["mean_test_acc"], -r["trial"]))
+            best[key] = winner
+            for r in rows:
+                if (r["workload"], r["optimizer"]) == key:
+                    r["chosen"] = r is winner
     chosen: dict[str, dict[str, dict[str, Any]]] = {}
     for (workload, name), row in sorted(best.items()):
         chosen.setdefault(workload, {})[name] = {k.split(".", 1)[1]: v for k, v in row.items()
@@ -201,17 +273,21 @@ def best_settings(trials: list[Trial]) -> tuple[list[dict[str, Any]], dict[str, 
 
 
 def choose(preset: Preset, spaces: dict[str, list[Dimension]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """The chosen settings of every (workload, optimizer) of ``preset`` whose trials are all finished
-    (``spaces``: :func:`check_tuning` of every optimizer of the preset); writes the trials table
-    ``<results>/tuning/<preset>_trials.csv`` and the choice ``<preset>_best.json`` for those pairs."""
+    """The chosen settings of every (workload, optimizer) of ``preset`` whose trials, and tie-breaks
+    (:func:`tied_trials`), are all finished (``spaces``: :func:`check_tuning` of every optimizer of the
+    preset); writes the trials table ``<results>/tuning/<preset>_trials.csv`` and the choice
+    ``<preset>_best.json`` for those pairs."""
     trials = preset_trials(preset, spaces)
     done = complete(trials)
-    rows, chosen = best_settings([t for t in trials if (t.workload, t.optimizer) in done])
+    tiebreaks = tied_trials(preset, [t for t in trials if (t.workload, t.optimizer) in done])
+    done -= {(t.workload, t.optimizer) for t in tiebreaks if not is_finished(t.run.manifest)}
+    rows, chosen = best_settings([t for t in trials if (t.workload, t.optimizer) in done],
+                                 [t for t in tiebreaks if (t.workload, t.optimizer) in done])
     out_dir = Path(tuning_preset(preset).results)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = sorted({k for r in rows for k in r if k.startswith("setting.")})
-    columns = ["workload", "optimizer", "trial", *settings, "final_test_acc", "final_train_loss", "chosen",
-               "finished", "run_id"]
+    columns = ["workload", "optimizer", "trial", *settings, "final_test_acc", "final_train_loss", "seeds",
+               "mean_test_acc", "chosen", "finished", "run_id"]
     with open(out_dir / f"{preset.name}_trials.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

@@ -19,12 +19,15 @@ from experiments.presets import load_preset
 from experiments.suite import resolve_preset
 from experiments.tuning import (
     Dimension,
+    best_settings,
     check_tuning,
     final_runs,
+    noise_threshold,
     parse_space,
     preset_trials,
     sample_trials,
     space_seed,
+    tied_trials,
     trial_runs,
 )
 from tests.suite_output import listed_run_ids
@@ -96,14 +99,14 @@ def write_preset(tmp_path: Path, raw: dict) -> Path:
     return path
 
 
-def fake_finished(run: PlannedRun, acc: float, loss: float = 0.5) -> None:
+def fake_finished(run: PlannedRun, acc: float, loss: float = 0.5, num_test: int = 10_000) -> None:
     """A finished run with these final metrics, as the runner would leave it (CSV, then manifest)."""
     run.manifest.parent.mkdir(parents=True, exist_ok=True)
     with open(run.manifest.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
         writer.writeheader()
         writer.writerows([{"kind": "train", "train_loss": loss}, {"kind": "eval", "test_acc": acc}])
-    write_json(run.manifest, {"run_id": run.run_id, "status": "finished"})
+    write_json(run.manifest, {"run_id": run.run_id, "status": "finished", "num_test": num_test})
 
 
 def test_choice_covers_every_finished_pair_whatever_the_selection(tmp_path: Path,
@@ -152,7 +155,7 @@ def test_choice_covers_every_finished_pair_whatever_the_selection(tmp_path: Path
         (t.workload, t.optimizer, str(t.index), str(t.index == 1), "True") for t in trials
         if (t.workload, t.optimizer) != ("fmnist-cnn", "adam")]
     assert list(rows[0]) == ["workload", "optimizer", "trial", "setting.eps", "setting.lr", "final_test_acc",
-                             "final_train_loss", "chosen", "finished", "run_id"]
+                             "final_train_loss", "seeds", "mean_test_acc", "chosen", "finished", "run_id"]
     assert [float(r["final_test_acc"]) for r in rows[:2]] == [0.5, 0.6]
 
 
@@ -184,3 +187,35 @@ def test_tuning_preset_end_to_end_reuses_full_length_trials(tmp_path: Path, caps
     assert suite.main([*base, "--dry-run"]) == 0  # everything finished: the plan lists it all as skipped
     text = capsys.readouterr().out
     assert text.count("finished, skipped") == 8 and "would" not in text
+
+
+def test_noise_threshold_is_two_binomial_standard_errors() -> None:
+    # 1.96 sqrt(2 p (1 - p) / n) by hand at p = 0.88 on 10,000 images
+    assert noise_threshold(0.88, 10_000) == pytest.approx(1.96 * math.sqrt(2 * 0.88 * 0.12 / 10_000))
+    assert noise_threshold(0.88, 10_000) == pytest.approx(0.0090, abs=1e-4)
+    assert noise_threshold(0.75, 1_000) > noise_threshold(0.75, 10_000)
+
+
+def test_a_tie_within_noise_is_decided_by_more_seeds(tmp_path: Path) -> None:
+    """The ResNet case: two best trials 0.0002 apart on 10,000 images. The first seed's winner loses on
+    the mean over three seeds; a gap beyond the noise calls for no tie-break."""
+    raw = {**TINY, "seeds": [0], "tuning": {**TINY["tuning"], "tiebreak_seeds": [1, 2]}}
+    preset = resolve_preset(str(write_preset(tmp_path, raw)), tmp_path / "out", None)
+    spaces = check_tuning(preset, {e.workload: list(e.optimizers) for e in preset.runs})
+    trials = [t for t in preset_trials(preset, spaces) if t.optimizer == "sgd"]
+    first, second = trials
+    fake_finished(first.run, 0.8771)
+    fake_finished(second.run, 0.8769)
+    ties = tied_trials(preset, trials)
+    assert sorted((t.index, t.run.seed) for t in ties) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert {t.settings["lr"] for t in ties if t.index == 0} == {first.settings["lr"]}
+    rows, chosen = best_settings(trials)  # without the tie-breaks: the first seed's order
+    assert chosen["mnist1d-mlp"]["sgd"] == first.settings
+    for t in ties:
+        fake_finished(t.run, 0.86 if t.index == 0 else 0.88)
+    rows, chosen = best_settings(trials, ties)
+    assert chosen["mnist1d-mlp"]["sgd"] == second.settings
+    assert [(r["trial"], r["seeds"], r["chosen"]) for r in rows] == [(0, 3, False), (1, 3, True)]
+    assert rows[1]["mean_test_acc"] == pytest.approx((0.8769 + 0.88 + 0.88) / 3)
+    fake_finished(second.run, 0.8600)  # 0.0171 apart: beyond the noise
+    assert tied_trials(preset, trials) == []

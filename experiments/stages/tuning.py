@@ -6,7 +6,9 @@ The protocol (search spaces, quasi-random trials, trial length, the choice) is `
 Workload by workload in the preset's order: the trials of every optimizer (seed ``tuning.seed``, into
 ``<out>/tuning/runs``), the choice (``<out>/tuning/<preset>_trials.csv`` and ``<preset>_best.json``),
 then the finals of every optimizer whose trials are all finished (into ``<out>/runs``; a final identical
-to a trial is copied). An optimizer with unfinished trials gets no finals: a choice from part of its
+to a trial is copied). Where an optimizer's two best trials lie within noise, both run again on the
+tie-break seeds first (stage record ``tiebreak``; :func:`experiments.tuning.tied_trials`). An optimizer
+with unfinished trials gets no finals: a choice from part of its
 trials would not be the protocol's; its unfinished trials count as failed runs. A dry run lists the
 finals of the optimizers whose trials are finished.
 """
@@ -20,7 +22,16 @@ from experiments.manifest import is_finished
 from experiments.planning import PlannedRun, check_optimizer_names, entry_optimizers
 from experiments.presets import Preset
 from experiments.stages.context import StageContext
-from experiments.tuning import Dimension, best_settings, check_tuning, choose, final_runs, trial_runs, tuning_preset
+from experiments.tuning import (
+    Dimension,
+    best_settings,
+    check_tuning,
+    choose,
+    final_runs,
+    tied_trials,
+    trial_runs,
+    tuning_preset,
+)
 
 
 def check(preset: Preset) -> dict[str, list[Dimension]]:
@@ -59,6 +70,12 @@ def run(ctx: StageContext) -> int:
         if "trials" in ctx.stages:
             failures += ctx.execute("trials", [t.run for t in trials], trials_dir, split=True)
         unfinished = [t for t in trials if not is_finished(t.run.manifest)]
+        ties = tied_trials(preset, [t for t in trials if not any(u.optimizer == t.optimizer for u in unfinished)])
+        if ties and "trials" in ctx.stages:  # two best trials within noise: more seeds decide
+            print(f"[suite] {entry.workload}: the two best trials of {sorted({t.optimizer for t in ties})} lie "
+                  "within noise; both run again on the tie-break seeds", flush=True)
+            failures += ctx.execute("tiebreak", [t.run for t in ties], trials_dir, split=True)
+        unfinished += [t for t in ties if not is_finished(t.run.manifest)]
         ready = [n for n in names if not any(t.optimizer == n for t in unfinished)]
         if unfinished:  # a choice from partial trials would not be the protocol's
             waiting = sorted({t.optimizer for t in unfinished}, key=names.index)
@@ -68,7 +85,8 @@ def run(ctx: StageContext) -> int:
             if not ctx.dry_run:
                 failures += len(unfinished)
         if ctx.dry_run:
-            _, chosen = best_settings([t for t in trials if t.optimizer in ready])
+            _, chosen = best_settings([t for t in trials if t.optimizer in ready],
+                                      [t for t in ties if t.optimizer in ready])
         else:
             chosen = choose(preset, spaces)
             ctx.record.data["chosen"] = chosen
