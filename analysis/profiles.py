@@ -32,9 +32,13 @@ def ratios(table: pd.DataFrame, measure: str) -> pd.DataFrame:
     # between workloads only by workload settings), else one configuration
     one_each = "label" not in table or table.groupby(["workload", "optimizer"])["label"].nunique().max() <= 1
     solver = "optimizer" if one_each else "label"
-    t = table.pivot(index=solver, columns="workload", values=measure).astype(float)
     ran = table.pivot(index=solver, columns="workload", values="seeds").notna()
-    t = t.where(~(t.isna() & ran), np.inf)  # ran but not every seed reached the target
+    reached = table.pivot(index=solver, columns="workload", values=measure).astype(float).notna()
+    # seconds compare only on one clock: each optimizer's seconds relative to sgd's run in the same
+    # process (analysis.targets.same_process_ratio); NaN where it shared no process with sgd
+    values = "seconds_ratio" if measure == "seconds" and "seconds_ratio" in table else measure
+    t = table.pivot(index=solver, columns="workload", values=values).astype(float)
+    t = t.where(~(~reached & ran), np.inf)  # ran but not every seed reached the target
     best = t.replace(np.inf, np.nan).min(axis=0)
     r = t / best
     r = r.loc[:, best.notna()]
@@ -69,14 +73,16 @@ def profile_markdown(summary: pd.DataFrame) -> str:
     caption = (
         "Performance profiles over workloads (AlgoPerf): r = an optimizer's time to the workload's target "
         "divided by the fastest optimizer's (inf = a seed never reached it); rho(tau) = fraction of workloads "
-        "with r <= tau. Workloads where no optimizer reached the target are left out.\n"
+        "with r <= tau. Workloads where no optimizer reached the target are left out. In seconds each "
+        "optimizer's time is first taken relative to sgd's run of the same seed in the same process (one "
+        "clock); '–' where the two never shared a process, which counts as not within tau.\n"
     )
     parts = [caption]
     for measure, name in MEASURES.items():
         sub = summary[summary["measure"] == measure]
         workloads = [c[2:] for c in sub.columns if c.startswith("r.") and sub[c].notna().any()]
         header = ["optimizer", *[f"r: {w}" for w in workloads], *[f"rho({t:g})" for t in TAUS_SHOWN]]
-        body = [[r["optimizer"], *[("inf" if np.isinf(r[f"r.{w}"]) else fmt(r[f"r.{w}"], 2)) for w in workloads],
+        body = [[r["optimizer"], *[("inf" if np.isinf(r[f"r.{w}"]) else fmt(r[f"r.{w}"], 2, "–")) for w in workloads],
                  *[fmt(r[f"rho@{t:g}"], 2) for t in TAUS_SHOWN]] for _, r in sub.iterrows()]
         parts.append(f"In {name}:\n\n" + markdown_table(header, body, "l" + "r" * (len(header) - 1)))
     return "\n\n".join(parts)

@@ -25,6 +25,7 @@ from pathlib import Path
 from analysis.curves import SMOOTH_FRACTION, Band, convergence_figures
 from analysis.groups import GROUPS, FigureGroup
 from analysis.load import Results, load_results
+from analysis.orderings import orderings, orderings_markdown
 from analysis.profiles import plot_profiles, profile_markdown, profile_summary
 from analysis.readme import relative_link, results_section, update_readme
 from analysis.select import MAIN_BETA, main_runs
@@ -104,6 +105,9 @@ def _convergence(data: Results, out: Path, opts: Options, report: Report, log: C
     summary = profile_summary(table)
     _emit(report, out, "performance_profiles", "Performance profiles", profile_markdown(summary), summary, "%.6f",
           figure=plot_profiles(table))
+    ordered = orderings(data.runs, main_beta=opts.main_beta)
+    if not ordered.empty:
+        _emit(report, out, "orderings", "Orderings the seeds support", orderings_markdown(ordered), ordered, "%.6f")
     if rule.value is None:
         sens = target_sensitivity(data.runs, rule)
         _emit(report, out, "target_sensitivity", "Target sensitivity", sensitivity_markdown(sens, rule.reference),

@@ -40,7 +40,7 @@ class ExecOptions:
     force: bool = False
     dry_run: bool = False
     jobs: int = 1  # processes at a time (each with its own torch threads)
-    progress_every: float = 300.0  # seconds between progress lines of the running processes (0: none)
+    progress_every: float = 30.0  # seconds between progress lines of the running processes (0: none)
 
 
 def groups(runs: list[PlannedRun], mode: str, jobs: int = 1, split: bool = False) -> list[list[PlannedRun]]:
@@ -130,7 +130,7 @@ def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[]
         return 0
     running: list[tuple[subprocess.Popen, float, str, list[PlannedRun]]] = []
     pending = list(zip(labels, batches, strict=True))
-    progress = ProgressReporter(opts.progress_every)
+    progress = ProgressReporter(opts.progress_every, bars=bool(opts.progress_every) and sys.stdout.isatty())
 
     def reap(proc: subprocess.Popen, t0: float, label: str, group: list[PlannedRun]) -> int:
         rc = proc.wait()

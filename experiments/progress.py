@@ -1,10 +1,15 @@
 """Progress of the suite's training processes, read from their run CSVs and manifests.
 
-The suite starts its runs with ``--no-progress`` (several tqdm bars on one terminal would garble each
-other, and a log file would fill with carriage returns), so it reports for them: every
-``interval_s`` seconds one line per running process,
+The suite starts its runs with ``--no-progress`` (several processes' tqdm bars on one terminal would
+garble each other, and a log file would fill with carriage returns), so it reports for them. On a
+terminal each running process gets a tqdm bar of its own (iterations of the total, rate, time left,
+and each optimizer's smoothed training loss), refreshed every second; without one (CI, nohup, a log
+file) every ``interval_s`` seconds one line per running process,
 
-    [suite 1/2] 3440/4690 iterations (73.3 %), 8.3 it/min, about 2 h 30 min left
+    [suite 1/2] 3440/4690 iterations (73.3 %), 8.3 it/min, about 2 h 30 min left; loss sgd 0.412, mlbfgs 0.533
+
+The smoothed loss of a run is the mean of the training losses of its last :data:`LOSS_ROWS` complete
+rows.
 
 An iteration count is the last complete row of a run's CSV (rows are flushed every ``--flush-rows``
 rows, so it lags by at most that many logged rows); the total is the manifest's ``total_iters``. A
@@ -22,17 +27,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from experiments.atomic import read_json
 from experiments.manifest import ENDED_STATUSES, run_status
 from experiments.planning import PlannedRun
 
 _TAIL_BYTES = 8192  # rows are under 300 bytes: the tail holds several complete ones
+LOSS_ROWS = 20  # training rows averaged into the smoothed loss
 
 
-def iterations_done(csv_path: Path) -> int:
-    """The ``iteration`` of the last complete row of a run CSV; 0 when the file or a complete data row
-    is missing (a run that has not logged yet)."""
+def _tail_rows(csv_path: Path) -> tuple[list[str], list[list[str]]]:
+    """(header, the complete data rows of the file's last few kilobytes); empty when unreadable."""
     try:
         with open(csv_path, "rb") as f:
             header = f.readline().decode(errors="replace").strip().split(",")
@@ -41,21 +47,63 @@ def iterations_done(csv_path: Path) -> int:
             f.seek(max(0, size - _TAIL_BYTES))
             tail = f.read().decode(errors="replace")
     except OSError:
-        return 0
+        return [], []
+    lines = tail.split("\n")[:-1]  # the piece after the last newline is a row still being written
+    rows = [line.split(",") for line in lines]
+    return header, [r for r in rows if len(r) == len(header) and r != header]
+
+
+def _number(cell: str) -> float | None:
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def iterations_done(csv_path: Path) -> int:
+    """The ``iteration`` of the last complete row of a run CSV; 0 when the file or a complete data row
+    is missing (a run that has not logged yet)."""
+    header, rows = _tail_rows(csv_path)
     if "iteration" not in header:
         return 0
     column = header.index("iteration")
-    lines = tail.split("\n")[:-1]  # the piece after the last newline is a row still being written
-    for line in reversed(lines):
-        cells = line.split(",")
-        if len(cells) == len(header) and cells != header:
-            try:
-                value = float(cells[column])
-            except ValueError:
-                continue
-            if math.isfinite(value):
-                return int(value)
+    for row in reversed(rows):
+        value = _number(row[column])
+        if value is not None:
+            return int(value)
     return 0
+
+
+def smoothed_loss(csv_path: Path) -> float | None:
+    """The mean training loss of the last :data:`LOSS_ROWS` complete train rows of a run CSV; None
+    before the first (or when a loss is not finite: the line then says so)."""
+    header, rows = _tail_rows(csv_path)
+    if "train_loss" not in header or "kind" not in header:
+        return None
+    kind, column = header.index("kind"), header.index("train_loss")
+    cells = [r[column] for r in rows if r[kind] == "train" and r[column].strip()][-LOSS_ROWS:]
+    values = [_number(c) for c in cells]
+    if not values:
+        return None
+    if any(v is None for v in values):
+        return math.nan
+    return sum(v for v in values if v is not None) / len(values)
+
+
+def group_losses(group: Sequence[PlannedRun]) -> str:
+    """``sgd 0.412, mlbfgs 0.533``: each run's smoothed loss, named by its optimizer (numbered when a
+    group trains one optimizer in several configurations)."""
+    names = [r.optimizer for r in group]
+    parts = []
+    for i, run in enumerate(group):
+        name = run.optimizer
+        if names.count(name) > 1:
+            name += f"#{names[:i + 1].count(name)}"
+        loss = smoothed_loss(run.manifest.with_suffix(".csv"))
+        if loss is not None:
+            parts.append(f"{name} {loss:.3f}" if math.isfinite(loss) else f"{name} non-finite")
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -116,8 +164,11 @@ class ProgressReporter:
     interval_s: float
     clock: Callable[[], float] = time.monotonic
     emit: Callable[[str], None] = lambda line: print(line, flush=True)
+    bars: bool = False  # a tqdm bar per process, refreshed every second, instead of lines (a terminal)
     _baselines: dict[str, _Baseline | None] = field(default_factory=dict)
     _last: float | None = None
+    _bars: dict[str, Any] = field(default_factory=dict)
+    _last_bar: float = -math.inf
 
     def __post_init__(self) -> None:
         if not self.interval_s >= 0:  # also NaN
@@ -130,8 +181,14 @@ class ProgressReporter:
 
     def stop(self, label: str) -> None:
         self._baselines.pop(label, None)
+        bar = self._bars.pop(label, None)
+        if bar is not None:
+            bar.close()
 
     def report(self, running: Sequence[tuple[str, Sequence[PlannedRun]]]) -> None:
+        if self.bars:
+            self._update_bars(running)
+            return
         if not self.interval_s or self._last is None or self.clock() - self._last < self.interval_s:
             return
         self._last = now = self.clock()
@@ -161,6 +218,33 @@ class ProgressReporter:
                 rate_text = f"{60 * rate:.1f} it/min"
             else:
                 rate_text = f"{60 * rate:.1f} it/min, about {format_duration(max(0, total - done) / rate)} left"
+        losses = group_losses(group)
+        rate_text += f"; loss {losses}" if losses else ""
         if total is None:
             return f"{label} {done} iterations (total not known yet), {rate_text}"
         return f"{label} {done}/{total} iterations ({100 * done / total:.1f} %), {rate_text}"
+
+    def _update_bars(self, running: Sequence[tuple[str, Sequence[PlannedRun]]]) -> None:
+        """tqdm bars (rate and time left are tqdm's own), at most once a second."""
+        from tqdm import tqdm
+
+        now = self.clock()
+        if now - self._last_bar < 1.0:
+            return
+        self._last_bar = now
+        for label, group in running:
+            try:
+                progress = group_progress(group)
+                if progress is None:
+                    continue
+                done, total = progress
+                bar = self._bars.get(label)
+                if bar is None:
+                    bar = self._bars[label] = tqdm(total=total, desc=label, unit="it", position=len(self._bars),
+                                                   initial=done, dynamic_ncols=True, leave=True)
+                if total is not None and bar.total != total:
+                    bar.total = total
+                bar.update(max(0, done - bar.n))
+                bar.set_postfix_str(group_losses(group), refresh=True)
+            except Exception as err:  # a display: it must never stop the training it reports on
+                self.emit(f"{label} progress unavailable ({type(err).__name__}: {err})")

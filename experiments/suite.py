@@ -55,7 +55,7 @@ from experiments.stages import ANALYSIS_STAGE, preset_kind, preset_stages, selec
 from experiments.stages import grid as grid_stage
 from experiments.stages import sweep as sweep_stage
 from experiments.stages import tuning as tuning_stage
-from experiments.stages.analysis import analysis_command, run_analysis
+from experiments.stages.analysis import analysis_command, comparison_lines, run_analysis
 from experiments.stages.context import StageContext
 from experiments.stages.record import SuiteRecord
 
@@ -144,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads per process (default: the runner's, see python -m experiments.run --help)")
     p.add_argument("--jobs", type=int, default=1,
                    help="processes at a time (default 1; 2 single-thread processes use 2 cores)")
-    p.add_argument("--progress-every", type=float, default=300.0, metavar="SECONDS",
-                   help="print each running process's iterations, rate and time left every SECONDS "
-                        "(default 300; 0: never). The runs themselves train without progress bars")
+    p.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                   help="progress of each running process (iterations, rate, time left, each optimizer's "
+                        "smoothed loss): a bar on a terminal, else a line every SECONDS (default 30; 0: never)")
     p.add_argument("--force", action="store_true", help="retrain finished runs and discard checkpoints")
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs of the selected stages and their state, run and write nothing")
@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     record.finish(failures, args.started_at)
     print(f"[suite] {failures} run(s) failed, {record.current['seconds']:.1f} s ({record.data['seconds']:.1f} s "
           f"over the {len(record.data['invocations'])} command(s) of the record); record: {record.path}", flush=True)
+    if ANALYSIS_STAGE in stages and not analysis_status:
+        for line in comparison_lines(Path(preset.results) / "figures"):
+            print(f"[suite] {line}", flush=True)
     if analysis_status:
         print(f"[suite] error: the analysis failed (exit {analysis_status}): "
               f"python {' '.join(analysis_command(preset)[1:])}", file=sys.stderr, flush=True)

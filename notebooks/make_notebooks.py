@@ -29,7 +29,7 @@ nb.describe(data)"""
 
 REGEN = (
     "Everything here is also written to `results/figures/` by "
-    "`python -m analysis --results results --out results/figures --readme README.md`."
+    "`python -m analysis --results results --out results/figures --readme docs/report.md`."
 )
 
 NOTEBOOKS: dict[str, list[tuple[str, str]]] = {

@@ -22,6 +22,11 @@ EXPECTED = {
     "performance_profiles.md",
     "performance_profiles.csv",
     "performance_profiles.png",
+    "orderings.md",
+    "orderings.csv",
+    "target_sensitivity.md",
+    "target_sensitivity.csv",
+    "target_sensitivity.png",
     "stability.md",
     "stability.csv",
     "overhead.png",
@@ -106,6 +111,7 @@ def test_python_dash_m_entry_point(results_tree: Path, tmp_path: Path) -> None:
         f"skipping runner overhead: no {root / 'runner' / 'runner.csv'}",
         f"skipping ours vs the authors' code: no finished runs under {root / 'authors' / 'runs'}",
         f"skipping ablations: no finished runs under {root / 'ablations' / 'runs'}",
+        f"skipping resnet diagnosis: no finished runs under {root / 'resnet_diagnosis' / 'runs'}",
         f"skipping lr sensitivity: no {root / 'tuning'}/*_trials.csv",
         f"skipping compute: no run manifests with cpu_s under {root / 'runs'} or {root / 'tuning' / 'runs'}",
         "skipping paper: no runs of the paper's workloads (cifar10-resnet18, cifar100-resnet18, cifar100-deit, "
@@ -117,7 +123,7 @@ def test_every_group_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     (tmp_path / "empty").mkdir()
     assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     captured = capsys.readouterr()
-    assert captured.out.count("skipping") == 16
+    assert captured.out.count("skipping") == 17
     assert "error: no results found under" in captured.err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -162,7 +168,7 @@ def test_readme_section_is_replaced_and_the_rest_kept(results_tree: Path, tmp_pa
     section = text[text.index(START_MARKER) : text.index(END_MARKER)]
     assert "old generated text" not in section
     assert "#### Time to target: mnist1d_mlp" in section
-    assert "| mlbfgs | 2/2 | 62.5 | 62.5 | 0.78 | 0.625 | 0.625 | 0.694 |" in section
+    assert "| mlbfgs | 2/2 | 62.5 | 62.5 | 0.78 | 0.625 | 0.625 | n/a |" in section
     assert "python -m analysis --results " in section and " --readme README.md" in section
     links = [line[line.index("](") + 2 : -1] for line in section.splitlines() if line.startswith("![")]
     assert len(links) == 2

@@ -30,6 +30,17 @@ def test_ratios_to_the_fastest_with_unreached_as_infinite() -> None:
         ratios(TABLE, "grad evals")
 
 
+def test_seconds_compare_only_through_same_process_ratios_to_sgd() -> None:
+    # raw seconds favour adam on w1 (5 against 10), but adam never shared a process with sgd there:
+    # its seconds are not compared ('–', not within any tau); mlbfgs on w2 ran beside sgd at 1.5 x its time
+    table = TABLE.assign(seconds_ratio=[1.0, np.nan, np.nan, 1.0, np.nan, 1.5, np.nan, np.nan, np.nan])
+    r = ratios(table, "seconds")
+    assert r.loc["sgd", "w1"] == 1.0 and np.isnan(r.loc["adam", "w1"]) and np.isinf(r.loc["mlbfgs", "w1"])
+    assert r.loc["sgd", "w2"] == 1.0 and r.loc["mlbfgs", "w2"] == 1.5 and np.isinf(r.loc["adam", "w2"])
+    assert profile(r, np.array([4.0])).loc["adam"].tolist() == [0.0]
+    assert "| adam | – | inf |" in profile_markdown(profile_summary(table))
+
+
 def test_summary_markdown_and_figure() -> None:
     summary = profile_summary(TABLE)
     md = profile_markdown(summary)

@@ -7,23 +7,25 @@ import pytest
 from experiments import suite
 from experiments.csvlog import RUN_COLUMNS
 from experiments.planning import PlannedRun
-from experiments.progress import ProgressReporter, format_duration, iterations_done
+from experiments.progress import ProgressReporter, format_duration, group_losses, iterations_done, smoothed_loss
+from experiments.stages.analysis import comparison_lines
 
 
-def write_run(folder, run_id, iterations, total=1000, partial=False):
+def write_run(folder, run_id, iterations, total=1000, partial=False, losses=None, optimizer="sgd"):
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / f"{run_id}.json"
     manifest.write_text(json.dumps({"run_id": run_id, "total_iters": total, "status": "running"}))
     rows = [",".join(RUN_COLUMNS)]
     for it in iterations:
         row = dict.fromkeys(RUN_COLUMNS, "")
-        row.update(run_id=run_id, kind="train", iteration=str(it), train_loss="0.5")
+        row.update(run_id=run_id, kind="train", iteration=str(it),
+                   train_loss="" if losses is None else str(losses[len(rows) - 1]))
         rows.append(",".join(row[c] for c in RUN_COLUMNS))
     text = "\n".join(rows) + "\n"
     if partial:
         text += f"{run_id},w,sgd,0,train,1.0,99"  # a row still being written
     (folder / f"{run_id}.csv").write_text(text)
-    return PlannedRun("w", "sgd", 0, run_id, (), manifest)
+    return PlannedRun("w", optimizer, 0, run_id, (), manifest)
 
 
 def test_iterations_done_reads_the_last_complete_row(tmp_path) -> None:
@@ -167,3 +169,52 @@ def test_format_duration(seconds, text) -> None:
 def test_suite_rejects_a_negative_progress_interval(value, capsys) -> None:
     assert suite.main(["--preset", "quick", "--progress-every", value, "--dry-run"]) == 2
     assert "--progress-every must be >= 0" in capsys.readouterr().err
+
+
+def test_lines_carry_each_optimizers_smoothed_loss(tmp_path) -> None:
+    losses = [2.0] * 10 + [1.0] * 20  # the last LOSS_ROWS = 20 rows average to 1.0
+    sgd = write_run(tmp_path, "s", list(range(1, 31)), losses=losses, optimizer="sgd")
+    ours = write_run(tmp_path, "m", list(range(1, 31)), losses=[0.5] * 29 + [float("nan")], optimizer="mlbfgs")
+    assert smoothed_loss(sgd.manifest.with_suffix(".csv")) == pytest.approx(1.0)
+    assert group_losses([sgd, ours]) == "sgd 1.000, mlbfgs non-finite"
+    lines: list[str] = []
+    reporter = ProgressReporter(30, clock=lambda: 30.0, emit=lines.append)
+    reporter._last = 0.0
+    reporter.report([(LABEL, [sgd, ours])])
+    assert lines == [f"{LABEL} 30/1000 iterations (3.0 %), measuring the rate; loss sgd 1.000, mlbfgs non-finite"]
+
+
+def test_comparison_lines_close_the_job(tmp_path) -> None:
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "time_to_target.csv").write_text(
+        "workload,optimizer,label,target,seeds,seeds_reached,iterations,iterations_ratio,final,final_low,final_high\n"
+        "w,sgd,sgd,0.9,3,3,100,1.0,0.91,0.90,0.92\n"
+        "w,mlbfgs,mlbfgs,0.9,3,1,,,0.85,0.80,0.90\n")
+    (figures / "convergence_w.png").write_bytes(b"")
+    lines = comparison_lines(figures)
+    assert lines[0] == "w: target test accuracy 0.9000"
+    assert "0.9100 [0.9000, 0.9200]" in lines[2] and "100 (1.00 x sgd)" in lines[2]
+    assert lines[3].endswith("not reached (1/3 seeds)")
+    assert lines[-1] == f"figure: {figures / 'convergence_w.png'}"
+    assert comparison_lines(tmp_path / "none") == []
+
+
+def test_on_a_terminal_each_process_gets_a_bar(tmp_path, capsys) -> None:
+    sgd = write_run(tmp_path, "s", [10, 20], losses=[1.0, 0.5])
+    now = [5.0]
+    reporter = ProgressReporter(30, clock=lambda: now[0], bars=True)
+    reporter.start(LABEL)
+    reporter.report([(LABEL, [sgd])])
+    bar = reporter._bars[LABEL]
+    assert (bar.n, bar.total) == (20, 1000)
+    write_run(tmp_path, "s", [10, 20, 30], losses=[1.0, 0.5, 0.5])
+    now[0] = 5.5
+    reporter.report([(LABEL, [sgd])])
+    assert bar.n == 20  # refreshed at most once a second
+    now[0] = 6.5
+    reporter.report([(LABEL, [sgd])])
+    assert bar.n == 30
+    reporter.stop(LABEL)
+    err = capsys.readouterr().err
+    assert "30/1000" in err and "sgd 0.667" in err  # tqdm's own line, with the smoothed loss

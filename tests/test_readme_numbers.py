@@ -1,7 +1,7 @@
-"""README's hand-written prose quotes results only from committed tables.
+"""README's and the findings page's hand-written prose quote results only from committed tables.
 
-Every number with three or more decimals outside the generated results block (accuracies, mu
-quantiles, ratios) must appear, as a whole number token, in a table committed under ``results/``
+Every number with three or more decimals outside generated blocks (accuracies, mu quantiles, ratios)
+must appear, as a whole number token, in a table committed under ``results/``
 (``.md`` / ``.csv``, run logs excluded: they hold too many numbers to prove anything). A number typed
 by hand, or one left behind when the tables were regenerated, fails here.
 """
@@ -15,9 +15,12 @@ from tests.committed_results import REPO, committed_results
 PRECISE = re.compile(r"(?<![\w.])-?\d+\.\d{3,}(?!\d)")
 
 
-def _prose(readme: str) -> str:
-    start, end = readme.index("<!-- results:start"), readme.index("<!-- results:end")
-    return readme[:start] + readme[end:]
+PAGES = ("README.md", "docs/findings.md")
+
+
+def _prose(text: str) -> str:
+    """``text`` without its generated blocks (``<!-- name:start`` to ``<!-- name:end``)."""
+    return re.sub(r"<!-- (\w+):start.*?<!-- \1:end", "", text, flags=re.S)
 
 
 def _committed_tables() -> str:
@@ -31,8 +34,8 @@ def _missing(prose: str, tables: str) -> list[str]:
 
 
 def test_readme_precise_numbers_are_in_committed_tables() -> None:
-    prose = _prose((REPO / "README.md").read_text())
-    assert len(PRECISE.findall(prose)) >= 10  # the results paragraphs quote accuracies and mu quantiles
+    prose = "\n".join(_prose((REPO / page).read_text()) for page in PAGES)
+    assert len(PRECISE.findall(prose)) >= 10  # the findings quote accuracies and mu quantiles
     assert _missing(prose, _committed_tables()) == []
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import math
 import subprocess
 import sys
 import time
@@ -30,3 +32,38 @@ def run_analysis(preset: Preset) -> dict[str, Any]:
     start = time.monotonic()
     rc = subprocess.call(cmd)
     return {"command": cmd, "returncode": rc, "seconds": round(time.monotonic() - start, 3)}
+
+
+def comparison_lines(figures: Path) -> list[str]:
+    """The comparison the analysis made, for the end of the job: per workload and configuration the
+    final test accuracy with its 95% interval and the iterations to the target (ratio to sgd), from
+    ``figures/time_to_target.csv``; then the main figures' paths. Empty without that table."""
+    table = figures / "time_to_target.csv"
+    if not table.is_file():
+        return []
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def num(row: dict[str, str], key: str) -> float:
+        try:
+            return float(row.get(key) or "nan")
+        except ValueError:
+            return math.nan
+
+    lines = []
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        mine = [r for r in rows if r["workload"] == workload]
+        lines.append(f"{workload}: target test accuracy {num(mine[0], 'target'):.4f}")
+        width = max(len(r["label"]) for r in mine)
+        lines.append(f"  {'optimizer':<{width}}  {'final test acc [95%]':<26}  iterations to target")
+        for r in mine:
+            final, low, high = num(r, "final"), num(r, "final_low"), num(r, "final_high")
+            acc = f"{final:.4f}" + (f" [{low:.4f}, {high:.4f}]" if math.isfinite(low) else "")
+            its, ratio = num(r, "iterations"), num(r, "iterations_ratio")
+            reach = (f"{its:,.0f}" + (f" ({ratio:.2f} x sgd)" if math.isfinite(ratio) else "")) if math.isfinite(its) \
+                else f"not reached ({r['seeds_reached']}/{r['seeds']} seeds)"
+            lines.append(f"  {r['label']:<{width}}  {acc:<26}  {reach}")
+    for name in ("performance_profiles.png", *sorted(p.name for p in figures.glob("convergence_*.png"))):
+        if (figures / name).is_file():
+            lines.append(f"figure: {figures / name}")
+    return lines
