@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-DIRECTION_NORMS = ("global", "kl", "none")
+DIRECTION_NORMS = ("global", "kl", "none", "block")
 HISTORY_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 

@@ -80,7 +80,8 @@ class MLBFGS(Optimizer):
     5. *exchange*: with a process group every rank computes its own blocks (``shard="blocks"``) or
        its rows of every block (``shard="rows"``), and one all-gather assembles ``d``
        (:mod:`mlbfgs.distributed`, :mod:`mlbfgs.row_sharding`).
-    6. *rescale* (once the first pair period has passed, ``t > T``): ``"global"`` divides by
+    6. *rescale* (once the first pair period has passed, ``t > T``): ``"block"`` first scales each
+       block's ``d_b`` to ``\lVert g_b \rVert`` (in phase 4, per block); ``"global"`` and ``"block"`` divide by
        ``\lVert d \rVert`` over all blocks (computed as ``a \lVert d/a \rVert`` with ``a = \max_i |d_i|``,
        so it neither overflows nor underflows), ``"kl"`` multiplies by ``\min(1, \sqrt{\kappa / g.d})``.
     7. *momentum update*: SGD with momentum on ``d``: ``buf \leftarrow \mu\, buf + d``,
@@ -144,9 +145,14 @@ class MLBFGS(Optimizer):
         curvature_bounds: (sigma_L, sigma_H) for ``s.y_hat / s.s``.
         blocks: ``"model"``, ``"layer"``, an int N or a list of lists of parameters
             (:func:`mlbfgs.blocks.build_blocks`).
-        direction_norm: ``"global"``, ``"kl"`` or ``"none"``. With ``"global"`` the step length is
-            ``lr`` whatever the gradient's size: it does not shrink as the gradient does, so
+        direction_norm: ``"global"``, ``"kl"``, ``"none"`` or ``"block"``. With ``"global"`` the step
+            length is ``lr`` whatever the gradient's size: it does not shrink as the gradient does, so
             ``ReduceLROnPlateau`` and warm-up act on the step length itself, unlike with SGD.
+            ``"block"`` first scales each block's direction to its gradient's norm,
+            ``d_b \lVert g_b \rVert / \lVert d_b \rVert``, then divides by the global norm: the curvature
+            turns each block's step but no longer moves step length between blocks (with per-layer
+            blocks, ``\gamma_b \approx 1/\mu_b`` otherwise hands most of the step to the flattest
+            layers). Whole blocks only (not with row sharding).
         kl_clip: kappa of the ``"kl"`` rescaling.
         history_dtype: dtype of the ring (default: float32, or float64 for float64 parameters);
             bfloat16/float16 halve the bytes read per step (rows stored normalised, see
@@ -221,6 +227,9 @@ class MLBFGS(Optimizer):
 
         rows = resolve_row_sharding(all_params, process_group, comm_dtype, history_dtype, shard)
         if rows is not None:  # fully_shard, or DDP with shard="rows": every rank holds its rows of every block
+            if direction_norm == "block":
+                raise ValueError("direction_norm: 'block' needs whole blocks on each rank; with row sharding "
+                                 "(fully_shard, or shard='rows') use one of ['global', 'kl', 'none']")
             rows.check_same_layout(self.block_sizes)
             self.sharding: Any = rows
             self.owners = [rows.rank] * len(self.blocks)
@@ -845,17 +854,25 @@ class MLBFGS(Optimizer):
                     slot.addcmul_(buf.gg, buf.block_state[b][K.GAMMA])
                 else:
                     slot.add_(buf.gg)
+        per_block = self.config.direction_norm == "block"
+        norms, tiny = buf.block_norms, torch.finfo(buf.flat.dtype).tiny
         for b in phase.with_pairs:
-            buf.histories[b].apply_(buf.block_grads[b])
+            g = buf.block_grads[b]
+            if per_block:  # |g_b| before g becomes d_b in place, then d_b * |g_b| / |d_b|
+                torch.linalg.vector_norm(g, out=norms[0])
+            buf.histories[b].apply_(g)
             if kl:
                 buf.histories[b].add_quadratic_(slot)
+            if per_block:
+                torch.linalg.vector_norm(g, out=norms[1])
+                g.mul_(norms[0].div_(norms[1].clamp_(min=tiny)))
 
     def _rescale(self, buf: _StepBuffers, phase: _StepPhase) -> None:
         """Phase 6: global-norm or KL rescaling of the assembled direction, once ``t > T``."""
         if not phase.active:
             return
         flat = buf.flat
-        if self.config.direction_norm == "global":
+        if self.config.direction_norm in ("global", "block"):
             # d / |d| as (d / a) / |d / a| with a = max |d_i|: no square overflows or underflows
             tiny = torch.finfo(flat.dtype).tiny
             torch.linalg.vector_norm(flat, ord=float("inf"), out=buf.scalar)
@@ -938,6 +955,7 @@ class _StepBuffers:
         self.scalar = torch.zeros((), dtype=work, device=device)
         self.pair_dots = torch.zeros(4, dtype=work, device=device)  # s.y, s.s, y.y, g.g
         self.gg = torch.zeros(1, dtype=work, device=device)  # a block's g.g ("kl"), written by mv
+        self.block_norms = torch.zeros(2, dtype=work, device=device)  # |g_b|, |d_b| ("block")
         self.kl_clip = torch.zeros((), dtype=work, device=device)
         self.momentum = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]
         self.lr = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]

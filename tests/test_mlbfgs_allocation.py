@@ -21,7 +21,7 @@ def test_the_counter_sees_allocations() -> None:
     assert allocations(lambda: x.mul_(0.5))  # a Python scalar is wrapped into a new tensor
 
 
-@pytest.mark.parametrize("norm", ["global", "kl", "none"])
+@pytest.mark.parametrize("norm", ["global", "kl", "none", "block"])
 @pytest.mark.parametrize("history_dtype", [None, torch.bfloat16])
 def test_step_allocates_nothing_after_warmup(norm, history_dtype) -> None:
     opt, check = warmed_optimizer("cpu", norm, history_dtype)
