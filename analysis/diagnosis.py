@@ -24,7 +24,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from analysis.intervals import difference_interval, mean_interval, verdict
-from analysis.load import CURVATURE_COLUMNS, CURVATURE_DIAGNOSTICS, CURVATURE_NUMERIC, read_checked_csv
+from analysis.load import CURVATURE_COLUMNS, CURVATURE_DIAGNOSTICS, read_curvature_csv
 from analysis.style import new_figure, styled
 from analysis.tables import fmt, markdown_table
 from analysis.variants import load_variant_runs
@@ -46,9 +46,7 @@ def load_diagnosis(root: Path | str, folder: str = FOLDER) -> tuple[pd.DataFrame
         path = manifest_path.with_name(run_id + ".curvature.csv")
         if manifest.get("status") != "finished" or not path.is_file():
             continue
-        df = read_checked_csv(path, CURVATURE_COLUMNS, CURVATURE_NUMERIC)
-        for col in CURVATURE_DIAGNOSTICS:
-            df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else np.nan
+        df = read_curvature_csv(path)
         config = json.dumps(manifest.get("optimizer_config", {}), sort_keys=True, default=str)
         match = runs[(runs["config"] == config) & (runs["seed"] == int(manifest["seed"]))]
         df["variant"] = match["variant"].iloc[0] if len(match) else manifest["optimizer"]

@@ -29,42 +29,18 @@ import numpy as np
 import pandas as pd
 
 from analysis.configs import config_key, config_of_run_id, manifest_settings
-
-RUN_COLUMNS: tuple[str, ...] = (
-    "run_id",
-    "workload",
-    "optimizer",
-    "seed",
-    "kind",
-    "epoch",
-    "iteration",
-    "train_loss",
-    "lr",
-    "wall_s",
-    "grad_evals",
-    "test_loss",
-    "test_acc",
-    "eval_s",
+from experiments.schema import (  # noqa: F401 - re-exported: the analysis modules read them from here
+    CURVATURE_DIAGNOSTICS,
+    CURVATURE_NUMERIC,
+    RUN_KINDS,
+    RUN_NUMERIC,
+    RUN_REQUIRED,
 )
-RUN_NUMERIC: tuple[str, ...] = (
-    "seed",
-    "epoch",
-    "iteration",
-    "train_loss",
-    "lr",
-    "wall_s",
-    "grad_evals",
-    "test_loss",
-    "test_acc",
-    "eval_s",
-)
-RUN_KINDS: tuple[str, ...] = ("train", "eval")
+from experiments.schema import CURVATURE_REQUIRED as CURVATURE_COLUMNS
 
-CURVATURE_COLUMNS: tuple[str, ...] = ("run_id", "iteration", "block", "mu", "accepted")
-CURVATURE_NUMERIC: tuple[str, ...] = ("iteration", "mu")
-#: Per-block diagnostics at each pair (``mlbfgs.PairRecord``), in files written since 2026-12-07; NaN
-#: for older files.
-CURVATURE_DIAGNOSTICS: tuple[str, ...] = ("damped_mu", "gamma", "grad_norm", "direction_share")
+# The schema is stated once, in experiments/schema.py; a reader checks the columns every file has
+# (RUN_COLUMNS here: the run CSV's columns less those added after runs were committed).
+RUN_COLUMNS: tuple[str, ...] = RUN_REQUIRED
 
 OVERHEAD_COLUMNS: tuple[str, ...] = ("model", "optimizer", "measure", "repeat", "seconds")
 OVERHEAD_NUMERIC: tuple[str, ...] = ("repeat", "seconds")
@@ -397,13 +373,20 @@ def load_curvature(results: Path | str) -> pd.DataFrame | None:
         path = run_csv.with_name(run_csv.stem + CURVATURE_SUFFIX)
         if not path.is_file():
             continue
-        df = read_checked_csv(path, CURVATURE_COLUMNS, CURVATURE_NUMERIC)
-        for col in CURVATURE_DIAGNOSTICS:
-            df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else float("nan")
-        df["accepted"] = _to_bool(df["accepted"], path)
+        df = read_curvature_csv(path)
         df["source"] = str(path)
         frames.append(df)
     return _concat(frames)
+
+
+def read_curvature_csv(path: Path) -> pd.DataFrame:
+    """One curvature CSV, checked (:data:`CURVATURE_COLUMNS` required), with ``accepted`` as bool and
+    the diagnostics columns as numbers (NaN in files written before they existed)."""
+    df = read_checked_csv(path, CURVATURE_COLUMNS, CURVATURE_NUMERIC)
+    for col in CURVATURE_DIAGNOSTICS:
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else float("nan")
+    df["accepted"] = _to_bool(df["accepted"], path)
+    return df
 
 
 def _to_bool(values: pd.Series, path: Path) -> pd.Series:

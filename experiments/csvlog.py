@@ -19,28 +19,7 @@ from typing import Any
 
 import torch
 
-RUN_COLUMNS = (
-    "run_id",
-    "workload",
-    "optimizer",
-    "seed",
-    "kind",
-    "epoch",
-    "iteration",
-    "train_loss",
-    "lr",
-    "wall_s",
-    "grad_evals",
-    "test_loss",
-    "test_acc",
-    "eval_s",
-    "cpu_s",
-)
-#: One row per pair formed: the block, its raw ``mu`` and whether it was kept, then the block's diagnostics
-#: at that step (``mlbfgs.PairRecord``; empty where an optimizer does not report them). Files written
-#: before 2026-12-07 have the first five columns only.
-CURVATURE_COLUMNS = ("run_id", "iteration", "block", "mu", "accepted", "damped_mu", "gamma", "grad_norm",
-                     "direction_share")
+from experiments.schema import CURVATURE_COLUMNS, RUN_COLUMNS  # noqa: F401 - the writers' schema, re-exported
 
 
 class CsvLog:

@@ -40,7 +40,7 @@ from torch import nn
 
 from experiments.amp import AmpError, MixedPrecision
 from experiments.checkpoint import CheckpointStore, rng_state, set_rng_state
-from experiments.csvlog import CURVATURE_COLUMNS, RUN_COLUMNS, CsvLog
+from experiments.csvlog import CsvLog
 from experiments.data import build_data
 from experiments.data.base import DataSource
 from experiments.data.sampling import iterations_per_epoch
@@ -51,6 +51,7 @@ from experiments.manifest import Manifest, device_description, git_state, is_fin
 from experiments.preflight import build_checked_model, build_checked_optimizer
 from experiments.runspec import RunSpec
 from experiments.schedule import LRSchedule
+from experiments.schema import CURVATURE_COLUMNS, RUN_COLUMNS
 from experiments.tensorboard_log import TensorBoardLog
 
 # the order of a train row (write_values); checked against the CSV schema at import
