@@ -46,7 +46,7 @@ if [ ! -x "$PY" ]; then
   echo "[run_all] creating .venv"
   python3 -m venv .venv
   "$PY" -m pip install --progress-bar off -r requirements.txt -e .
-elif ! "$PY" -c "import torch, torchvision, numpy, pandas, matplotlib, seaborn, tqdm, mnist1d, transformers, tensorboard, pytest, hypothesis, scipy, nbclient, ipykernel, ruff, mypy, packaging, mlbfgs" 2>/dev/null; then
+elif ! "$PY" -c "import torch, torchvision, numpy, pandas, matplotlib, seaborn, tqdm, mnist1d, transformers, tensorboard, pytest, hypothesis, scipy, nbclient, ipykernel, ruff, mypy, packaging, mkdocs, material, mkdocstrings_handlers.python, mkdocs_jupyter, mlbfgs" 2>/dev/null; then
   echo "[run_all] .venv incomplete: installing requirements"
   "$PY" -m pip install --progress-bar off -r requirements.txt -e .
 fi
@@ -72,8 +72,18 @@ if [ "$preset" != paper ]; then
   fi
 fi
 
-# 3a. The tests: lint, then pytest (extra arguments go to pytest).
+# 3a. The tests: lint, then pytest (extra arguments go to pytest). The documentation site's test opens
+#     the built pages in headless Chromium (Debian's package).
 if [ "$preset" = tests ]; then
+  if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+      echo "[run_all] installing chromium (the documentation site's browser test)"
+      apt-get update -q && apt-get install -y -q chromium
+    else
+      echo "[run_all] chromium is missing: the documentation site's browser test will be skipped" >&2
+      echo "[run_all] install it with: sudo apt-get install chromium" >&2
+    fi
+  fi
   "$PY" -m ruff check .
   set +e
   "$PY" -m pytest -q "$@"

@@ -80,6 +80,36 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", SETUP),
         ("code", "nb.show('distributed scaling', data)"),
     ],
+    "verdict.ipynb": [
+        (
+            "md",
+            "# The verdict\n\nThe long preset's comparison (`results/long`: equal tuning, 3-5 seeds at full "
+            "length) as the findings page reads it: time to target with 95% intervals, performance profiles, "
+            "target sensitivity, the orderings the seeds support, and the learning-rate sensitivity of the "
+            "tuning trials. The same tables are in `results/long/figures/` (`python -m analysis --results "
+            "results/long`).",
+        ),
+        ("code", SETUP.replace('nb.results_dir()', 'nb.results_dir("../results/long")')),
+        ("code", "from IPython.display import Markdown, display\n\n"
+                 "from analysis.orderings import orderings, orderings_markdown\n"
+                 "from analysis.profiles import plot_profiles, profile_markdown, profile_summary\n"
+                 "from analysis.target_sensitivity import plot_target_sensitivity, sensitivity_markdown, "
+                 "target_sensitivity\n"
+                 "from analysis.targets import TUNED_RULE, time_to_target, time_to_target_markdown\n\n"
+                 "table = time_to_target(data.runs, TUNED_RULE)"),
+        ("md", "## Time to target, with 95% intervals"),
+        ("code", "display(Markdown(time_to_target_markdown(table, data.runs, TUNED_RULE)))"),
+        ("md", "## Performance profiles"),
+        ("code", "display(plot_profiles(table))\ndisplay(Markdown(profile_markdown(profile_summary(table))))"),
+        ("md", "## Target sensitivity"),
+        ("code", "sensitivity = target_sensitivity(data.runs, TUNED_RULE)\n"
+                 "display(plot_target_sensitivity(sensitivity, TUNED_RULE.reference))\n"
+                 "display(Markdown(sensitivity_markdown(sensitivity, TUNED_RULE.reference)))"),
+        ("md", "## Orderings the seeds support"),
+        ("code", "display(Markdown(orderings_markdown(orderings(data.runs))))"),
+        ("md", "## Learning-rate sensitivity of the tuning trials"),
+        ("code", "nb.show('lr sensitivity', data)"),
+    ],
 }
 
 
