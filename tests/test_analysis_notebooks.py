@@ -12,7 +12,7 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NAMES = ["convergence.ipynb", "stability.ipynb", "overhead.ipynb", "distributed_scaling.ipynb"]
+NAMES = ["convergence.ipynb", "stability.ipynb", "overhead.ipynb", "distributed_scaling.ipynb", "verdict.ipynb"]
 KERNEL = "mlbfgs-analysis-test"
 
 
@@ -41,12 +41,16 @@ def test_notebook_executes(name: str, results_tree: Path, kernel_dir: Path, monk
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
-    expected_figures = {"convergence.ipynb": 2, "stability.ipynb": 2, "overhead.ipynb": 2}.get(name, 1)
+    # verdict: the performance profiles and the target sensitivity (the fixture has no tuning trials)
+    figures = {"convergence.ipynb": 2, "stability.ipynb": 2, "overhead.ipynb": 2, "verdict.ipynb": 2}
+    expected_figures = figures.get(name, 1)
     assert len(pngs) == expected_figures
     markdown = "\n".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
     assert str(results_tree) in markdown  # it read the fixture tree, not ../results
     if name == "convergence.ipynb":
         assert "| mlbfgs | 2/2 | 62.5 |" in markdown
+    if name == "verdict.ipynb":  # time to target with intervals, and the orderings with their verdicts
+        assert "final test accuracy [95%]" in markdown and "| mnist1d_mlp | mlbfgs | sgd |" in markdown
     if name == "overhead.ipynb":  # the fairness table of the fixture: lockstep ratios hold, separate ones drift
         assert "lockstep: 1/1 ratios within 10%" in markdown and "separate: 0/1 ratios within 10%" in markdown
 
