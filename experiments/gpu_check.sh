@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device check, one command: bash experiments/gpu_check.sh OUTDIR [--dry-run] [--data-dir DIR]
+# The device check, one command: bash experiments/gpu_check.sh OUTDIR [--dry-run] [--data-dir DIR] [--no-install]
 #
 # On one GPU (under 8 minutes on an H100/H200-class card) it runs, writing everything under OUTDIR:
 #   1. the CUDA tests, `pytest -m cuda` (mL-BFGS on CUDA with a bfloat16 history, the zero-allocation step
@@ -19,22 +19,26 @@
 #   --dry-run     the same steps on the CPU with the smallest settings (the MNIST-1D MLP for the benchmark, 3
 #                 iterations on a Fashion-MNIST subset; the CUDA tests are collected and skip): what the test
 #                 suite runs (tests/test_gpu_check.py), so that this script cannot rot
+#   --no-install  the machine's own python3 and torch (a lent GPU machine without a package registry), this
+#                 checkout on PYTHONPATH, whatever .venv holds; nothing is installed in either case
 #   --data-dir    the four Fashion-MNIST IDX .gz files (default: /usr/share/datasets/fashion-mnist, from the
 #                 Debian package dataset-fashion-mnist, else data_cache/fashion-mnist in this checkout, a
 #                 git-ignored folder to copy them into on a machine without the package)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-usage() { echo "usage: bash experiments/gpu_check.sh OUTDIR [--dry-run] [--data-dir DIR]" >&2; exit 2; }
+usage() { echo "usage: bash experiments/gpu_check.sh OUTDIR [--dry-run] [--data-dir DIR] [--no-install]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 case "$1" in -*) usage ;; esac
 OUT=$1
 shift
 DRY=no
 DATA=
+OWN=no
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=yes ;;
+    --no-install) OWN=yes ;;
     --data-dir) [ $# -ge 2 ] || usage; DATA=$2; shift ;;
     --data-dir=*) DATA=${1#--data-dir=} ;;
     *) usage ;;
@@ -53,7 +57,10 @@ for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-
 done
 
 PY=${PYTHON:-.venv/bin/python}
-[ -x "$PY" ] || PY=python3
+if [ "$OWN" = yes ] || [ ! -x "$PY" ]; then  # the machine's own torch: the checkout's packages from here
+  PY=${PYTHON:-python3}
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
@@ -87,6 +94,7 @@ step() {  # step NAME COMMAND...: run it, append its output and its status to th
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo none)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
   echo "mode: $([ "$DRY" = yes ] && echo 'dry run (CPU)' || echo device)"
+  echo "python: $PY$([ -n "${PYTHONPATH:-}" ] && echo " with PYTHONPATH=$PYTHONPATH (no install)")"
   "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")'
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv

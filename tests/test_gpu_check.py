@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -28,8 +29,11 @@ def _csv(path: Path) -> list[dict[str, str]]:
 @pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="needs dataset-fashion-mnist")
 def test_dry_run_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "check"
-    proc = subprocess.run(["bash", str(SCRIPT), str(out), "--dry-run"], cwd=REPO, capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # --no-install: a lent machine's own interpreter (here this one) with the checkout on PYTHONPATH
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(["bash", str(SCRIPT), str(out), "--dry-run", "--no-install"], cwd=REPO, capture_output=True,
+                          text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr + (out / "gpu_check.log").read_text()
     log = (out / "gpu_check.log").read_text()
     for name in ("cuda-tests", "overhead-fp32", "overhead-bf16", "lockstep", "analysis", "acceptance"):
@@ -58,7 +62,9 @@ def test_dry_run_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert "mnist1d-mlp (bf16 autocast)" in overhead_md
     verdict = (out / "acceptance.md").read_text()
     assert "limits not judged" in verdict and verdict.rstrip().endswith("verdict: reported (not judged)")
-    assert "torch" in (out / "environment.txt").read_text()
+    environment = (out / "environment.txt").read_text()
+    assert "torch" in environment
+    assert f"python: {sys.executable} with PYTHONPATH={REPO} (no install)" in environment
 
 
 def test_bad_arguments_exit_2(tmp_path: Path) -> None:
