@@ -100,7 +100,12 @@ class NormalizedSGD(torch.optim.Optimizer):
             if group["weight_decay"] != 0.0:
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
             per_group.append((group, params, grads))
-            norms.extend(torch._foreach_norm(grads))
+            dense = [g for g in grads if not g.is_sparse]
+            if dense:
+                norms.extend(torch._foreach_norm(dense))
+            # sparse gradients (nn.Embedding(sparse=True)): their own norm, which torch < 2.14 has no
+            # foreach or vector_norm kernel for; coalescing sums repeated indices first
+            norms.extend(g.coalesce().values().norm() for g in grads if g.is_sparse)
         if not per_group:
             return loss
         eps = self.param_groups[0]["eps"]
