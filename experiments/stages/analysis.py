@@ -54,7 +54,7 @@ def comparison_lines(figures: Path) -> list[str]:
     for workload in dict.fromkeys(r["workload"] for r in rows):
         mine = [r for r in rows if r["workload"] == workload]
         lines.append(f"{workload}: target test accuracy {num(mine[0], 'target'):.4f}")
-        width = max(len(r["label"]) for r in mine)
+        width = max(len("optimizer"), *(len(r["label"]) for r in mine))
         lines.append(f"  {'optimizer':<{width}}  {'final test acc [95%]':<26}  iterations to target")
         for r in mine:
             final, low, high = num(r, "final"), num(r, "final_low"), num(r, "final_high")
