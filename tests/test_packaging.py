@@ -57,17 +57,27 @@ def test_the_version_is_written_once_and_the_installed_metadata_agrees() -> None
     Version(mlbfgs.__version__)  # a valid PEP 440 version
 
 
-def test_the_declared_torch_range_is_the_release_ci_tests() -> None:
+def _matrix_versions() -> list[Version]:
+    text = (ROOT / ".ci" / "torch_matrix.sh").read_text()
+    match = re.search(r"^TORCH_VERSIONS=\(([^)]*)\)", text, re.M)
+    assert match, ".ci/torch_matrix.sh must list TORCH_VERSIONS=(lowest newest)"
+    return [Version(v) for v in match.group(1).split()]
+
+
+def test_the_declared_torch_range_is_the_one_ci_tests() -> None:
+    """pyproject's lower bound is the lowest release CI tests; the pinned release and the newest one CI
+    tests lie inside it; no upper bound refuses a newer torch; .ci/run runs the matrix."""
     pin = _requirements_pin("torch")
     declared = _declared("torch").specifier
-    assert declared.contains(pin), f"requirements.txt pins torch {pin}, outside pyproject's range {declared}"
+    lowest, newest = min(_matrix_versions()), max(_matrix_versions())
     lower = [s for s in declared if s.operator == ">="]
-    assert len(lower) == 1, f"pyproject's torch range must have one >= bound, got {declared}"
-    assert Version(lower[0].version).release[:2] == pin.release[:2], (
-        f"pyproject declares torch {declared}, CI tests {pin}: the lower bound must be the tested minor release")
-    upper = [s for s in declared if s.operator == "<"]
-    assert upper and Version(upper[0].version).release[:2] == (pin.major, pin.minor + 1), (
-        f"pyproject's torch range {declared} must stop before the next, untested, minor release")
+    assert len(lower) == 1 and Version(lower[0].version).release[:2] == lowest.release[:2], (
+        f"pyproject declares torch {declared}; CI tests from {lowest}: the lower bound must be the tested release")
+    assert not [s for s in declared if s.operator in ("<", "<=", "==", "~=")], (
+        f"pyproject's torch range {declared} must not refuse a newer torch")
+    assert declared.contains(pin) and declared.contains(newest)
+    assert newest >= pin, f"the newest release CI tests ({newest}) must not be older than the pinned {pin}"
+    assert "bash .ci/torch_matrix.sh" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_the_tensorboard_extra_is_declared_and_ci_installs_it() -> None:
