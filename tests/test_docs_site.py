@@ -70,3 +70,9 @@ def test_notebooks_are_pages_with_their_figures(site: Path) -> None:
 def test_cli_reference_is_the_parsers_help(site: Path) -> None:
     text = (site / "cli" / "index.html").read_text()
     assert "--progress-every" in text and "--workload" in text and "--target-fraction" in text
+
+
+def test_protocol_page_reads_the_search_spaces_from_the_preset(site: Path) -> None:
+    text = (site / "protocol" / "index.html").read_text()
+    assert "<code>sgd_normalized</code>" in text and "log-uniform [0.003, 3]" in text  # from long.json
+    assert "tie-break seeds" in text
