@@ -530,13 +530,18 @@ class MLBFGS(Optimizer):
                 f"load_state_dict: state keys {old[:3]} come from mlbfgs < 0.2, which kept block state under "
                 "its own keys; retrain or convert the checkpoint (block b now lives under its first parameter)"
             )
-        first = next(iter(index), None)
+        # The record lives under the first parameter of the first *block*, which need not be the first
+        # parameter of the groups (a partition may list the last layer first).
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        first = next((i for i, p in zip(ids, params) if p is self._first_param), None)
         saved_global = saved_state.get(first, {}).get(K.GLOBAL) if first is not None else None
         if saved_global is None:
             raise ValueError(
-                "load_state_dict: no MLBFGS record (counters, settings) under the first parameter; the state was "
-                "not saved by MLBFGS, or its first parameter was left out (e.g. frozen when loading through the "
-                "distributed-checkpoint helpers, which skip parameters that do not require gradients)"
+                "load_state_dict: no MLBFGS record (counters, settings) under the first parameter of the first "
+                "block; the state was not saved by MLBFGS, it was saved with other blocks, or that parameter was "
+                "left out (e.g. frozen when loading through the distributed-checkpoint helpers, which skip "
+                "parameters that do not require gradients)"
             )
         self._check_saved(saved_global)
         saved_rows = any(K.ROWS in entry for entry in saved_state.values())
@@ -554,8 +559,6 @@ class MLBFGS(Optimizer):
             plain[k] = {n: v for n, v in entry.items() if n not in (K.BLOCK, K.GLOBAL, K.ROWS)}
             curvature[k] = {n: v for n, v in entry.items() if n in (K.BLOCK, K.GLOBAL, K.ROWS)}
         super().load_state_dict({**state_dict, "state": plain})
-        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
         by_index = dict(zip(ids, params))
         for k, entry in curvature.items():
             if not entry:

@@ -22,13 +22,16 @@ def batches(n: int, seed: int = 0):
         yield x[idx], y[idx]
 
 
-def make_opt(model: torch.nn.Module) -> MLBFGS:
+def make_opt(model: torch.nn.Module, blocks: str = "layer") -> MLBFGS:
     groups = [
         {"params": list(model[0].parameters()), "weight_decay": 1e-3},
         {"params": list(model[2].parameters()), "lr": 0.02},
     ]
+    # "last first": a partition whose first block does not start at the groups' first parameter (the
+    # authors' partition on the ResNet lists the stem last)
+    partition = [list(model[2].parameters()), list(model[0].parameters())] if blocks == "last first" else blocks
     return MLBFGS(groups, lr=0.05, update_period=4, beta=0.9, pair_momentum=0.5, history_size=3,
-                  blocks="layer")
+                  blocks=partition)
 
 
 def train(model, opt, sched, data) -> None:
@@ -39,17 +42,18 @@ def train(model, opt, sched, data) -> None:
         sched.step()
 
 
-def test_resume_is_bit_exact() -> None:
+@pytest.mark.parametrize("blocks", ["layer", "last first"])
+def test_resume_is_bit_exact(blocks: str) -> None:
     n, m = 23, 17  # pairs are formed before and after the checkpoint; the ring wraps
     data = list(batches(n + m))
 
     straight = make_model()
-    opt = make_opt(straight)
+    opt = make_opt(straight, blocks)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n + m)
     train(straight, opt, sched, data)
 
     first = make_model()
-    opt1 = make_opt(first)
+    opt1 = make_opt(first, blocks)
     sched1 = torch.optim.lr_scheduler.CosineAnnealingLR(opt1, T_max=n + m)
     train(first, opt1, sched1, data[:n])
     blob = io.BytesIO()
@@ -59,7 +63,7 @@ def test_resume_is_bit_exact() -> None:
 
     resumed = make_model(seed=99)  # different init: everything must come from the checkpoint
     resumed.load_state_dict(ckpt["model"])
-    opt2 = make_opt(resumed)
+    opt2 = make_opt(resumed, blocks)
     opt2.load_state_dict(ckpt["opt"])
     sched2 = torch.optim.lr_scheduler.CosineAnnealingLR(opt2, T_max=n + m)
     sched2.load_state_dict(ckpt["sched"])
