@@ -6,7 +6,7 @@ FSDP gathers the full weights for each forward and backward pass. The model is s
 (:func:`fsdp_units`), then the root, and the optimizer is built on the sharded parameters:
 
 - ``mlbfgs`` and ``slbfgs`` (:class:`mlbfgs.MLBFGS`) keep their curvature by rows too
-  (:mod:`mlbfgs.row_sharding`): one small all-reduce per step, no direction exchange;
+  (:mod:`mlbfgs.distribution.fsdp_rows`): one small all-reduce per step, no direction exchange;
 - ``sgd``, ``adam``, ``adamw`` and ``torch.optim`` classes by import path update element by element,
   which DTensors do shard by shard;
 - every other optimizer couples parameters across their rows (K-FAC's factors, the L-BFGS variants'

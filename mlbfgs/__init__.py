@@ -2,11 +2,12 @@
 
 from . import state_keys
 from .blocks import assign_blocks, build_blocks, check_supported, layer_blocks, load_imbalance
-from .communication import CommunicationBytes
 from .config import CurvatureConfig
-from .curvature_history import CurvatureHistory
+from .curvature import CurvatureHistory
 from .damping import damping_factor
-from .optimizer import MLBFGS, PairRecord
+from .distribution import CommunicationBytes
+from .optimizer import MLBFGS
+from .pairs import PairRecord
 
 __all__ = [
     "MLBFGS",

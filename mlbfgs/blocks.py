@@ -97,7 +97,7 @@ def check_supported(p: torch.Tensor, index: int, owner: str = "MLBFGS", row_shar
     parameters) cannot train it: complex dtypes, DTensor parameters (FSDP2, tensor parallel) and FSDP1
     flat parameters. With ``row_sharded`` (MLBFGS) the DTensors of ``fully_shard`` (a 1-D mesh,
     placement ``Shard(0)``) are accepted and other DTensors refused with the reason
-    (:func:`mlbfgs.row_sharding.row_sharding_problem`)."""
+    (:func:`mlbfgs.distribution.fsdp_rows.row_sharding_problem`)."""
     where = f"params: parameter {index} (shape {tuple(p.shape)}, dtype {p.dtype})"
     if p.is_complex():
         raise ValueError(
@@ -108,7 +108,7 @@ def check_supported(p: torch.Tensor, index: int, owner: str = "MLBFGS", row_shar
         raise ValueError(f"{where} is not floating point; {owner} trains float16/bfloat16/float32/float64 parameters")
     if type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor":
         if row_sharded:
-            from .row_sharding import row_sharding_problem
+            from .distribution.fsdp_rows import row_sharding_problem
 
             problem = row_sharding_problem(p)
             if problem is None:

@@ -85,6 +85,19 @@ def apply_compact(
     Allocates nothing: every product writes into a given buffer.
     """
     torch.mv(history, g, out=p)
+    apply_compact_products_(history, wf, gamma, g, p, c)
+
+
+def apply_compact_products_(
+    history: torch.Tensor,
+    wf: torch.Tensor,
+    gamma: torch.Tensor,
+    g: torch.Tensor,
+    p: torch.Tensor,
+    c: torch.Tensor,
+) -> None:
+    """In place: ``g <- gamma g + SY^T (Wf p)`` given ``p = SY g`` (computed here by
+    :func:`apply_compact`, or summed over ranks when ``history`` holds one rank's rows)."""
     torch.mv(wf, p, out=c)
     g.mul_(gamma).addmv_(history.t(), c)
 

@@ -13,18 +13,41 @@ authors' code, yuehniu/mL-BFGS opt/slimblock.py, mixes the previous *damped* y; 
 A pair enters the ring only after damping (:mod:`mlbfgs.damping`) leaves it positive definite:
 ``s.y_hat > min_curvature`` and ``|y_hat|^2 > 0``, all finite.
 
-The single-process step and the row-sharded step (``mlbfgs.row_sharded``) both go through these two
-functions; the row-sharded one passes dots summed over its ranks.
+Whole blocks and row-sharded blocks (:mod:`mlbfgs.curvature`) both go through these two functions;
+the row-sharded one passes dots summed over its ranks. :class:`PairRecord` is what a step reports of
+each pair.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .config import CurvatureConfig
 from .damping import damped_curvature, damping_factor
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """A pair formed in the last step, with the block's diagnostics at that step.
+
+    ``mu = s.y / s.s`` before damping and whether the pair was kept; ``damped_mu = s.y_hat / s.s`` and
+    ``gamma = s.y_hat / y_hat.y_hat`` (the block's new initial scaling) of a kept pair; ``grad_norm``, the
+    block's ``|g_b|`` (weight decay included) and ``direction_share``, its share ``|d_b|^2 / |d|^2`` of the
+    whole direction before the rescaling (the global rescaling keeps shares, so it is the block's share
+    of the step). NaN where the pair was rejected, and the two last under row sharding (diagnostics of
+    whole blocks only).
+    """
+
+    block: int
+    mu: float
+    accepted: bool
+    damped_mu: float = math.nan
+    gamma: float = math.nan
+    grad_norm: float = math.nan
+    direction_share: float = math.nan
 
 
 def difference_pair_(s: torch.Tensor, y: torch.Tensor, param_avg: torch.Tensor, grad_avg: torch.Tensor,

@@ -6,7 +6,7 @@
 - ``BLOCK_INDEX``: the block ``p`` belongs to (every parameter, so each holds state, as the strict
   loading of ``torch.distributed.checkpoint.state_dict`` expects);
 - ``BLOCK`` (first parameter of each block the rank owns): that block's curvature state, a dict
-  with the keys below and those of :mod:`mlbfgs.curvature_history`;
+  with the keys below and those of :mod:`mlbfgs.curvature.history`;
 - ``GLOBAL`` (first parameter of the optimizer, every rank): counters and the settings.
 - ``ROWS`` (every parameter, row-sharded only: FSDP2, or DDP with ``shard="rows"``): DTensor views of
   the rank's rows of the block's averages, anchors (keys below) and ring (``HISTORY``, shaped
@@ -15,7 +15,7 @@
 """
 
 from .config import CURVATURE_SETTINGS
-from .curvature_history import COMPACT, GAMMA, GRAM, HEAD, HISTORY, NUM_PAIRS, ROW_NORMS
+from .curvature.history import COMPACT, GAMMA, GRAM, HEAD, HISTORY, NUM_PAIRS, ROW_NORMS
 
 MOMENTUM_BUFFER = "momentum_buffer"
 BLOCK_INDEX = "block_index"  # every parameter: the block holding its curvature (int)

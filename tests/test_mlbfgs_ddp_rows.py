@@ -18,8 +18,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.profiler import ProfilerActivity, profile
 
-from mlbfgs import MLBFGS
-from mlbfgs.communication import CommunicationBytes
+from mlbfgs import MLBFGS, CommunicationBytes
 from tests import dist_workers as dw
 from tests import fsdp_workers as w
 

@@ -69,7 +69,7 @@ from experiments.atomic import write_json
 from experiments.bench.records import gather_to_rank0, provenance, write_csv
 from experiments.bench.workload import workload_model
 from mlbfgs import MLBFGS
-from mlbfgs.row_sharding import is_dtensor
+from mlbfgs.distribution import is_dtensor
 
 MODES: tuple[str, ...] = ("ddp-blocks", "ddp-rows", "fsdp")
 HISTORY = 10

@@ -9,10 +9,10 @@ process (or a group of one rank) runs no collective: every field is 0.
 The formulas, with ``B`` blocks, history size ``m``, ``N`` ranks and ``e`` bytes per element of the
 working dtype (4 for float32 parameters, 8 for float64):
 
-- whole blocks (``process_group=pg``, ``shard="blocks"``, :mod:`mlbfgs.distributed`):
+- whole blocks (``process_group=pg``, ``shard="blocks"``, :mod:`mlbfgs.distribution.ddp_blocks`):
   ``all_gather = N * S * c`` with ``S`` the largest rank's block elements plus one scalar slot
   (:class:`mlbfgs.layout.FlatLayout`) and ``c`` the bytes of ``comm_dtype`` (default ``e``); no all-reduce.
-- rows, FSDP2 (``fully_shard`` parameters, :mod:`mlbfgs.row_sharded`):
+- rows, FSDP2 (``fully_shard`` parameters, :mod:`mlbfgs.curvature.rows`):
   ``all_reduce = (B (2m + 1) + 1) e``; a pair-forming step adds ``all_reduce_pair = B (4m + 5) e``;
   no all-gather.
 - rows, DDP (``process_group=pg``, ``shard="rows"``): the same all-reduces, and

@@ -1,5 +1,5 @@
-r"""The curvature phases of mL-BFGS on row-sharded blocks (FSDP2, or DDP with ``shard="rows"``), with one
-all-reduce per step (where the rows come from: :mod:`mlbfgs.row_sharding`).
+r"""The curvature of row-sharded blocks (FSDP2, or DDP with ``shard="rows"``), with one all-reduce per
+step (where the rows come from: :mod:`mlbfgs.distribution.fsdp_rows`, :mod:`mlbfgs.distribution.ddp_rows`).
 
 Every rank holds, per block ``b``, its rows (a contiguous piece of each parameter's flat vector,
 concatenated) of the averages, anchors and the ring ``SY`` (``2m x n_local``), and the same copy of
@@ -29,7 +29,7 @@ Every rank must see the same blocks with gradients in a step (under FSDP2 each r
 of the gradient of every parameter used), since the decisions are taken on all ranks alike.
 
 Reduced history dtypes (bfloat16/float16 rows stored normalised) are not supported here
-(:func:`mlbfgs.row_sharding.resolve_row_sharding` refuses them): the rows would be normalised by
+(:func:`mlbfgs.distribution.resolve_distributor` refuses them): the rows would be normalised by
 global norms and the Gram matrix, built from unrounded dots, would not match the rounded rows.
 """
 
@@ -37,39 +37,48 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import state_keys as K
-from .compact import compact_matrix, time_order
-from .config import CurvatureConfig
-from .pairs import accept_pair, difference_pair_
+from .. import state_keys as K
+from ..compact import apply_compact_products_
+from ..config import CurvatureConfig
+from .history import close_push
+from .scaling import kl_factor_
+
+if TYPE_CHECKING:
+    from ..distribution import Distributor
+    from ..layout import FlatLayout
+    from ..pairs import PairRecord
+    from ..step_buffers import StepPhase
 
 #: per block in the pair all-reduce: s.y, s.s, y.y, s.g, y.g, then SY_old s (2m) and SY_old y (2m)
 _PAIR_DOTS = 5
 
 
-class RowShardedCurvature:
+class RowCurvature:
     """The buffers and phases of one step signature (which blocks have gradients).
 
     Args:
-        config: the curvature settings (read at every step, so a replaced config takes effect).
         small: per block, the replicated state (``GRAM``, ``COMPACT``, ``GAMMA``, ``NUM_PAIRS``,
             ``HEAD`` and the pair counters), as stored in ``optimizer.state``.
         rows: per block, the rank's rows: ``PARAM_AVG``, ``GRAD_AVG``, anchors (and ``S_PREV``,
             ``Y_PREV``) flat ``n_local`` vectors in the working dtype, ``HISTORY`` ``2m x n_local``.
-        grads: per block, the rank's rows of this step's gradient (a view of the step's flat buffer).
-        reduce: sums a tensor over the ranks in place (:meth:`mlbfgs.row_sharding.RowSharding.all_reduce_`).
+        flat: the step's flat buffer (this rank's rows of every block).
+        grads: per block, the rank's rows of this step's gradient (a view of ``flat``).
+        layout: the flat buffer's layout.
+        distributor: sums partial products over the ranks and exchanges the rows' directions.
     """
 
-    def __init__(self, config: CurvatureConfig, small: dict[int, dict[str, Any]], rows: dict[int, dict[str, Any]],
-                 grads: dict[int, torch.Tensor], reduce: Any) -> None:
-        self.small, self.rows, self.grads, self.reduce = small, rows, grads, reduce
+    def __init__(self, small: dict[int, dict[str, Any]], rows: dict[int, dict[str, Any]], flat: torch.Tensor,
+                 grads: dict[int, torch.Tensor], layout: FlatLayout, distributor: Distributor) -> None:
+        self.small, self.rows, self.grads, self.layout, self.distributor = small, rows, grads, layout, distributor
+        self.reduce = distributor.all_reduce_
         blocks = sorted(small)
-        m = config.history_size
         some = rows[blocks[0]][K.HISTORY]
-        work, device = some.dtype, some.device
+        m = some.shape[0] // 2
+        work, device = flat.dtype, flat.device
         f64 = torch.float64
         width, pair_width = 2 * m + 1, 4 * m + _PAIR_DOTS
         # step all-reduce: per block p (2m) and g.g, then the non-finite flag
@@ -86,6 +95,7 @@ class RowShardedCurvature:
             self.sy_y[b] = self.pair_buf.narrow(0, o + _PAIR_DOTS + 2 * m, 2 * m)
             self.c[b] = torch.zeros(2 * m, dtype=work, device=device)
         self._pair_offsets = {b: i * pair_width for i, b in enumerate(blocks)}
+        self._values: list[float] = []
         self.scalar = torch.zeros((), dtype=work, device=device)
         self.zero = torch.zeros(1, dtype=work, device=device)
         self.col_y = torch.zeros(2 * m, dtype=f64, device=device)
@@ -102,8 +112,9 @@ class RowShardedCurvature:
         self.scale = torch.zeros(1, dtype=work, device=device)
 
     # ------------------------------------------------------------------ the step's all-reduce
-    def reduce_step(self, flat: torch.Tensor, blocks: Sequence[int], with_pairs: Sequence[int],
-                    check_finite: bool) -> bool:
+    @torch._dynamo.disable  # type: ignore[untyped-decorator]
+    def begin_step(self, flat: torch.Tensor, blocks: Sequence[int], with_pairs: Sequence[int],
+                   check_finite: bool) -> bool:
         """Partial ``g.g`` and ``SY g`` of the blocks with gradients (and the non-finite flag), summed
         over the ranks in one all-reduce. False (on every rank): some rank's gradient is not finite."""
         self.step_buf.zero_()
@@ -119,48 +130,33 @@ class RowShardedCurvature:
         return not check_finite or math.isfinite(self.flag.item())
 
     # ------------------------------------------------------------------ pairs
-    def form_pairs(self, config: CurvatureConfig, blocks: Sequence[int]) -> list[tuple[int, float, bool]]:
-        """Phase 3 on the rank's rows: ``s, y`` per block with gradients, their dots summed in one
-        all-reduce and one host sync, then the same decision and update on every rank. Returns
-        ``(block, mu, accepted)`` per pair formed."""
-        for b in blocks:
-            st, rw = self.small[b], self.rows[b]
-            s, y = rw[K.PARAM_ANCHOR], rw[K.GRAD_ANCHOR]  # the pair is formed in the anchors' storage
-            difference_pair_(s, y, rw[K.PARAM_AVG], rw[K.GRAD_AVG], rw.get(K.S_PREV), rw.get(K.Y_PREV),
-                             config.pair_momentum, st[K.PAIRS_FORMED])
-            st[K.PAIRS_FORMED] += 1
-            d, g, history = self.dots[b], self.grads[b], rw[K.HISTORY]
-            torch.dot(s, y, out=d[0])
-            torch.dot(s, s, out=d[1])
-            torch.dot(y, y, out=d[2])
-            torch.dot(s, g, out=d[3])
-            torch.dot(y, g, out=d[4])
-            torch.mv(history, s, out=self.sy_s[b])
-            torch.mv(history, y, out=self.sy_y[b])
-        self.reduce(self.pair_buf)
-        values = self.pair_buf.tolist()
-        records = []
-        for b in blocks:
-            o = self._pair_offsets[b]
-            sy, ss, yy = values[o], values[o + 1], values[o + 2]
-            mu = sy / ss if ss > 0 else float("nan")
-            damped = accept_pair(sy, ss, yy, config)
-            if damped is not None:
-                phi, sy_hat, yy_hat = damped
-                self._push(b, phi, ss, sy_hat, yy_hat)
-            accepted = damped is not None
-            st, rw = self.small[b], self.rows[b]
-            st[K.PAIRS_ACCEPTED if accepted else K.PAIRS_REJECTED] += 1
-            records.append((b, mu, accepted))
-            rw[K.PARAM_ANCHOR].copy_(rw[K.PARAM_AVG])
-            rw[K.GRAD_ANCHOR].copy_(rw[K.GRAD_AVG])
-        return records
+    def pair_products_(self, b: int, s: torch.Tensor, y: torch.Tensor) -> None:
+        """The rank's partial ``s.y, s.s, y.y, s.g, y.g, SY_old s, SY_old y`` of block ``b``."""
+        d, g, history = self.dots[b], self.grads[b], self.rows[b][K.HISTORY]
+        torch.dot(s, y, out=d[0])
+        torch.dot(s, s, out=d[1])
+        torch.dot(y, y, out=d[2])
+        torch.dot(s, g, out=d[3])
+        torch.dot(y, g, out=d[4])
+        torch.mv(history, s, out=self.sy_s[b])
+        torch.mv(history, y, out=self.sy_y[b])
 
-    def _push(self, b: int, phi: float, ss: float, sy_hat: float, yy_hat: float) -> None:
-        """Store the pair's rows in the ring's next slot; the Gram rows, gamma, ``Wf`` and this step's
-        ``p`` follow from the reduced dots (identical on every rank)."""
-        st, rw = self.small[b], self.rows[b]
-        s, y, history = rw[K.PARAM_ANCHOR], rw[K.GRAD_ANCHOR], rw[K.HISTORY]
+    def reduce_pair_products(self) -> None:
+        """One all-reduce of every block's pair products and one host sync; every rank then takes the
+        same decisions."""
+        self.reduce(self.pair_buf)
+        self._values = self.pair_buf.tolist()
+
+    def pair_dots(self, b: int) -> tuple[float, float, float, float]:
+        o = self._pair_offsets[b]
+        return self._values[o], self._values[o + 1], self._values[o + 2], math.nan
+
+    def push(self, b: int, s: torch.Tensor, y: torch.Tensor, damped: tuple[float, float, float]) -> None:
+        """Store the pair's rows in the ring's next slot; the Gram rows and this step's ``p`` follow
+        from the reduced dots by linearity (identical on every rank), ``r.y_hat = phi r.y + (1 - phi) r.s``."""
+        st, history = self.small[b], self.rows[b][K.HISTORY]
+        phi, sy_hat, yy_hat = damped
+        ss = self._values[self._pair_offsets[b] + 1]
         cap = history.shape[0] // 2
         slot = st[K.HEAD]
         ys = cap + slot
@@ -177,27 +173,34 @@ class RowShardedCurvature:
         gram[slot, ys] = sy_hat
         gram[ys, slot] = sy_hat
         gram[ys, ys] = yy_hat
-        st[K.HEAD] = (slot + 1) % cap
-        st[K.NUM_PAIRS] = min(st[K.NUM_PAIRS] + 1, cap)
-        gamma = sy_hat / yy_hat
-        st[K.GAMMA].fill_(gamma)
-        compact_matrix(gram, time_order(st[K.NUM_PAIRS], st[K.HEAD], cap), gamma, st[K.COMPACT])
+        close_push(st, slot, cap)
         d, p = self.dots[b], self.p[b]  # this step's p = SY_new g: the slot's two entries change
         p[slot].copy_(d[3])
         torch.lerp(d[3], d[4], phi, out=p[ys])
 
     # ------------------------------------------------------------------ direction
-    def precondition(self, with_pairs: Sequence[int]) -> None:
-        """Phase 4: ``g <- gamma g + SY_local^T (Wf p)`` for the blocks with pairs (no exchange)."""
-        for b in with_pairs:
+    @torch._dynamo.disable  # type: ignore[untyped-decorator]
+    def precondition_(self, phase: StepPhase, config: CurvatureConfig) -> None:
+        """``g <- gamma g + SY_local^T (Wf p)`` for the blocks with pairs (no exchange: ``p`` was summed
+        over the ranks at the step's start)."""
+        for b in phase.with_pairs:
             st = self.small[b]
-            torch.mv(st[K.COMPACT], self.p[b], out=self.c[b])
-            self.grads[b].mul_(st[K.GAMMA]).addmv_(self.rows[b][K.HISTORY].t(), self.c[b])
+            apply_compact_products_(self.rows[b][K.HISTORY], st[K.COMPACT], st[K.GAMMA], self.grads[b], self.p[b],
+                                    self.c[b])
 
-    def rescale(self, config: CurvatureConfig, flat: torch.Tensor, blocks: Sequence[int],
-                with_pairs: Sequence[int]) -> None:
-        """Phase 6 from replicated numbers only: ``"global"`` divides by ``|d|``, ``"kl"`` multiplies by
-        ``min(1, sqrt(kappa / g.d))``; every rank gets the same factor."""
+    @torch._dynamo.disable  # type: ignore[untyped-decorator]
+    def assemble_(self, flat: torch.Tensor, phase: StepPhase, config: CurvatureConfig,
+                  records: list[PairRecord]) -> list[PairRecord]:
+        """The rescaling from replicated numbers (every rank gets the same factor), then the exchange
+        of the rows' directions (DDP; nothing under FSDP2). Direction shares are not known here."""
+        if phase.active:
+            self._rescale(config, flat, phase.blocks, phase.with_pairs)
+        self.distributor.all_gather(flat, self.layout)
+        return records
+
+    def _rescale(self, config: CurvatureConfig, flat: torch.Tensor, blocks: Sequence[int],
+                 with_pairs: Sequence[int]) -> None:
+        """``"global"`` divides by ``|d|``, ``"kl"`` multiplies by ``min(1, sqrt(kappa / g.d))``."""
         norm = config.direction_norm
         if norm == "none":
             return
@@ -220,8 +223,8 @@ class RowShardedCurvature:
             acc.add_(t)
         if norm == "global":
             acc.clamp_(min=0.0).sqrt_().clamp_(min=torch.finfo(torch.float64).tiny).reciprocal_()
-        else:  # nu = min(1, sqrt(kappa / g.d)); nu = 1 when g.d <= 0
+        else:
             self.kl_clip64.fill_(config.kl_clip)
-            acc.clamp_(min=1e-30).reciprocal_().mul_(self.kl_clip64).sqrt_().clamp_(max=1.0)
+            kl_factor_(acc, self.kl_clip64)
         self.scale.copy_(acc)
         flat.mul_(self.scale)

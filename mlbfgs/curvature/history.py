@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .compact import apply_compact, compact_matrix, time_order, update_gram
+from ..compact import apply_compact, compact_matrix, time_order, update_gram
 
 #: History dtypes stored row-normalised (each row divided by its 2-norm, the norms kept in the
 #: working dtype): float16's range (6e-5 .. 65504) cannot hold raw pairs of small steps or large
@@ -100,12 +100,7 @@ class CurvatureHistory:
             # y_hat = phi y + (1 - phi) s = s + phi (y - s)
             torch.lerp(s, y, phi, out=history[cap + slot])
             update_gram(history, st[GRAM], slot)
-        st[HEAD] = (slot + 1) % cap
-        st[NUM_PAIRS] = min(st[NUM_PAIRS] + 1, cap)
-        gram = st[GRAM]
-        gamma = float(gram[slot, cap + slot] / gram[cap + slot, cap + slot])
-        st[GAMMA].fill_(gamma)
-        compact_matrix(gram, self.order(), gamma, st[COMPACT])
+        close_push(st, slot, cap)
 
     def apply_(self, g: torch.Tensor) -> None:
         """``g <- H g`` in place, allocating nothing."""
@@ -152,3 +147,15 @@ class CurvatureHistory:
         torch.mv(history.t(), small_low, out=g_low)
         back.copy_(g_low).mul_(scale)
         g.mul_(st[GAMMA]).add_(back)
+
+
+def close_push(state: dict[str, Any], slot: int, capacity: int) -> None:
+    """After a pair's rows and Gram entries are written to ``slot`` (whole blocks here, rows in
+    :mod:`mlbfgs.curvature.rows`): advance the ring, set ``gamma = s.y_hat / y_hat.y_hat`` of the new
+    pair from the Gram matrix and rebuild ``Wf`` (:mod:`mlbfgs.compact`)."""
+    state[HEAD] = (slot + 1) % capacity
+    state[NUM_PAIRS] = min(state[NUM_PAIRS] + 1, capacity)
+    gram = state[GRAM]
+    gamma = float(gram[slot, capacity + slot] / gram[capacity + slot, capacity + slot])
+    state[GAMMA].fill_(gamma)
+    compact_matrix(gram, time_order(state[NUM_PAIRS], state[HEAD], capacity), gamma, state[COMPACT])
