@@ -1,14 +1,7 @@
-"""L-BFGS building blocks on flat vectors, shared by oLBFGS and SQN.
+"""L-BFGS building blocks on flat vectors, shared by oLBFGS and SQN (their two-loop recursion is
+:func:`mlbfgs.compact.two_loop_`, the library's).
 
-Two-loop recursion (Nocedal 1980): with pairs (s_i, y_i), i = 1..k (oldest first),
-rho_i = 1 / (s_i . y_i) and H_0 = gamma I, the product r = H_k g is
-
-    q <- g
-    for i = k..1:  a_i <- rho_i s_i . q;  q <- q - a_i y_i
-    r <- gamma q
-    for i = 1..k:  b <- rho_i y_i . r;    r <- r + (a_i - b) s_i
-
-where H_k is the BFGS inverse-Hessian update applied k times to H_0:
+H_k, the BFGS inverse-Hessian update applied k times to H_0 = gamma I, for the dense reference:
 
     H <- (I - rho s y^T) H (I - rho y s^T) + rho s s^T.
 
@@ -20,29 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-
-def two_loop(
-    g: torch.Tensor,
-    s: Sequence[torch.Tensor],
-    y: Sequence[torch.Tensor],
-    rho: Sequence[torch.Tensor],
-    gamma: torch.Tensor | float,
-) -> torch.Tensor:
-    """Return ``H g`` for the L-BFGS matrix of the pairs ``(s[i], y[i])`` (oldest first), ``H_0 = gamma I``."""
-    if not (len(s) == len(y) == len(rho)):
-        raise ValueError("s, y and rho must have the same length")
-    q = g.clone()
-    alphas: list[torch.Tensor] = []
-    for s_i, y_i, rho_i in zip(reversed(s), reversed(y), reversed(rho), strict=True):
-        a = rho_i * torch.dot(s_i, q)
-        q.addcmul_(y_i, a, value=-1.0)
-        alphas.append(a)
-    r = q.mul_(gamma)
-    for s_i, y_i, rho_i, a in zip(s, y, rho, reversed(alphas), strict=True):
-        b = rho_i * torch.dot(y_i, r)
-        r.addcmul_(s_i, a - b)
-    return r
 
 
 def dense_inverse_hessian(

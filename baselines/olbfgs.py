@@ -39,10 +39,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlbfgs.compact import two_loop_
+
 from .base import CountingClosure, PreservedBuffers, TrainingOptimizer, trainable_parameters
 from .config import check_int, check_nonneg, check_positive
 from .flat import FlatQuasiNewton
-from .lbfgs_math import two_loop
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class OLBFGS(FlatQuasiNewton):
                 direction = torch.mul(g, self.eps, out=self._s)
             else:
                 s_list, y_list, rho = self._ring.ordered()
-                direction = two_loop(g, s_list, y_list, rho, self._ring.mean_gamma())
+                direction = two_loop_(g.clone(), s_list, y_list, rho, self._ring.mean_gamma())
             self._mask_(direction)
             # s = -(eta_t / c) p with eta_t = lr_group * tau / (tau + t)
             s = torch.mul(direction, -1.0, out=self._s)

@@ -34,10 +34,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlbfgs.compact import two_loop_
+
 from .base import CountingClosure, PreservedBuffers, TrainingOptimizer, trainable_parameters
 from .config import check_int, check_nonneg
 from .flat import FlatQuasiNewton
-from .lbfgs_math import two_loop
 
 
 def hessian_vector_product(
@@ -150,7 +151,7 @@ class SQN(FlatQuasiNewton):
                 direction = torch.mul(g, -1.0, out=self._s)
             else:
                 s_list, y_list, rho = self._ring.ordered()
-                direction = two_loop(g, s_list, y_list, rho, self._ring.newest_gamma()).neg_()
+                direction = two_loop_(g.clone(), s_list, y_list, rho, self._ring.newest_gamma()).neg_()
             self._flat.add_to_params(self._scale_by_lr_(self._mask_(direction)))
         self._count_step()
         if self.k % self.update_period == 0:

@@ -23,6 +23,8 @@ product needs no reordering of the history.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -102,6 +104,42 @@ def apply_compact_products_(
     g.mul_(gamma).addmv_(history.t(), c)
 
 
+def two_loop_(
+    g: torch.Tensor,
+    s: Sequence[torch.Tensor],
+    y: Sequence[torch.Tensor],
+    rho: Sequence[torch.Tensor],
+    gamma: torch.Tensor | float,
+    alpha: torch.Tensor | None = None,
+    tmp: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """In place: ``g <- H g`` by the two-loop recursion (Nocedal 1980) for the pairs ``(s[i], y[i])``,
+    oldest first, ``rho[i] = 1 / (s_i . y_i)`` and ``H_0 = gamma I``; returns ``g``::
+
+        q <- g
+        for i = k..1:  a_i <- rho_i s_i . q;  q <- q - a_i y_i
+        r <- gamma q
+        for i = 1..k:  b <- rho_i y_i . r;    r <- r + (a_i - b) s_i
+
+    ``alpha`` (``k`` elements) and ``tmp`` (a scalar) are scratch; given, nothing is allocated. The
+    same ``H`` as :func:`apply_compact`; the quasi-Newton baselines (oLBFGS, SQN) use it directly.
+    """
+    if alpha is None:
+        alpha = g.new_empty(len(s))
+    if tmp is None:
+        tmp = g.new_empty(())
+    for i in reversed(range(len(s))):
+        torch.dot(s[i], g, out=alpha[i])
+        alpha[i].mul_(rho[i])
+        g.addcmul_(y[i], alpha[i], value=-1.0)
+    g.mul_(gamma)
+    for i in range(len(s)):
+        torch.dot(y[i], g, out=tmp)
+        tmp.mul_(rho[i]).neg_().add_(alpha[i])  # alpha_i - beta_i
+        g.addcmul_(s[i], tmp)
+    return g
+
+
 def apply_two_loop(
     history: torch.Tensor,
     order: list[int],
@@ -111,21 +149,12 @@ def apply_two_loop(
     alpha: torch.Tensor,
     tmp: torch.Tensor,
 ) -> None:
-    """In place: ``g <- H g`` by the two-loop recursion (Nocedal 1980).
+    """In place: ``g <- H g`` of a ring (:func:`two_loop_` over its rows in time ``order``).
 
     ``rho[slot] = 1 / (s.y)``; ``alpha`` a ``capacity`` buffer and ``tmp`` a scalar buffer. Same
     result as :func:`apply_compact`, but it reads ``g`` once per pair and loop; kept for the
     benchmark that chooses between the two and as an independent check.
     """
     capacity = history.shape[0] // 2
-    for slot in reversed(order):
-        s, y = history[slot], history[capacity + slot]
-        torch.dot(s, g, out=alpha[slot])
-        alpha[slot].mul_(rho[slot])
-        g.addcmul_(y, alpha[slot], value=-1.0)
-    g.mul_(gamma)
-    for slot in order:
-        s, y = history[slot], history[capacity + slot]
-        torch.dot(y, g, out=tmp)
-        tmp.mul_(rho[slot]).neg_().add_(alpha[slot])  # alpha_i - beta_i
-        g.addcmul_(s, tmp)
+    two_loop_(g, [history[slot] for slot in order], [history[capacity + slot] for slot in order],
+              [rho[slot] for slot in order], gamma, alpha.narrow(0, 0, len(order)), tmp)

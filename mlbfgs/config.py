@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -12,11 +13,34 @@ HISTORY_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 @dataclass(frozen=True)
 class CurvatureConfig:
-    """Settings shared by every block (they define the curvature estimate, not the update).
+    r"""Settings shared by every block (they define the curvature estimate, not the update).
 
     Defaults are the authors' (run-SLIM.sh): M = 10, T = 50, beta = 0.999, tau0 = 0.01,
     (sigma_L, sigma_H) = (0.01, 1.5). ``pair_momentum`` (xi) is 0.9 in their runs; 0 here disables
     the second smoothing unless asked for.
+
+    Attributes:
+        history_size: M, pairs kept per block.
+        update_period: T, steps between pairs.
+        beta: EMA factor of parameters and gradients.
+        pair_momentum: xi, second smoothing of consecutive pairs (0 disables).
+        damping: tau0 in [0, 1): every damped ``y_hat`` mixes in at least this share of ``s``.
+        curvature_bounds: (sigma_L, sigma_H) for ``s.y_hat / s.s``.
+        direction_norm: ``"global"``, ``"kl"``, ``"none"`` or ``"block"``. With ``"global"`` the step
+            length is ``lr`` whatever the gradient's size: it does not shrink as the gradient does, so
+            ``ReduceLROnPlateau`` and warm-up act on the step length itself, unlike with SGD.
+            ``"block"`` first scales each block's direction to its gradient's norm,
+            ``d_b \lVert g_b \rVert / \lVert d_b \rVert``, then divides by the global norm: the curvature
+            turns each block's step but no longer moves step length between blocks (with per-layer
+            blocks, ``\gamma_b \approx 1/\mu_b`` otherwise hands most of the step to the flattest
+            layers). Whole blocks only (not with row sharding).
+        kl_clip: kappa of the ``"kl"`` rescaling.
+        history_dtype: dtype of the ring (default: float32, or float64 for float64 parameters);
+            bfloat16/float16 halve the bytes read per step (rows stored normalised, see
+            :mod:`mlbfgs.curvature.history`).
+        check_finite: skip the whole step (and count it) when the gradient has a non-finite entry,
+            so it never enters the averages. Costs one host synchronisation per step.
+        min_curvature: a damped pair with ``s.y_hat`` at or below this is rejected.
     """
 
     history_size: int = 10
@@ -63,3 +87,20 @@ CURVATURE_SETTINGS: tuple[str, ...] = tuple(CurvatureConfig.__dataclass_fields__
 def _unit_interval(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
         raise ValueError(f"{name}: expected a value in [0, 1), got {value!r}")
+
+
+def check_group_values(lr: Any, momentum: Any, weight_decay: Any) -> None:
+    """Raise ``ValueError`` naming the setting when a group's ``lr``, ``momentum`` or ``weight_decay`` is
+    out of range (checked at construction and for every group added)."""
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"lr: a tensor lr must hold one element, got shape {tuple(lr.shape)}")
+        ok = bool(lr.detach().cpu().reshape(()) >= 0)
+    else:
+        ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0
+    if not ok:
+        raise ValueError(f"lr: expected a value >= 0 (float or 1-element tensor), got {lr!r}")
+    if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
+        raise ValueError(f"momentum: expected a value in [0, 1), got {momentum!r}")
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0.0):
+        raise ValueError(f"weight_decay: expected a value >= 0, got {weight_decay!r}")

@@ -11,9 +11,10 @@ import torch
 from torch.optim import Optimizer
 
 from . import checkpoint
+from . import functional as F
 from . import state_keys as K
 from .blocks import BlockSpec, build_blocks, check_supported
-from .config import CurvatureConfig
+from .config import CurvatureConfig, check_group_values
 from .curvature import CurvatureHistory, new_block_state
 from .curvature.row_state import bind_row_views, new_replicated_state, new_row_buffers
 from .distribution import CommunicationBytes, Distributor, resolve_distributor
@@ -76,13 +77,9 @@ class MLBFGS(Optimizer):
     it; ``load_state_dict`` checks that the curvature settings and blocks match (``ValueError`` naming
     the setting). Layout and checks: :mod:`mlbfgs.checkpoint`.
 
-    Distributed (:mod:`mlbfgs.distribution`): with ``fully_shard`` (FSDP2) parameters each rank keeps
-    its rows of every block and a step costs one small all-reduce per block (two when a pair forms);
-    with ``process_group`` (DDP) each rank holds whole blocks (``shard="blocks"``, one all-gather of
-    the directions per step) or its rows of every block (``shard="rows"``, the FSDP2 mathematics, then
-    one all-gather of the rows' directions). The mathematics is that of one process in every mode
-    (:mod:`mlbfgs.curvature`). Bytes per collective: :meth:`communication_bytes`; per-rank state:
-    :meth:`curvature_bytes`.
+    Distributed (:mod:`mlbfgs.distribution`): ``fully_shard`` (FSDP2) parameters, or ``process_group``
+    (DDP) with whole blocks or rows per rank (``shard``); the mathematics is that of one process
+    (:mod:`mlbfgs.curvature`). Costs: :meth:`communication_bytes`, :meth:`curvature_bytes`.
 
     Not supported (``ValueError`` naming the parameter): complex parameters, sparse gradients,
     FSDP1 flat parameters, and DTensors other than ``fully_shard``'s (tensor parallel, HSDP, replicated).
@@ -92,42 +89,19 @@ class MLBFGS(Optimizer):
         lr: learning rate.
         momentum: momentum of the update (mu above).
         weight_decay: L2 penalty added to the gradient (it enters the curvature pairs too).
-        history_size: M, pairs kept per block.
-        update_period: T, steps between pairs.
-        beta: EMA factor of parameters and gradients.
-        pair_momentum: xi, second smoothing of consecutive pairs (0 disables).
-        damping: tau0 in [0, 1): every damped ``y_hat`` mixes in at least this share of ``s``.
-        curvature_bounds: (sigma_L, sigma_H) for ``s.y_hat / s.s``.
+        history_size, update_period, beta, pair_momentum, damping, curvature_bounds, direction_norm,
+            kl_clip, history_dtype, check_finite, min_curvature: the curvature settings, shared by all
+            groups; each is described, with its default (the authors'), in :class:`CurvatureConfig`.
         blocks: ``"model"``, ``"layer"``, an int N or a list of lists of parameters
             (:func:`mlbfgs.blocks.build_blocks`).
-        direction_norm: ``"global"``, ``"kl"``, ``"none"`` or ``"block"``. With ``"global"`` the step
-            length is ``lr`` whatever the gradient's size: it does not shrink as the gradient does, so
-            ``ReduceLROnPlateau`` and warm-up act on the step length itself, unlike with SGD.
-            ``"block"`` first scales each block's direction to its gradient's norm,
-            ``d_b \lVert g_b \rVert / \lVert d_b \rVert``, then divides by the global norm: the curvature
-            turns each block's step but no longer moves step length between blocks (with per-layer
-            blocks, ``\gamma_b \approx 1/\mu_b`` otherwise hands most of the step to the flattest
-            layers). Whole blocks only (not with row sharding).
-        kl_clip: kappa of the ``"kl"`` rescaling.
-        history_dtype: dtype of the ring (default: float32, or float64 for float64 parameters);
-            bfloat16/float16 halve the bytes read per step (rows stored normalised, see
-            :mod:`mlbfgs.curvature.history`).
-        check_finite: skip the whole step (and count it) when the gradient has a non-finite entry,
-            so it never enters the averages. Costs one host synchronisation per step.
-        process_group: shard the curvature over the ranks of this group (data-parallel training where
-            every rank holds the same averaged gradient), as ``shard`` says; None for a single process.
-            None with ``fully_shard`` parameters (their mesh gives the group).
+        process_group: shard the curvature over this group's ranks (data parallel: every rank holds the
+            same averaged gradient); None for one process, or with ``fully_shard`` (the mesh gives it).
         comm_dtype: dtype of the direction exchange between ranks (e.g. ``torch.bfloat16``);
             None sends the working dtype.
-        min_curvature: a damped pair with ``s.y_hat`` at or below this is rejected.
-        shard: with a ``process_group``, ``"blocks"`` (default: each rank holds whole blocks,
-            :mod:`mlbfgs.distribution.ddp_blocks`) or ``"rows"`` (each rank holds its rows of every block,
-            :mod:`mlbfgs.distribution.ddp_rows`; ``history_dtype`` float32/float64). Ranks must agree (checked
-            at construction). Without a process group there is nothing to shard and it changes nothing;
-            with ``fully_shard`` parameters the curvature is always row-sharded and it is not read.
-            Checkpoints: a state saved in one mode loads only in the same mode (``ValueError``); rows
-            saved through ``torch.distributed.checkpoint`` load on any number of ranks (resharded),
-            whole blocks on the same number only.
+        shard: with a ``process_group``, ``"blocks"`` (default: each rank holds whole blocks) or
+            ``"rows"`` (each rank holds its rows of every block; ``history_dtype`` float32/float64); ranks
+            must agree. Not read without a process group or with ``fully_shard`` parameters (always rows).
+            A checkpoint loads only in the mode it was saved in (:mod:`mlbfgs.checkpoint`).
 
     Raises:
         ValueError: a setting out of range (named), an empty parameter list, an unsupported tensor
@@ -156,7 +130,7 @@ class MLBFGS(Optimizer):
         min_curvature: float = CurvatureConfig.min_curvature,
         shard: str = "blocks",
     ) -> None:
-        _check_group_values(lr, momentum, weight_decay)
+        check_group_values(lr, momentum, weight_decay)
         self.config = CurvatureConfig(
             history_size=history_size, update_period=update_period, beta=beta, pair_momentum=pair_momentum,
             damping=damping, curvature_bounds=curvature_bounds, direction_norm=direction_norm, kl_clip=kl_clip,
@@ -224,7 +198,7 @@ class MLBFGS(Optimizer):
         known = {id(p) for g in self.param_groups for p in g["params"]}
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_group_values(group["lr"], group["momentum"], group["weight_decay"])
+        check_group_values(group["lr"], group["momentum"], group["weight_decay"])
         curvature = sorted(set(group) & set(K.CURVATURE_SETTINGS))
         if curvature:
             raise ValueError(
@@ -344,9 +318,6 @@ class MLBFGS(Optimizer):
         state = {k: v for k, v in self.__dict__.items() if k != "step"}
         return {**state, "_buffers": None}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-
     # ------------------------------------------------------------------ step
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -364,17 +335,17 @@ class MLBFGS(Optimizer):
         if not self._init_group():  # no parameter has a gradient
             return loss
         buf: StepBuffers = self._buffers  # type: ignore[assignment]  # built by _init_group
-        self._gather_gradient(buf)
+        F.gather_gradient_(buf, self.param_groups)
         phase = self._begin_step(buf)
         if phase is None:  # non-finite gradient: skipped and counted
             return loss
-        self._update_averages(buf, phase)
+        F.update_averages_(buf, phase, self.config.beta)
         if phase.form_pair:
             self._form_pairs(buf, phase)
             phase = self._with_pairs(phase)
         buf.curvature.precondition_(phase, self.config)
         self.last_pairs = buf.curvature.assemble_(buf.flat, phase, self.config, self.last_pairs)
-        self._momentum_update(buf)
+        F.momentum_update_(buf, self.param_groups)
         return loss
 
     @torch._dynamo.disable  # type: ignore[untyped-decorator]
@@ -403,15 +374,6 @@ class MLBFGS(Optimizer):
             self._buffers = StepBuffers(self, key)
         return True
 
-    def _gather_gradient(self, buf: StepBuffers) -> None:
-        """Phase 1: ``g = grad + weight_decay * theta`` of every parameter into the flat buffer."""
-        if buf.zero_views:
-            torch._foreach_zero_(buf.zero_views)
-        torch._foreach_copy_(buf.grad_views, buf.grads())
-        for views, params, group in zip(buf.group_views, buf.group_params, self.param_groups):
-            if group["weight_decay"] != 0 and views:
-                torch._foreach_add_(views, params, alpha=group["weight_decay"])
-
     @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _begin_step(self, buf: StepBuffers) -> StepPhase | None:  # a NamedTuple: torch.compile can hold it
         """The curvature's start of step (row sharding: the step's all-reduce, which also carries the
@@ -437,24 +399,6 @@ class MLBFGS(Optimizer):
     def _with_pairs(self, phase: StepPhase) -> StepPhase:
         with_pairs = self._buffers.blocks_with_pairs(phase.blocks)  # type: ignore[union-attr]
         return phase._replace(with_pairs=with_pairs)
-
-    def _update_averages(self, buf: StepBuffers, phase: StepPhase) -> None:
-        """Phase 2: the parameter and gradient averages of the blocks with gradients."""
-        if not phase.blocks:
-            return
-        if phase.first:
-            torch._foreach_copy_(buf.live_ema, buf.live_params)
-            torch._foreach_copy_(buf.live_grad_avg, buf.live_grads)
-            torch._foreach_copy_(buf.live_param_anchor, buf.live_param_avg)
-            torch._foreach_copy_(buf.live_grad_anchor, buf.live_grads)
-        else:
-            weight = 1.0 - self.config.beta
-            if buf.live_same_dtype:
-                torch._foreach_lerp_(buf.live_ema, buf.live_params, weight)
-            else:  # e.g. bfloat16 parameters, float32 averages: lerp needs one dtype
-                torch._foreach_mul_(buf.live_ema, 1.0 - weight)
-                torch._foreach_add_(buf.live_ema, buf.live_params, alpha=weight)
-            torch._foreach_lerp_(buf.live_grad_avg, buf.live_grads, weight)
 
     @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _form_pairs(self, buf: StepBuffers, phase: StepPhase) -> None:
@@ -483,42 +427,3 @@ class MLBFGS(Optimizer):
             self.last_pairs.append(record)
             v[K.PARAM_ANCHOR].copy_(v[K.PARAM_AVG])
             v[K.GRAD_ANCHOR].copy_(v[K.GRAD_AVG])
-
-    def _momentum_update(self, buf: StepBuffers) -> None:
-        """Phase 7: ``buf <- mu buf + d``, ``theta <- theta - lr buf`` for parameters with gradients."""
-        for group, views, params, momenta, mom, lr_t in zip(
-            self.param_groups, buf.update_views, buf.update_params, buf.update_momenta, buf.momentum, buf.lr
-        ):
-            if not params:
-                continue
-            lr = group["lr"]
-            if momenta:
-                mom.fill_(group["momentum"])  # a tensor factor: a Python scalar would allocate per tensor
-                torch._foreach_mul_(momenta, mom)
-                torch._foreach_add_(momenta, views)
-                step = momenta
-            else:
-                step = views
-            if isinstance(lr, torch.Tensor):  # scaled in the flat scratch: lr * step, then subtracted
-                lr_t.copy_(lr.reshape(()))
-                if step is not views:
-                    torch._foreach_copy_(views, step)
-                torch._foreach_mul_(views, lr_t)
-                torch._foreach_sub_(params, views)
-            else:
-                torch._foreach_add_(params, step, alpha=-lr)
-
-
-def _check_group_values(lr: Any, momentum: Any, weight_decay: Any) -> None:
-    if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"lr: a tensor lr must hold one element, got shape {tuple(lr.shape)}")
-        ok = bool(lr.detach().cpu().reshape(()) >= 0)
-    else:
-        ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0
-    if not ok:
-        raise ValueError(f"lr: expected a value >= 0 (float or 1-element tensor), got {lr!r}")
-    if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
-        raise ValueError(f"momentum: expected a value in [0, 1), got {momentum!r}")
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0.0):
-        raise ValueError(f"weight_decay: expected a value >= 0, got {weight_decay!r}")
