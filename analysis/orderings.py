@@ -2,7 +2,7 @@
 test accuracy, with the 95% interval of the difference (:mod:`analysis.intervals`).
 
 This table is where the verdict's words come from: "better" or "worse" only where the interval of the
-difference excludes zero, "level" otherwise. ``tests/test_verdict_words.py`` holds README and the
+difference excludes zero, "level" otherwise. ``tests/repo/test_verdict_words.py`` holds README and the
 findings page to it: a sentence there that orders two optimizers on a workload must use these words,
 and the word this table gives.
 """

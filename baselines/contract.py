@@ -1,4 +1,4 @@
-"""What every optimizer of the registry keeps of ``torch.optim``'s contract (tests/test_conformance.py).
+"""What every optimizer of the registry keeps of ``torch.optim``'s contract (tests/baselines/test_conformance.py).
 
 - :class:`PicklableOptimizer`: ``copy.deepcopy`` and ``pickle`` keep the optimizer's own attributes
   (``torch.optim.Optimizer.__getstate__`` keeps only defaults, state and groups).

@@ -18,7 +18,7 @@
 #
 #   --dry-run     the same steps on the CPU with the smallest settings (the MNIST-1D MLP for the benchmark, 3
 #                 iterations on a Fashion-MNIST subset; the CUDA tests are collected and skip): what the test
-#                 suite runs (tests/test_gpu_check.py), so that this script cannot rot
+#                 suite runs (tests/experiments/test_gpu_check.py), so that this script cannot rot
 #   --no-install  the machine's own python3 and torch (a lent GPU machine without a package registry), this
 #                 checkout on PYTHONPATH, whatever .venv holds; nothing is installed in either case
 #   --data-dir    the four Fashion-MNIST IDX .gz files (default: /usr/share/datasets/fashion-mnist, from the
@@ -102,7 +102,7 @@ step() {  # step NAME COMMAND...: run it, append its output and its status to th
 
 # 1. CUDA tests: the test files that mark tests `cuda` (on the CPU they are collected and skipped: the dry run
 #    checks that they exist and import)
-mapfile -t CUDA_TEST_FILES < <(grep -l "pytest.mark.cuda" tests/test_*.py)
+mapfile -t CUDA_TEST_FILES < <(grep -rl "pytest.mark.cuda" tests --include="test_*.py")
 step cuda-tests "$PY" -m pytest -m cuda -q -rA -p no:cacheprovider --junitxml "$OUT/cuda_tests.xml" \
   "${CUDA_TEST_FILES[@]}"
 

@@ -93,7 +93,7 @@ class StepBuffers:
             )
 
     def grads(self) -> list[torch.Tensor]:
-        return [self._local(p.grad) for p in self._with_grad]  # type: ignore[arg-type]
+        return [self._local(p.grad) for p in self._with_grad]
 
     def blocks_with_pairs(self, blocks: tuple[int, ...]) -> tuple[int, ...]:
         """Those of ``blocks`` whose ring holds at least one pair."""
