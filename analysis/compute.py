@@ -4,7 +4,7 @@ Reads the run manifests (``<run id>.json`` beside each run CSV, :func:`analysis.
 ``<root>/runs/<workload>/`` (stage ``final``) and ``<root>/tuning/runs/<workload>/`` (stage ``trial``, the
 tuning trials of a preset such as ``long``).
 A manifest's ``cpu_s`` is the process CPU time of the run's own training iterations (batch, forward,
-backward, step; evaluation excluded: ``experiments/trainer.py``) and ``iterations_done`` the
+backward, step; evaluation excluded: ``experiments/runner/training.py``) and ``iterations_done`` the
 iterations it has trained; an unfinished run's manifest holds them as of its last checkpoint.
 Manifests without ``cpu_s`` (runs older than the column) are left out.
 

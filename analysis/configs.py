@@ -1,9 +1,9 @@
 """Which runs are seeds of one configuration, and the labels that tell configurations apart.
 
 Runs are averaged only when they differ in nothing but the seed. A run's *configuration* is its
-resolved setup as the runner records it in the manifest (``experiments/manifest.py``): the workload
+resolved setup as the runner records it in the manifest (``experiments/runner/manifest.py``): the workload
 config without the keys that only say where data lives or how often state is saved or logged (the
-same keys the runner leaves out of the run id, ``experiments/runspec.py``), the optimizer name, its
+same keys the runner leaves out of the run id, ``experiments/runner/spec.py``), the optimizer name, its
 resolved settings (``optimizer_config``) and ``max_iters``. The seed is not part of it.
 
 A figure or table names each configuration by a *label*: the optimizer name, followed by the settings
@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 #: Workload keys that do not change what is trained (mirrors ``NON_IDENTITY_KEYS`` of the runner's
-#: ``experiments/runspec.py``, plus the free-text description).
+#: ``experiments/runner/spec.py``, plus the free-text description).
 NON_IDENTITY_KEYS: tuple[str, ...] = (
     "data.dir",
     "data.num_workers",

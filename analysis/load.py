@@ -29,16 +29,16 @@ import numpy as np
 import pandas as pd
 
 from analysis.configs import config_key, config_of_run_id, manifest_settings
-from experiments.schema import (  # noqa: F401 - re-exported: the analysis modules read them from here
+from experiments.runner.schema import (  # noqa: F401 - re-exported: the analysis modules read them from here
     CURVATURE_DIAGNOSTICS,
     CURVATURE_NUMERIC,
     RUN_KINDS,
     RUN_NUMERIC,
     RUN_REQUIRED,
 )
-from experiments.schema import CURVATURE_REQUIRED as CURVATURE_COLUMNS
+from experiments.runner.schema import CURVATURE_REQUIRED as CURVATURE_COLUMNS
 
-# The schema is stated once, in experiments/schema.py; a reader checks the columns every file has
+# The schema is stated once, in experiments/runner/schema.py; a reader checks the columns every file has
 # (RUN_COLUMNS here: the run CSV's columns less those added after runs were committed).
 RUN_COLUMNS: tuple[str, ...] = RUN_REQUIRED
 

@@ -27,7 +27,7 @@ from analysis.load import Results
 from analysis.style import line_style, new_figure, optimizer_color, optimizer_sort_key, styled
 from analysis.tables import fmt, markdown_table
 
-#: The paper's workloads, in the order of the panels (experiments/presets/paper.json).
+#: The paper's workloads, in the order of the panels (experiments/suite/presets/paper.json).
 PAPER_WORKLOADS: tuple[str, ...] = ("cifar10-resnet18", "cifar100-resnet18", "cifar100-deit", "imagenet-resnet50")
 
 SUMMARY_COLUMNS: tuple[str, ...] = ("workload", "configuration", "optimizer", "seeds", "epochs", "final_test_acc",

@@ -26,7 +26,8 @@ LINKS = (
 )
 CLI = re.compile(r"<!-- cli: ([\w.]+) -->")
 TUNING = re.compile(r"<!-- tuning: ([\w-]+) -->")
-PARSERS = {"experiments.suite": "build_parser", "experiments.run": "build_parser", "analysis.__main__": "build_parser"}
+PARSERS = {"experiments.suite.cli": "build_parser", "experiments.run": "build_parser",
+           "analysis.__main__": "build_parser"}
 
 
 def _help(module: str) -> str:
@@ -44,7 +45,7 @@ def _dimension(name: str, spec: dict[str, Any]) -> str:
 
 
 def _tuning(preset: str) -> str:
-    raw = json.loads((ROOT / "experiments" / "presets" / f"{preset}.json").read_text())
+    raw = json.loads((ROOT / "experiments" / "suite" / "presets" / f"{preset}.json").read_text())
     tuning = raw["tuning"]
     rows = [f"| optimizer | search space ({tuning['trials']} quasi-random trials each, seed {tuning['seed']}) |",
             "|---|---|"]

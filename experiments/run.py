@@ -8,17 +8,17 @@
     torchrun --nproc_per_node 2 -m experiments.run --workload fmnist-cnn --optimizer mlbfgs --fsdp
 
 One optimizer: the run trains alone in this process (separate mode). Several: they train in
-lockstep in this process (see experiments/lockstep.py), each with its own CSV, manifest and
+lockstep in this process (see experiments/runner/lockstep.py), each with its own CSV, manifest and
 checkpoint, each iteration timed on the optimizer's own clock. Finished runs are skipped
 (``--force`` starts over); interrupted ones resume from their checkpoints.
 
 ``--amp bf16|fp16`` is the workload key ``amp`` (``--set amp=bf16``): autocast on the forward pass and loss,
-float16 with dynamic loss scaling (experiments/amp.py). It changes the numbers, so it enters the run id.
+float16 with dynamic loss scaling (experiments/runner/amp.py). It changes the numbers, so it enters the run id.
 
 Under torchrun the model trains with DDP, or with ``--fsdp`` under ``fully_shard`` (FSDP2: parameters,
 gradients and optimizer state sharded by rows; mlbfgs keeps its curvature by rows too; optimizers that
 cannot train sharded parameters are refused; checkpoints through torch.distributed.checkpoint;
-experiments/fsdp.py). Like the number of processes, ``--fsdp`` is not part of the run id: the mathematics
+experiments/runner/fsdp.py). Like the number of processes, ``--fsdp`` is not part of the run id: the mathematics
 is DDP's, only the float32 rounding differs (the manifest records ``fsdp``; a checkpoint of one kind is
 refused by the other).
 
@@ -26,7 +26,7 @@ Exit status: 0 finished (or skipped: already finished; a numerical failure of th
 matrix that cannot be decomposed, ends a run as diverged), 1 a run failed with an unexpected error (in
 lockstep the others go on; its manifest says "failed" and a rerun resumes it), 2 bad arguments (a model or
 optimizer constructor refusing its settings among them, found before any data is loaded), missing data, or
-a run that another process is training (``<out>/<workload>/<run id>.lock``, experiments/runlock.py).
+a run that another process is training (``<out>/<workload>/<run id>.lock``, experiments/runner/runlock.py).
 """
 
 from __future__ import annotations
@@ -40,19 +40,19 @@ from pathlib import Path
 
 import torch
 
-from experiments.amp import AmpError
-from experiments.config import AMP_MODES, available_workloads, parse_overrides
-from experiments.data.errors import DatasetMissingError
-from experiments.distributed import DEVICES, setup, teardown
-from experiments.fsdp import FSDP_OPTIMIZERS, check_fsdp_run
-from experiments.interrupt import sigterm_as_exit
-from experiments.lockstep import check_group, train_lockstep
-from experiments.manifest import command_line
-from experiments.preflight import ConfigurationError, check_construction
-from experiments.runlock import RunBusyError, hold_runs
-from experiments.runspec import RunSpec, make_run_spec
-from experiments.tensorboard_log import require_tensorboard
-from experiments.trainer import DEFAULT_THREADS, RunOptions, progress_enabled, train
+from experiments.runner.amp import AmpError
+from experiments.runner.dist_context import DEVICES, setup, teardown
+from experiments.runner.fsdp import FSDP_OPTIMIZERS, check_fsdp_run
+from experiments.runner.interrupt import sigterm_as_exit
+from experiments.runner.lockstep import check_group, train_lockstep
+from experiments.runner.manifest import command_line
+from experiments.runner.preflight import ConfigurationError, check_construction
+from experiments.runner.runlock import RunBusyError, hold_runs
+from experiments.runner.spec import RunSpec, make_run_spec
+from experiments.runner.tensorboard_log import require_tensorboard
+from experiments.runner.training import DEFAULT_THREADS, RunOptions, progress_enabled, train
+from experiments.workloads.config import AMP_MODES, available_workloads, parse_overrides
+from experiments.workloads.data.errors import DatasetMissingError
 
 
 def check_optimizer_settings(name: str, settings: dict) -> None:
@@ -72,8 +72,8 @@ def check_workload_names(spec: RunSpec) -> None:
     """Fail before any data is loaded when the workload's model or dataset does not resolve: ValueError
     naming ``model.name`` or ``data.name`` (not registered, or an import path that does not import, lacks
     the attribute, or is not callable)."""
-    from experiments.data import dataset_builder
-    from experiments.models import model_builder
+    from experiments.workloads.data import dataset_builder
+    from experiments.workloads.models import model_builder
 
     model_builder(spec.workload.model.name)
     dataset_builder(spec.workload.data.name)
@@ -82,8 +82,8 @@ def check_workload_names(spec: RunSpec) -> None:
 def _catalogue() -> str:
     """What --optimizer and --workload accept, and the models and datasets workloads can name (--help)."""
     from baselines.registry import available_optimizers, describe
-    from experiments.data import available_datasets
-    from experiments.models import available_models
+    from experiments.workloads.data import available_datasets
+    from experiments.workloads.models import available_models
 
     names = available_optimizers()
     width = max(len(n) for n in names) + 2
@@ -92,9 +92,11 @@ def _catalogue() -> str:
     lines += [f"  {n:<{width}}{describe(n)}" for n in names]
     lines += ["", "workloads (--workload NAME; or path/to/workload.json, same schema, runs named by its 'name'):",
               "  " + ", ".join(available_workloads()),
-              "", "models (a workload's model.name; or module.path:function, or experiments.models.register_model):",
+              "", "models (a workload's model.name; or module.path:function, or "
+              "experiments.workloads.models.register_model):",
               "  " + ", ".join(available_models()),
-              "", "datasets (a workload's data.name; or module.path:function, or experiments.data.register_dataset):",
+              "", "datasets (a workload's data.name; or module.path:function, or "
+              "experiments.workloads.data.register_dataset):",
               "  " + ", ".join(available_datasets())]
     return "\n".join(lines)
 

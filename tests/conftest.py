@@ -21,7 +21,7 @@ def results_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cached_mnist1d() -> Iterator[None]:
     """MNIST-1D generated once per test module that asks for it (each generation takes seconds)."""
-    from experiments.data import registry as data_registry
+    from experiments.workloads.data import registry as data_registry
 
     original = data_registry.load_mnist1d
     data_registry.load_mnist1d = functools.cache(original)

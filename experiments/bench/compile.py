@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from experiments.atomic import write_json
 from experiments.bench.records import provenance, write_csv
 from experiments.bench.timing import timed
 from experiments.bench.workload import workload_model
-from experiments.manifest import now_iso
+from experiments.runner.atomic import write_json
+from experiments.runner.manifest import now_iso
 from mlbfgs import MLBFGS
 
 SETTINGS = dict(lr=0.1, momentum=0.9, history_size=10, update_period=5, beta=0.999, pair_momentum=0.9,

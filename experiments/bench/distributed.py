@@ -32,11 +32,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from experiments.atomic import write_json
 from experiments.bench import sharding_modes
 from experiments.bench.records import gather_to_rank0, provenance, write_csv
 from experiments.bench.timing import median_time
 from experiments.bench.workload import workload_model
+from experiments.runner.atomic import write_json
 from mlbfgs import MLBFGS
 
 HISTORY = 10

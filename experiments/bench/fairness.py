@@ -21,11 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.atomic import read_json, write_json
 from experiments.bench.busy_load import BusyLoad
 from experiments.bench.records import provenance
-from experiments.manifest import now_iso
-from experiments.suite import MODES
+from experiments.runner.atomic import read_json, write_json
+from experiments.runner.manifest import now_iso
+from experiments.suite.cli import MODES
 
 CONDITIONS = ("idle", "loaded")
 

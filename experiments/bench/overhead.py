@@ -21,7 +21,7 @@ The bandwidth bound of a method is the bytes it must move divided by the copy ba
 Device and precision. ``--device cuda`` (``auto``: CUDA when present) puts models, batches and the kernel's
 tensors on the GPU; every timed interval then ends with ``torch.cuda.synchronize`` (CUDA work is
 asynchronous), and the copy bandwidth is the GPU memory's. ``--amp bf16|fp16`` runs the forward pass and
-the loss under autocast as the runner does (:mod:`experiments.amp`: float16 with loss scaling, the
+the loss under autocast as the runner does (:mod:`experiments.runner.amp`: float16 with loss scaling, the
 gradients unscaled before the step); its rows name the model ``<workload> (<amp> autocast)`` and go to
 ``optimizers_<amp>.csv`` (manifest ``manifest_<amp>.json``) beside the float32 ones, so that one folder
 holds both and analysis reports both. ``--skip-kernel`` leaves part 2 out (the kernel does not depend on
@@ -43,12 +43,12 @@ import torch
 import torch.nn.functional as F
 
 from baselines import build_optimizer
-from experiments.amp import MixedPrecision
-from experiments.atomic import write_json
 from experiments.bench.records import provenance, write_csv
 from experiments.bench.timing import median_time, timed
 from experiments.bench.workload import synthetic_batch, workload_model
-from experiments.manifest import now_iso
+from experiments.runner.amp import MixedPrecision
+from experiments.runner.atomic import write_json
+from experiments.runner.manifest import now_iso
 from mlbfgs import CurvatureHistory
 from mlbfgs.compact import apply_two_loop
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.manifest import git_state
+from experiments.runner.manifest import git_state
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
@@ -28,7 +28,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
 
 def provenance(module: str, argv: list[str] | None) -> dict[str, Any]:
     """``command`` (``python -m <module> <args>``, shell-quoted; ``argv`` None means this process's
-    ``sys.argv[1:]``), ``git_commit`` and ``git_dirty`` (:func:`experiments.manifest.git_state`)."""
+    ``sys.argv[1:]``), ``git_commit`` and ``git_dirty`` (:func:`experiments.runner.manifest.git_state`)."""
     args = sys.argv[1:] if argv is None else argv
     return {"command": " ".join(shlex.quote(a) for a in ["python", "-m", module, *args]), **git_state()}
 

@@ -10,7 +10,7 @@ optimizer settings:
 - ``bare``: a hand-written loop: a seeded permutation per epoch, ``x = transform(X[idx])``,
   ``zero_grad``, forward, cross-entropy, ``backward``, ``step`` of the torch optimizer itself
   (``torch.optim.SGD`` / ``mlbfgs.MLBFGS``), nothing logged;
-- ``runner``: :meth:`experiments.trainer.Run.advance` (batch, LR schedule, the registry's optimizer
+- ``runner``: :meth:`experiments.runner.training.Run.advance` (batch, LR schedule, the registry's optimizer
   behind its counting closure, curvature records, both clocks), writing to a temporary folder, as its
   own training clock reports it (``wall_s``: what the CSV says an iteration cost);
 - ``runner_total``: the same calls timed from outside, which adds the CSV row and the checkpoints it
@@ -25,7 +25,7 @@ rows ``workload, optimizer, contestant, repeat, seconds`` (mean per iteration wi
 ``<out>/runner.csv``. Overhead = median over repeats of runner / bare in the same repeat, minus 1.
 
 Start-up: the seconds of ``python -c "import experiments.run"`` (a fresh interpreter), of loading
-the data (:func:`experiments.trainer.load_data`), and of building the run (model, optimizer, files,
+the data (:func:`experiments.runner.training.load_data`), and of building the run (model, optimizer, files,
 the evaluation at iteration 0), ``--startup-repeats`` times each; rows
 ``workload, stage, repeat, seconds`` in ``<out>/startup.csv``.
 """
@@ -46,13 +46,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from experiments.atomic import write_json
 from experiments.bench.records import provenance, write_csv
-from experiments.distributed import DistContext
-from experiments.lockstep import set_torch_rng_state, torch_rng_state
-from experiments.presets import load_preset
-from experiments.runspec import RunSpec, make_run_spec
-from experiments.trainer import Run, RunOptions, load_data
+from experiments.runner.atomic import write_json
+from experiments.runner.dist_context import DistContext
+from experiments.runner.lockstep import set_torch_rng_state, torch_rng_state
+from experiments.runner.spec import RunSpec, make_run_spec
+from experiments.runner.training import Run, RunOptions, load_data
+from experiments.suite.presets import load_preset
 
 RUN_COLUMNS = ("workload", "optimizer", "contestant", "repeat", "seconds")
 STARTUP_COLUMNS = ("workload", "stage", "repeat", "seconds")
@@ -84,7 +84,7 @@ class BareLoop:
     """The loop a user writes by hand over in-memory tensors."""
 
     def __init__(self, run: Run) -> None:
-        from experiments.models import build_model
+        from experiments.workloads.models import build_model
 
         data, cfg = run.data, run.spec.workload
         self.model = build_model(cfg.model, data.input_shape, data.num_classes)

@@ -10,7 +10,7 @@ Modes (``blocks="layer"``, history 10, float32, one ``MLBFGS`` each):
 - ``ddp-rows``: replicated parameters, ``MLBFGS(process_group=pg, shard="rows")``: each rank holds its
   rows of every block; one small all-reduce per step (two when a pair forms), then an all-gather of
   the rows' directions. Marked missing when this checkout's MLBFGS has no ``shard`` argument.
-- ``fsdp``: the model under ``fully_shard`` (:func:`experiments.fsdp.shard_model`), MLBFGS on its DTensor
+- ``fsdp``: the model under ``fully_shard`` (:func:`experiments.runner.fsdp.shard_model`), MLBFGS on its DTensor
   parameters: rows as above and no direction exchange.
 
 Method. For each world size one set of gloo processes on this machine builds the workload's model
@@ -65,9 +65,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from experiments.atomic import write_json
 from experiments.bench.records import gather_to_rank0, provenance, write_csv
 from experiments.bench.workload import workload_model
+from experiments.runner.atomic import write_json
 from mlbfgs import MLBFGS
 from mlbfgs.distribution import is_dtensor
 
@@ -95,7 +95,7 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
 
 def _build(mode: str, workload: str) -> tuple[nn.Module, MLBFGS]:
     """The workload's model (the same weights in every mode) and its MLBFGS in ``mode``."""
-    from experiments.fsdp import shard_model
+    from experiments.runner.fsdp import shard_model
 
     model, _, _ = workload_model(workload)
     settings: dict[str, Any] = dict(lr=0.01, history_size=HISTORY, update_period=FILL_PERIOD, blocks="layer")

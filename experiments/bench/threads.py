@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from experiments.atomic import write_json
 from experiments.bench.busy_load import BusyLoad
 from experiments.bench.records import provenance, write_csv
 from experiments.bench.workload import synthetic_batch, workload_model
+from experiments.runner.atomic import write_json
 
 COLUMNS = ("workload", "condition", "threads", "repeat", "seconds", "cpu_seconds")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from experiments.config import load_workload_dict, workload_from_dict
-from experiments.data.registry import dataset_info
-from experiments.models import build_model
+from experiments.workloads.config import load_workload_dict, workload_from_dict
+from experiments.workloads.data.registry import dataset_info
+from experiments.workloads.models import build_model
 
 
 def workload_model(workload: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...], int]:

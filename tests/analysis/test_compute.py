@@ -7,7 +7,7 @@ import pytest
 
 from analysis.compute import compute_markdown, compute_summary, load_compute
 from analysis.load import load_results
-from experiments.csvlog import RUN_COLUMNS
+from experiments.runner.csvlog import RUN_COLUMNS
 
 
 def manifest(root: Path, folder: str, run_id: str, optimizer: str, iterations: int, cpu_s: float | None,

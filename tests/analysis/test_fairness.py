@@ -12,7 +12,7 @@ from analysis.load import SchemaError
 from analysis.report import generate
 from analysis.runner import load_runner, runner_markdown, runner_summary
 from analysis.threads import load_threads, threads_markdown, threads_summary
-from experiments.csvlog import RUN_COLUMNS
+from experiments.runner.csvlog import RUN_COLUMNS
 
 # seconds per iteration of each (mode, condition, optimizer); 40 iterations per run
 SPEED = {

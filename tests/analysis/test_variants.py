@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from analysis.variants import load_variant_runs, variant_markdown, variant_summary
-from experiments.csvlog import RUN_COLUMNS
+from experiments.runner.csvlog import RUN_COLUMNS
 
 
 def _write(root: Path, optimizer: str, seed: int, switch: dict, acc: float, loss: float,

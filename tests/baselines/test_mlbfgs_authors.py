@@ -178,7 +178,7 @@ def test_authors_partition_per_model_family() -> None:
     assert [sum(p.numel() for p in b) for b in blocks] == [
         sum(p.numel() for p in getattr(r50, f"layer{i}").parameters()) for i in range(1, 5)]
     assert {id(p) for p in outside} == {id(p) for m in (r50.conv1, r50.bn1, r50.fc) for p in m.parameters()}
-    from experiments.models.vit import ViTClassifier
+    from experiments.workloads.models.vit import ViTClassifier
 
     vit = ViTClassifier(image_size=28, in_channels=1, num_classes=10, patch_size=7, hidden_size=16, num_layers=1,
                         num_heads=2, mlp_ratio=2)

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import amp as amp_module
 from experiments import run
-from experiments.checkpoint import rng_state, set_rng_state
-from experiments.distributed import DistContext
-from experiments.runspec import make_run_spec
-from experiments.trainer import Run, RunOptions, load_data
+from experiments.runner import amp as amp_module
+from experiments.runner.checkpoint import rng_state, set_rng_state
+from experiments.runner.dist_context import DistContext
+from experiments.runner.spec import make_run_spec
+from experiments.runner.training import Run, RunOptions, load_data
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 MLBFGS_SMALL = {"optimizers.mlbfgs.update_period": 2, "optimizers.mlbfgs.history_size": 3}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.atomic import read_json, save_torch, write_json
-from experiments.manifest import Manifest
+from experiments.runner.atomic import read_json, save_torch, write_json
+from experiments.runner.manifest import Manifest
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o002])

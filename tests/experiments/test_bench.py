@@ -17,7 +17,7 @@ import torch
 from experiments.bench import distributed, fairness, overhead, records, runner, sharding_modes, threads, timing
 from experiments.bench.busy_load import BusyLoad
 from experiments.bench.workload import synthetic_batch, workload_model
-from experiments.manifest import REPO_ROOT
+from experiments.runner.manifest import REPO_ROOT
 from mlbfgs import MLBFGS
 
 BENCHMARKS = ("compile", "distributed", "fairness", "overhead", "runner", "threads")

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from baselines import available_optimizers, build_optimizer
-from experiments.config import available_workloads, load_workload_dict, workload_from_dict
-from experiments.csvlog import CsvLog
-from experiments.models import build_model
-from experiments.presets import available_presets, load_preset
-from experiments.runspec import make_run_spec
-from experiments.schedule import lr_factor
+from experiments.runner.csvlog import CsvLog
+from experiments.runner.spec import make_run_spec
+from experiments.suite.presets import available_presets, load_preset
+from experiments.workloads.config import available_workloads, load_workload_dict, workload_from_dict
+from experiments.workloads.models import build_model
+from experiments.workloads.schedule import lr_factor
 
 INPUT_SHAPES = {"fashion-mnist": (1, 28, 28), "mnist1d": (40,), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
                 "imagenet": (3, 64, 64)}  # imagenet at 64 px keeps the test fast; the model is size-agnostic
@@ -74,15 +74,15 @@ def test_unknown_model_and_dataset_names_list_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"model.name must be one of \["):
         cfg = workload_from_dict({**raw, "model": {"name": "nope"}})
         build_model(cfg.model, (1, 28, 28), 10)
-    from experiments.config import DataConfig
-    from experiments.data import build_data
+    from experiments.workloads.config import DataConfig
+    from experiments.workloads.data import build_data
 
     with pytest.raises(ValueError, match=r"data.name must be one of \["):
         build_data(DataConfig(name="nope"))
 
 
 def test_cosine_schedule_endpoints_and_warmup() -> None:
-    from experiments.config import ScheduleConfig
+    from experiments.workloads.config import ScheduleConfig
 
     cos = ScheduleConfig(kind="cosine", final_fraction=1e-3)
     assert lr_factor(cos, 0, 101) == 1.0
@@ -115,7 +115,7 @@ def test_csv_log_truncates_to_checkpoint_offset(tmp_path: Path) -> None:
 
 
 def test_ablation_preset_changes_one_setting_at_a_time() -> None:
-    from experiments.suite import plan
+    from experiments.suite.cli import plan
 
     runs = plan(load_preset("long_ablations"))
 
@@ -132,7 +132,7 @@ def test_ablation_preset_changes_one_setting_at_a_time() -> None:
 
 @pytest.mark.parametrize("name", ["quick", "full"])
 def test_presets_parse(name: str) -> None:
-    from experiments.suite import plan
+    from experiments.suite.cli import plan
 
     assert name in available_presets()
     preset = load_preset(name)

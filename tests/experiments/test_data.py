@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from experiments import run
-from experiments.config import DataConfig, ModelConfig
-from experiments.data import DatasetMissingError, build_data
-from experiments.data.augment import random_crop_flip
-from experiments.data.fashion_mnist import read_idx
-from experiments.data.sampling import epoch_permutation, global_batch_indices, shard
-from experiments.models import build_model
+from experiments.workloads.config import DataConfig, ModelConfig
+from experiments.workloads.data import DatasetMissingError, build_data
+from experiments.workloads.data.augment import random_crop_flip
+from experiments.workloads.data.fashion_mnist import read_idx
+from experiments.workloads.data.sampling import epoch_permutation, global_batch_indices, shard
+from experiments.workloads.models import build_model
 
 
 def _run(tmp_path: Path, workload: str, *extra: str) -> int:

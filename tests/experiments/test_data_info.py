@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.config import DataConfig
-from experiments.data import build_data
-from experiments.data.registry import IMAGENET_CLASSES, DatasetInfo, available_datasets, dataset_info
+from experiments.workloads.config import DataConfig
+from experiments.workloads.data import build_data
+from experiments.workloads.data.registry import IMAGENET_CLASSES, DatasetInfo, available_datasets, dataset_info
 from tests.experiments.test_data import _write_cifar, _write_image_folder
 
 BUILT_IN = tuple(available_datasets())  # read at collection, before any test registers a dataset of its own

@@ -19,11 +19,11 @@ from torch import nn
 from baselines import available_optimizers, build_optimizer, config_class, default_config
 from baselines.registry import check_optimizer_name
 from experiments import run
-from experiments.config import ModelConfig, load_workload_dict
-from experiments.data import registry as data_registry
-from experiments.models import build_model
-from experiments.models import registry as model_registry
-from experiments.runspec import make_run_spec, optimizer_id
+from experiments.runner.spec import make_run_spec, optimizer_id
+from experiments.workloads.config import ModelConfig, load_workload_dict
+from experiments.workloads.data import registry as data_registry
+from experiments.workloads.models import build_model
+from experiments.workloads.models import registry as model_registry
 
 BUILTIN = ["sgd", "sgd_normalized", "adam", "adamw", "kfac", "slbfgs", "olbfgs", "sqn", "mlbfgs", "mlbfgs_authors",
            "slimqn_authors"]
@@ -34,7 +34,7 @@ USER_MODULE = '''
 import torch
 from torch import nn
 
-from experiments.data.tensor_data import TensorData
+from experiments.workloads.data.tensor_data import TensorData
 
 
 def build_net(input_shape, num_classes, width=16):
@@ -403,8 +403,8 @@ def test_model_and_dataset_by_registration(tmp_path: Path, user_module: str, mon
     monkeypatch.setattr(model_registry.MODELS, "builders", dict(model_registry.MODELS.builders))
     monkeypatch.setattr(data_registry.DATASETS, "builders", dict(data_registry.DATASETS.builders))
     user = importlib.import_module(user_module)
-    from experiments.data import available_datasets, register_dataset
-    from experiments.models import available_models, register_model
+    from experiments.workloads.data import available_datasets, register_dataset
+    from experiments.workloads.models import available_models, register_model
 
     register_model("test-net", user.build_net)
     register_dataset("test-blobs", user.build_blobs)
@@ -451,7 +451,7 @@ def test_model_builder_results_and_arguments_are_checked(user_module: str) -> No
 
 
 def test_dataset_builder_must_return_a_data_source(user_module: str) -> None:
-    from experiments.config import DataConfig
+    from experiments.workloads.config import DataConfig
 
     with pytest.raises(ValueError, match=r"returned a str without \['num_train'"):
         data_registry.build_data(DataConfig(name=f"{user_module}:not_a_model"))
@@ -462,9 +462,9 @@ def test_dataset_builder_must_return_a_data_source(user_module: str) -> None:
 
 def test_help_lists_optimizers_workloads_models_and_datasets() -> None:
     from baselines import describe
-    from experiments.config import available_workloads
-    from experiments.data import available_datasets
-    from experiments.models import available_models
+    from experiments.workloads.config import available_workloads
+    from experiments.workloads.data import available_datasets
+    from experiments.workloads.models import available_models
 
     text = run.build_parser().format_help()
     for name in available_optimizers():

@@ -1,4 +1,4 @@
-"""The runner's --fsdp (experiments/fsdp.py): 2 gloo ranks under torchrun with the model under fully_shard.
+"""The runner's --fsdp (experiments/runner/fsdp.py): 2 gloo ranks under torchrun with the model under fully_shard.
 
 A run writes the CSV and manifest as DDP does and trains the same numbers as one process (to float32
 rounding); stopped after its checkpoint and resumed (torch.distributed.checkpoint) it writes the same loss
@@ -19,10 +19,10 @@ import torchvision
 from torch import nn
 
 from experiments import run
-from experiments.checkpoint import POINTER, CheckpointStore
-from experiments.fsdp import FSDP_OPTIMIZERS, check_fsdp_optimizer, fsdp_units
-from experiments.models.mlp import MLP
-from experiments.models.small_cnn import SmallCNN
+from experiments.runner.checkpoint import POINTER, CheckpointStore
+from experiments.runner.fsdp import FSDP_OPTIMIZERS, check_fsdp_optimizer, fsdp_units
+from experiments.workloads.models.mlp import MLP
+from experiments.workloads.models.small_cnn import SmallCNN
 from tests.support import REPO
 
 ITERS, CHECKPOINT_AT = 24, 12

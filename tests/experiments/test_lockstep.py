@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import lockstep, run
-from experiments.distributed import DistContext
-from experiments.lockstep import check_group, train_lockstep
-from experiments.runspec import make_run_spec
-from experiments.trainer import RunOptions
+from experiments import run
+from experiments.runner import lockstep
+from experiments.runner.dist_context import DistContext
+from experiments.runner.lockstep import check_group, train_lockstep
+from experiments.runner.spec import make_run_spec
+from experiments.runner.training import RunOptions
 from tests.support import REPO
 from tests.support.process_helpers import kill_when
 
@@ -172,7 +173,7 @@ def test_a_run_drawing_from_python_or_numpy_rng_is_refused(tmp_path: Path, monke
     # lockstep swaps only torch's generators per turn; a draw from the host RNGs must stop the group loudly
     import numpy as np
 
-    from experiments.trainer import Run
+    from experiments.runner.training import Run
 
     original = Run.advance
 
@@ -194,7 +195,7 @@ def test_a_run_drawing_from_python_or_numpy_rng_is_refused(tmp_path: Path, monke
 ])
 def test_one_failing_run_does_not_stop_the_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  error: Exception, status: str, outcome: str | None) -> None:
-    from experiments.trainer import Run
+    from experiments.runner.training import Run
 
     original = Run.advance
 
@@ -217,7 +218,7 @@ def test_a_run_that_ends_early_is_finished_before_the_group_is_interrupted(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str) -> None:
     """A diverged (or shorter) run's manifest says finished as soon as it ends: an interruption of the
     group afterwards (a kill at the end of a session) must not make a rerun train it again."""
-    from experiments.trainer import Run
+    from experiments.runner.training import Run
 
     original = Run.advance
 

@@ -1,4 +1,4 @@
-"""Run manifests (experiments/manifest.py): the commit a run started from survives its resumes, and
+"""Run manifests (experiments/runner/manifest.py): the commit a run started from survives its resumes, and
 results written under results/ do not make the code dirty."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from experiments.manifest import Manifest, git_state
+from experiments.runner.manifest import Manifest, git_state
 
 
 def test_a_resume_keeps_the_start_commit_and_records_its_own(tmp_path: Path) -> None:

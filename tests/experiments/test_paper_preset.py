@@ -15,12 +15,12 @@ import pytest
 
 from analysis.paper import PAPER_WORKLOADS, paper_summary
 from baselines import default_config
-from experiments import suite
-from experiments.execution import groups, launch_width, run_command
-from experiments.planning import plan
-from experiments.presets import load_preset
-from experiments.runspec import make_run_spec
-from experiments.suite import with_run_overrides
+from experiments.runner.spec import make_run_spec
+from experiments.suite import cli as suite
+from experiments.suite.cli import with_run_overrides
+from experiments.suite.execution import groups, launch_width, run_command
+from experiments.suite.planning import plan
+from experiments.suite.presets import load_preset
 from tests.experiments.test_data import _write_cifar, _write_image_folder
 from tests.support import REPO
 
@@ -64,7 +64,7 @@ def test_multi_gpu_runs_go_through_torchrun_or_one_process() -> None:
     assert {r.nproc for r in imagenet} == {4} and {r.nproc for r in runs if r not in imagenet} == {1}
     parts = groups(runs, "lockstep")
     assert sorted(len(p) for p in parts) == [1] * 6 + [6] * 3  # a torchrun run trains alone
-    from experiments.execution import ExecOptions
+    from experiments.suite.execution import ExecOptions
 
     opts = ExecOptions(results=Path("out"))
     cmd = run_command([imagenet[0]], opts, gpus=8)

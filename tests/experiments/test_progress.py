@@ -1,14 +1,14 @@
-"""The suite's progress lines (experiments/progress.py): read from run CSVs and manifests."""
+"""The suite's progress lines (experiments/suite/progress.py): read from run CSVs and manifests."""
 
 import json
 
 import pytest
 
-from experiments import suite
-from experiments.csvlog import RUN_COLUMNS
-from experiments.planning import PlannedRun
-from experiments.progress import ProgressReporter, format_duration, group_losses, iterations_done, smoothed_loss
-from experiments.stages.analysis import comparison_lines
+from experiments.runner.csvlog import RUN_COLUMNS
+from experiments.suite import cli as suite
+from experiments.suite.planning import PlannedRun
+from experiments.suite.progress import ProgressReporter, format_duration, group_losses, iterations_done, smoothed_loss
+from experiments.suite.stages.analysis import comparison_lines
 
 
 def write_run(folder, run_id, iterations, total=1000, partial=False, losses=None, optimizer="sgd"):

@@ -18,11 +18,12 @@ import pytest
 import torch
 from torch import nn
 
-from experiments import run, trainer
-from experiments.config import load_workload_dict
-from experiments.models import registry as model_registry
-from experiments.runlock import RunBusyError, acquire
-from experiments.runspec import make_run_spec
+from experiments import run
+from experiments.runner import training as trainer
+from experiments.runner.runlock import RunBusyError, acquire
+from experiments.runner.spec import make_run_spec
+from experiments.workloads.config import load_workload_dict
+from experiments.workloads.models import registry as model_registry
 from tests.support import REPO
 from tests.support.committed_results import committed_results
 
@@ -138,7 +139,7 @@ def test_a_run_another_process_trains_is_refused(tmp_path: Path, capsys: pytest.
 def test_the_lock_of_a_killed_process_is_free(tmp_path: Path) -> None:
     path = tmp_path / "w" / "r.lock"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from experiments.runlock import acquire; acquire(Path(sys.argv[1]), 'r'); "
+                               "from experiments.runner.runlock import acquire; acquire(Path(sys.argv[1]), 'r'); "
                                "print('held', flush=True); time.sleep(60)", str(path)],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -192,7 +193,7 @@ GOOD_RUN = GOOD_PRESET["runs"][0]
 ])
 def test_malformed_presets_are_named_with_their_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                      raw: object, message: str) -> None:
-    from experiments import suite
+    from experiments.suite import cli as suite
 
     path = tmp_path / "p.json"
     path.write_text(raw if isinstance(raw, str) else json.dumps(raw))
@@ -204,8 +205,8 @@ def test_malformed_presets_are_named_with_their_file(tmp_path: Path, capsys: pyt
 
 def test_a_preset_names_workload_files_relative_to_its_folder_then_the_current_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from experiments import suite
-    from experiments.presets import load_preset
+    from experiments.suite import cli as suite
+    from experiments.suite.presets import load_preset
 
     beside = _workload_file(tmp_path / "presets" / "wl" / "a.json", name="wl-beside")
     here = _workload_file(tmp_path / "cwd" / "wl" / "b.json", name="wl-here")
@@ -230,7 +231,7 @@ def test_a_preset_names_workload_files_relative_to_its_folder_then_the_current_o
 
 
 def test_a_failing_analysis_fails_the_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from experiments import suite
+    from experiments.suite import cli as suite
 
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(GOOD_PRESET))
@@ -255,7 +256,7 @@ TUNING_PRESET = {**GOOD_PRESET, "runs": [{**GOOD_RUN, "optimizers": ["sgd", "ada
 ])
 def test_finals_before_their_choice_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], raw: dict,
                                                 stages: list[str], first: str) -> None:
-    from experiments import suite
+    from experiments.suite import cli as suite
 
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(raw))
@@ -271,8 +272,8 @@ def test_finals_before_their_choice_are_refused(tmp_path: Path, capsys: pytest.C
 def test_the_record_keeps_every_invocation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A preset trained, then rerun (everything skipped): the record lists both commands, their runs and
     seconds, and the seconds of both; a record of the one-command layout becomes the first invocation."""
-    from experiments import suite
-    from experiments.stages.record import invocations
+    from experiments.suite import cli as suite
+    from experiments.suite.stages.record import invocations
 
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(GOOD_PRESET))
@@ -297,7 +298,7 @@ def test_the_record_keeps_every_invocation(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_committed_suite_records_are_read_as_invocations() -> None:
-    from experiments.stages.record import command_seconds, invocations
+    from experiments.suite.stages.record import command_seconds, invocations
 
     names = [n for n in committed_results() if Path(n).name.startswith("suite_") and n.endswith(".json")]
     assert "results/quick/suite_quick.json" in names and "results/examples/suite_radam_nadam.json" in names

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from experiments import run
-from experiments.config import available_workloads
-from experiments.csvlog import RUN_COLUMNS
-from experiments.runspec import make_run_spec
+from experiments.runner.csvlog import RUN_COLUMNS
+from experiments.runner.spec import make_run_spec
+from experiments.workloads.config import available_workloads
 from tests.support import REPO
 from tests.support.committed_results import committed_results
 

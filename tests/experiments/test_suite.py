@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from experiments import suite
-from experiments.execution import groups
-from experiments.planning import plan
-from experiments.presets import available_presets, load_preset
-from experiments.stages import preset_stages, select_stages
-from experiments.suite import resolve_preset
+from experiments.suite import cli as suite
+from experiments.suite.cli import resolve_preset
+from experiments.suite.execution import groups
+from experiments.suite.planning import plan
+from experiments.suite.presets import available_presets, load_preset
+from experiments.suite.stages import preset_stages, select_stages
 from tests.support import REPO
 
 TINY_PRESET = {

@@ -13,12 +13,13 @@ import pytest
 
 from analysis.finals import final_metrics
 from analysis.load import RUN_COLUMNS, SchemaError
-from experiments import suite
-from experiments.atomic import write_json
-from experiments.choice import score
-from experiments.planning import PlannedRun
-from experiments.presets import load_preset
-from experiments.stages.sweep import (
+from experiments.runner.atomic import write_json
+from experiments.suite import cli as suite
+from experiments.suite.choice import score
+from experiments.suite.cli import resolve_preset
+from experiments.suite.planning import PlannedRun
+from experiments.suite.presets import load_preset
+from experiments.suite.stages.sweep import (
     ablation_runs,
     check,
     choose_rates,
@@ -28,7 +29,6 @@ from experiments.stages.sweep import (
     rate_rows,
     sweep_rounds,
 )
-from experiments.suite import resolve_preset
 from tests.support.suite_output import listed_run_ids
 
 TINY = {

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from experiments import run
-from experiments.csvlog import CsvLog
-from experiments.runspec import make_run_spec
+from experiments.runner.csvlog import CsvLog
+from experiments.runner.spec import make_run_spec
 
 pytest.importorskip("tensorboard", reason="tensorboard is not installed (requirements.txt lists it)")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -77,7 +77,7 @@ def test_nothing_is_written_to_tensorboard_inside_the_clock(tmp_path: Path, monk
     """Run.advance reads time.perf_counter when its clock starts and when it stops: every TensorBoard
     write must come while the clock is stopped."""
     from experiments import trainer
-    from experiments.tensorboard_log import TensorBoardLog
+    from experiments.runner.tensorboard_log import TensorBoardLog
 
     clock = {"running": False, "writes": 0, "in_clock": 0}
 
@@ -107,7 +107,7 @@ def _next_second() -> None:
 
 def test_a_crash_closes_the_writer_and_a_resume_adds_no_duplicate_points(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from experiments.trainer import Run
+    from experiments.runner.training import Run
 
     original = Run.advance
     crash_at = 14

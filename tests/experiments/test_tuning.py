@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from analysis.load import RUN_COLUMNS
-from experiments import suite
-from experiments.atomic import write_json
-from experiments.planning import PlannedRun
-from experiments.presets import load_preset
-from experiments.suite import resolve_preset
-from experiments.tuning import (
+from experiments.runner.atomic import write_json
+from experiments.suite import cli as suite
+from experiments.suite.cli import resolve_preset
+from experiments.suite.planning import PlannedRun
+from experiments.suite.presets import load_preset
+from experiments.suite.search import (
     Dimension,
     best_settings,
     check_tuning,

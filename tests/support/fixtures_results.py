@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.csvlog import CURVATURE_COLUMNS, RUN_COLUMNS
+from experiments.runner.csvlog import CURVATURE_COLUMNS, RUN_COLUMNS
 
 WORKLOADS: tuple[str, ...] = ("mnist1d_mlp", "cifar10_resnet18")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "kfac", "slbfgs", "mlbfgs")
@@ -208,7 +208,7 @@ def write_run(
         opt_config["beta"] = MAIN_BETA if beta is None else beta
         if beta is not None:
             settings["beta"] = beta
-    # The layout experiments/trainer.py writes: the resolved optimizer config at the top level, the
+    # The layout experiments/runner/training.py writes: the resolved optimizer config at the top level, the
     # workload config (whose per-optimizer defaults keep beta = 0.999 even for ablation runs) under "config".
     manifest = {
         "run_id": rid,

@@ -1,9 +1,0 @@
-"""Datasets of the suite behind one function, ``build_data(config)``; ``register_dataset`` and import
-paths (``"my_pkg.data:build_data"``) add more (see experiments/data/registry.py)."""
-
-from experiments.data.base import DataSource
-from experiments.data.errors import DatasetMissingError
-from experiments.data.registry import available_datasets, build_data, dataset_builder, register_dataset
-
-__all__ = ["DataSource", "DatasetMissingError", "available_datasets", "build_data", "dataset_builder",
-           "register_dataset"]

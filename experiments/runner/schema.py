@@ -1,0 +1,28 @@
+"""The results schema, stated once: the columns of a run CSV and of a curvature CSV.
+
+The runner writes them (:mod:`experiments.runner.csvlog`, :mod:`experiments.runner.training`) and the analysis reads
+and checks them (:mod:`analysis.load`); both import these tuples. DEVELOPERS.md ("results CSVs")
+says what each column means.
+"""
+
+from __future__ import annotations
+
+#: A run CSV, one row per logged training iteration (kind=train) and per evaluation (kind=eval).
+RUN_COLUMNS: tuple[str, ...] = ("run_id", "workload", "optimizer", "seed", "kind", "epoch", "iteration",
+                                "train_loss", "lr", "wall_s", "grad_evals", "test_loss", "test_acc", "eval_s",
+                                "cpu_s")
+#: Columns added after runs were committed: files written before lack them, and readers must not ask.
+RUN_LATER_COLUMNS: tuple[str, ...] = ("cpu_s",)
+#: The columns every run CSV has, old ones included (what a reader checks).
+RUN_REQUIRED: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in RUN_LATER_COLUMNS)
+RUN_NUMERIC: tuple[str, ...] = ("seed", "epoch", "iteration", "train_loss", "lr", "wall_s", "grad_evals",
+                                "test_loss", "test_acc", "eval_s")
+RUN_KINDS: tuple[str, ...] = ("train", "eval")
+
+#: A curvature CSV, one row per pair formed: the block, its raw mu and whether the pair was kept ...
+CURVATURE_REQUIRED: tuple[str, ...] = ("run_id", "iteration", "block", "mu", "accepted")
+#: ... then the block's diagnostics at that step (``mlbfgs.PairRecord``; empty where an optimizer does
+#: not report them; absent from files written before 2026-12-07, read as NaN).
+CURVATURE_DIAGNOSTICS: tuple[str, ...] = ("damped_mu", "gamma", "grad_norm", "direction_share")
+CURVATURE_COLUMNS: tuple[str, ...] = CURVATURE_REQUIRED + CURVATURE_DIAGNOSTICS
+CURVATURE_NUMERIC: tuple[str, ...] = ("iteration", "mu")

@@ -1,0 +1,151 @@
+"""What one run is: workload config (with overrides), optimizer, seed, length; its id and file paths.
+
+Run ids, ``<workload>__<optimizer>__s<seed>[__<hash>]``, name files and directories. For a built-in
+workload the hash covers what differs from the workload's own JSON file (none: no hash), so the ids of
+runs at its defaults stay short and stable. A workload given as a file contributes its ``name`` key, and
+its hash covers its whole resolved content (what differs from the dataclasses' defaults,
+:func:`canonical_identity`): editing the file changes the id, and the same content at another path has
+the same id (the path, ``config.file``, is not part of it). An optimizer named by import path has its
+``:`` and ``.`` replaced (:func:`optimizer_id`): ``torch.optim:RAdam`` -> ``torch-optim--RAdam``,
+``my_pkg.opt:Lion`` -> ``my_pkg-opt--Lion``. Python identifiers hold neither ``-`` nor ``--``, so
+the mapping is one-to-one (distinct paths, distinct ids) and no dot can be taken for a file
+extension; the manifest and the CSV rows keep the import path itself. Built-in names are unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from experiments.workloads.config import (
+    DataConfig,
+    ModelConfig,
+    ScheduleConfig,
+    WorkloadConfig,
+    apply_overrides,
+    load_workload_dict,
+    override_hash,
+    workload_file,
+    workload_from_dict,
+)
+
+# Settings that change where data comes from, how often state is saved or logged, or how the workload is
+# described, not what is trained: they do not enter the run id.
+NON_IDENTITY_KEYS = ("data.dir", "data.num_workers", "checkpoint_interval", "eval_batch_size", "log_interval",
+                     "description")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    workload: WorkloadConfig
+    optimizer: str
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    max_iters: int | None = None
+    run_id: str = ""
+
+    @property
+    def optimizer_settings(self) -> dict[str, Any]:
+        return self.workload.optimizer_settings(self.optimizer)
+
+    def csv_path(self, out: str | Path) -> Path:
+        return Path(out) / self.workload.name / f"{self.run_id}.csv"
+
+    def manifest_path(self, out: str | Path) -> Path:
+        return Path(out) / self.workload.name / f"{self.run_id}.json"
+
+    def lock_path(self, out: str | Path) -> Path:
+        """The file a process training the run locks (experiments/runner/runlock.py)."""
+        return Path(out) / self.workload.name / f"{self.run_id}.lock"
+
+    def curvature_path(self, out: str | Path) -> Path:
+        return Path(out) / self.workload.name / f"{self.run_id}.curvature.csv"
+
+    def checkpoint_dir(self, root: str | Path) -> Path:
+        return Path(root) / self.workload.name / self.run_id
+
+
+def _identity_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    """A workload's JSON tree without the keys that do not identify a run (the optimizer sections and
+    :data:`NON_IDENTITY_KEYS`); changes ``tree`` in place."""
+    tree.pop("optimizers", None)
+    tree.pop("optimizer_defaults", None)
+    for key in NON_IDENTITY_KEYS:
+        section, _, leaf = key.rpartition(".")
+        node = tree[section] if section else tree
+        node.pop(leaf, None)
+    return tree
+
+
+def _identity(raw: dict[str, Any], optimizer: str, max_iters: int | None) -> dict[str, Any]:
+    cfg = workload_from_dict(raw)
+    return {"workload": _identity_tree(cfg.to_dict()), "optimizer": cfg.optimizer_settings(optimizer),
+            "max_iters": max_iters}
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def canonical_identity() -> dict[str, Any]:
+    """The identity a workload file's runs are hashed against: the defaults of the config dataclasses
+    (:class:`~experiments.workloads.config.WorkloadConfig` and its sections), no optimizer settings, no iteration cap.
+
+    Required keys (``name``, ``data.name``, ``model.name``, ``epochs``, ``batch_size``) have no default, so
+    they always enter the hash; a key later added with a default that changes nothing leaves ids alone.
+    """
+    tree = _field_defaults(WorkloadConfig)
+    tree.update(data=_field_defaults(DataConfig), model=_field_defaults(ModelConfig),
+                schedule=dataclasses.asdict(ScheduleConfig()))
+    return {"workload": _identity_tree(tree), "optimizer": {}, "max_iters": None}
+
+
+def optimizer_id(optimizer: str) -> str:
+    """The optimizer's part of a run id: a built-in name as is; an import path with ``:`` -> ``--`` and
+    ``.`` -> ``-`` (``torch.optim:RAdam`` -> ``torch-optim--RAdam``; one-to-one, see the module docstring)."""
+    return optimizer.replace(":", "--").replace(".", "-")
+
+
+def make_run_spec(
+    workload: str,
+    optimizer: str,
+    seed: int,
+    *,
+    overrides: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    max_iters: int | None = None,
+) -> RunSpec:
+    """Resolve the config and the run id ``<workload>__<optimizer>__s<seed>[__<hash>]`` (the hash: see the
+    module docstring).
+
+    ``workload``: a built-in name or the path of a workload JSON file (its ``name`` key then names the
+    run; its absolute path goes to ``config.file``, outside the identity). ``optimizer``: a built-in name
+    or an import path ``module.path:Class`` (its run-id form: :func:`optimizer_id`). ValueError for a bad
+    workload, seed, length or override, naming it.
+    """
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if max_iters is not None and max_iters <= 0:
+        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
+    overrides = dict(overrides or {})
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    default_raw = load_workload_dict(workload)
+    raw = apply_overrides(default_raw, overrides, optimizer)
+    cfg = workload_from_dict(raw)
+    path = workload_file(workload)
+    if path is not None:
+        cfg = replace(cfg, file=str(path))
+    # a built-in's reference is its own file (committed run ids depend on it); a file's, the dataclass defaults
+    reference = _identity(default_raw, optimizer, None) if path is None else canonical_identity()
+    suffix = override_hash(reference, _identity(raw, optimizer, max_iters))
+    run_id = f"{default_raw['name']}__{optimizer_id(optimizer)}__s{seed}" + (f"__{suffix}" if suffix else "")
+    return RunSpec(cfg, optimizer, seed, overrides, max_iters, run_id)
