@@ -10,10 +10,8 @@ import pandas as pd
 
 from analysis.load import read_checked_csv
 from analysis.tables import fmt, markdown_table
-
-STEP_COLUMNS: tuple[str, ...] = ("workload", "variant", "step", "seconds")
-SUMMARY_COLUMNS: tuple[str, ...] = ("workload", "unique_graphs", "graphs_added_after_warmup", "graph_breaks",
-                                    "max_param_difference", "pairs_accepted")
+from experiments.bench.schema import COMPILE_STEP_COLUMNS as STEP_COLUMNS
+from experiments.bench.schema import COMPILE_SUMMARY_COLUMNS as SUMMARY_COLUMNS
 
 
 def load_compiled(results: Path | str) -> tuple[pd.DataFrame, pd.DataFrame] | None:

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.configs import config_key, config_of_run_id, manifest_settings
+from experiments.bench.schema import DISTRIBUTED_COLUMNS, KERNEL_COLUMNS, OVERHEAD_COLUMNS  # noqa: F401 - re-exported
 from experiments.runner.schema import (  # noqa: F401 - re-exported: the analysis modules read them from here
     CURVATURE_DIAGNOSTICS,
     CURVATURE_NUMERIC,
@@ -42,31 +43,12 @@ from experiments.runner.schema import CURVATURE_REQUIRED as CURVATURE_COLUMNS
 # (RUN_COLUMNS here: the run CSV's columns less those added after runs were committed).
 RUN_COLUMNS: tuple[str, ...] = RUN_REQUIRED
 
-OVERHEAD_COLUMNS: tuple[str, ...] = ("model", "optimizer", "measure", "repeat", "seconds")
 OVERHEAD_NUMERIC: tuple[str, ...] = ("repeat", "seconds")
 OVERHEAD_MEASURES: tuple[str, ...] = ("step", "iteration")
 
-DISTRIBUTED_COLUMNS: tuple[str, ...] = (
-    "model",
-    "world_size",
-    "rank",
-    "blocks",
-    "curvature_bytes",
-    "direction_seconds",
-)
 DISTRIBUTED_NUMERIC: tuple[str, ...] = ("world_size", "rank", "blocks", "curvature_bytes", "direction_seconds")
 
 KERNEL_FILE = Path("overhead") / "direction_kernel.csv"
-KERNEL_COLUMNS: tuple[str, ...] = (
-    "method",
-    "numel",
-    "history_size",
-    "repeat",
-    "seconds",
-    "bytes_moved",
-    "bound_seconds",
-    "bandwidth_gbs",
-)
 KERNEL_NUMERIC: tuple[str, ...] = KERNEL_COLUMNS[1:]
 
 #: Tables in overhead/ and distributed/ that their own figure groups read (analysis/groups.py), so

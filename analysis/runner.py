@@ -16,9 +16,9 @@ import pandas as pd
 from analysis.load import read_checked_csv
 from analysis.style import optimizer_sort_key
 from analysis.tables import fmt, markdown_table
+from experiments.bench.schema import RUNNER_COLUMNS as RUN_COLUMNS
+from experiments.bench.schema import STARTUP_COLUMNS
 
-RUN_COLUMNS: tuple[str, ...] = ("workload", "optimizer", "contestant", "repeat", "seconds")
-STARTUP_COLUMNS: tuple[str, ...] = ("workload", "stage", "repeat", "seconds")
 CONTESTANTS: tuple[str, ...] = ("bare", "runner", "runner_total", "lockstep")
 STAGES: tuple[str, ...] = ("imports", "data", "run setup")
 

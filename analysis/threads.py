@@ -9,8 +9,8 @@ import pandas as pd
 
 from analysis.load import read_checked_csv
 from analysis.tables import fmt, markdown_table
+from experiments.bench.schema import THREADS_COLUMNS as COLUMNS
 
-COLUMNS: tuple[str, ...] = ("workload", "condition", "threads", "repeat", "seconds", "cpu_seconds")
 CONDITION_ORDER: tuple[str, ...] = ("idle", "spin", "torch")
 CONDITION_TEXT = {"idle": "idle", "spin": "2 busy Python processes", "torch": "another 2-thread torch job"}
 

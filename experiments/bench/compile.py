@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from experiments.bench.records import provenance, write_csv
+from experiments.bench.schema import COMPILE_STEP_COLUMNS
 from experiments.bench.timing import timed
 from experiments.bench.workload import workload_model
 from experiments.runner.atomic import write_json
@@ -113,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         all_rows += rows
         summaries.append(summary)
         print(f"[bench.compile] {summary}", flush=True)
-    write_csv(args.out / "steps.csv", all_rows)
-    write_csv(args.out / "summary.csv", summaries)
+    write_csv(args.out / "steps.csv", all_rows, COMPILE_STEP_COLUMNS)
+    write_csv(args.out / "summary.csv", summaries)  # COMPILE_SUMMARY_COLUMNS and more
     manifest["finished"] = now_iso()
     write_json(args.out / "manifest.json", manifest)
     return 0

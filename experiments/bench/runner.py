@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.bench.records import provenance, write_csv
+from experiments.bench.schema import RUNNER_COLUMNS, STARTUP_COLUMNS
 from experiments.runner.atomic import write_json
 from experiments.runner.dist_context import DistContext
 from experiments.runner.lockstep import set_torch_rng_state, torch_rng_state
@@ -54,8 +55,6 @@ from experiments.runner.spec import RunSpec, make_run_spec
 from experiments.runner.training import Run, RunOptions, load_data
 from experiments.suite.presets import load_preset
 
-RUN_COLUMNS = ("workload", "optimizer", "contestant", "repeat", "seconds")
-STARTUP_COLUMNS = ("workload", "stage", "repeat", "seconds")
 CONTESTANTS = ("bare", "runner", "runner_total", "lockstep")
 
 
@@ -221,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 med = statistics.median(r["seconds"] for r in startup if r["workload"] == workload
                                         and r["stage"] == stage)
                 print(f"{workload:12s} start-up {stage:9s} {med:7.3f} s", flush=True)
-    write_csv(args.out / "runner.csv", rows, RUN_COLUMNS)
+    write_csv(args.out / "runner.csv", rows, RUNNER_COLUMNS)
     write_csv(args.out / "startup.csv", startup, STARTUP_COLUMNS)
     manifest = {**provenance("experiments.bench.runner", argv), "torch_version": torch.__version__,
                 "machine": platform.machine(), "threads": args.threads, "repeats": args.repeats, "iters": args.iters}

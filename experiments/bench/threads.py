@@ -29,10 +29,9 @@ import torch.nn.functional as F
 
 from experiments.bench.busy_load import BusyLoad
 from experiments.bench.records import provenance, write_csv
+from experiments.bench.schema import THREADS_COLUMNS as COLUMNS
 from experiments.bench.workload import synthetic_batch, workload_model
 from experiments.runner.atomic import write_json
-
-COLUMNS = ("workload", "condition", "threads", "repeat", "seconds", "cpu_seconds")
 
 
 def bench(workload: str, threads: list[int], repeats: int, iters: int, batch: int, condition: str) -> list[dict]:

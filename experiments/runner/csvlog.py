@@ -66,11 +66,12 @@ class CsvLog:
             raise ValueError(f"row has columns {sorted(unknown)} not in {list(self.columns)}")
         self.write_values([row.get(c) for c in self.columns])
 
-    def write_values(self, values: list[Any]) -> None:
-        """Append one row given as values in column order (the runner's per-iteration fast path)."""
+    def write_values(self, values: Sequence[Any]) -> None:
+        """Append one row given as values in column order (a :class:`~experiments.runner.schema.RunRow`,
+        or a list: the runner's per-iteration fast path)."""
         if len(values) != len(self.columns):
             raise ValueError(f"row has {len(values)} values for {len(self.columns)} columns {list(self.columns)}")
-        self._rows.append(values)
+        self._rows.append(list(values))
         if len(self._rows) >= self.max_rows or time.monotonic() - self._last_flush >= self.max_seconds:
             self.flush()
 

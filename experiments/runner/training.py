@@ -46,19 +46,13 @@ from experiments.runner.evaluate import evaluate
 from experiments.runner.fsdp import EvenTestBatches, load_sharded_state, shard_model, sharded_state
 from experiments.runner.manifest import Manifest, device_description, git_state, is_finished, now_iso
 from experiments.runner.preflight import build_checked_model, build_checked_optimizer
-from experiments.runner.schema import CURVATURE_COLUMNS, RUN_COLUMNS
+from experiments.runner.schema import CURVATURE_COLUMNS, RUN_COLUMNS, RunRow
 from experiments.runner.spec import RunSpec
 from experiments.runner.tensorboard_log import TensorBoardLog
 from experiments.workloads.data import build_data
 from experiments.workloads.data.base import DataSource
 from experiments.workloads.data.sampling import iterations_per_epoch
 from experiments.workloads.schedule import LRSchedule
-
-# the order of a train row (write_values); checked against the CSV schema at import
-_TRAIN_ROW = ("run_id", "workload", "optimizer", "seed", "kind", "epoch", "iteration", "train_loss", "lr", "wall_s",
-              "grad_evals", "test_loss", "test_acc", "eval_s", "cpu_s")
-if _TRAIN_ROW != RUN_COLUMNS:
-    raise ImportError(f"experiments.runner.training writes train rows as {_TRAIN_ROW}, the schema is {RUN_COLUMNS}")
 
 # Torch CPU threads per process unless told otherwise: measured, not assumed, by
 # `python -m experiments.bench.threads` (results/threads/), idle and beside other work.
@@ -256,7 +250,6 @@ class Run:
         self.manifest: Manifest | None = None
         if ctx.is_main:
             self._open_logs(resume_at)
-        self.ident = {"run_id": spec.run_id, "workload": cfg.name, "optimizer": spec.optimizer, "seed": spec.seed}
         self.lr = self.schedule.apply(max(self.iteration - 1, 0))
         self.last_eval: dict[str, float] = {}
         # with block sharding each rank sees the pairs of its own blocks; row-sharded (fsdp) every rank sees all
@@ -319,10 +312,10 @@ class Run:
             loss, acc, secs = evaluate(self.raw_model, self.eval_data, self.spec.workload.eval_batch_size, self.ctx)
         self.last_eval.update(test_loss=loss, test_acc=acc)
         if self.run_log is not None:
-            self.run_log.write({**self.ident, "kind": "eval", "epoch": round(self.iteration / self.ipe, 6),
-                                "iteration": self.iteration, "lr": self.lr, "wall_s": round(self.wall, 6),
-                                "cpu_s": round(self.cpu, 6), "grad_evals": self.opt.grad_evals,
-                                "test_loss": loss, "test_acc": acc, "eval_s": round(secs, 6)})
+            self.run_log.write_values(RunRow(
+                *self._ident_cells, "eval", round(self.iteration / self.ipe, 6), self.iteration, lr=self.lr,
+                wall_s=round(self.wall, 6), cpu_s=round(self.cpu, 6), grad_evals=self.opt.grad_evals,
+                test_loss=loss, test_acc=acc, eval_s=round(secs, 6)))
 
     def _checkpoint(self) -> None:
         if self.gatherer is not None:
@@ -392,9 +385,9 @@ class Run:
                 # on the CPU the loss is read at once (nothing to wait for); on a GPU it stays a tensor until
                 # the log flushes (one device sync per flush instead of one per step)
                 value = loss.item() if self._host_loss else loss
-                self.run_log.write_values([*self._ident_cells, "train", round(iteration / self.ipe, 6), iteration,
-                                           value, self.lr, round(self.wall, 6), self.opt.grad_evals, None, None,
-                                           None, round(self.cpu, 6)])
+                self.run_log.write_values(RunRow(
+                    *self._ident_cells, "train", round(iteration / self.ipe, 6), iteration, train_loss=value,
+                    lr=self.lr, wall_s=round(self.wall, 6), grad_evals=self.opt.grad_evals, cpu_s=round(self.cpu, 6)))
             if records and self.gatherer is None:
                 self.curv_log.write(self.spec.run_id, iteration, records)
         if records and self.gatherer is not None:

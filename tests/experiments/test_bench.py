@@ -143,12 +143,19 @@ def test_provenance_records_the_command_and_the_tree(monkeypatch: pytest.MonkeyP
 
 
 def test_csv_schemas_are_the_ones_analysis_reads() -> None:
+    # stated once (experiments/bench/schema.py): the writers and the readers hold the same objects
+    from analysis import compiled as compiled_analysis
+    from analysis import load as analysis_load
     from analysis import runner as runner_analysis
     from analysis import threads as threads_analysis
+    from experiments.bench import compile as compile_bench
+    from experiments.bench import schema
 
-    assert runner.RUN_COLUMNS == runner_analysis.RUN_COLUMNS
-    assert runner.STARTUP_COLUMNS == runner_analysis.STARTUP_COLUMNS
-    assert threads.COLUMNS == threads_analysis.COLUMNS
+    assert runner_analysis.RUN_COLUMNS is schema.RUNNER_COLUMNS
+    assert runner_analysis.STARTUP_COLUMNS is schema.STARTUP_COLUMNS
+    assert threads.COLUMNS is threads_analysis.COLUMNS is schema.THREADS_COLUMNS
+    assert compile_bench.COMPILE_STEP_COLUMNS is compiled_analysis.STEP_COLUMNS
+    assert analysis_load.OVERHEAD_COLUMNS is schema.OVERHEAD_COLUMNS
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
