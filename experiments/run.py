@@ -48,7 +48,7 @@ from experiments.runner.lockstep import check_group, train_lockstep
 from experiments.runner.manifest import command_line
 from experiments.runner.preflight import ConfigurationError, check_construction
 from experiments.runner.runlock import RunBusyError, hold_runs
-from experiments.runner.spec import RunSpec, make_run_spec
+from experiments.runner.spec import RunSpec
 from experiments.runner.tensorboard_log import require_tensorboard
 from experiments.runner.training import DEFAULT_THREADS, RunOptions, progress_enabled, train
 from experiments.workloads.config import AMP_MODES, available_workloads, parse_overrides
@@ -101,18 +101,15 @@ def _catalogue() -> str:
     return "\n".join(lines)
 
 
-def _add_run_arguments(p: argparse.ArgumentParser, group_mode: bool = False) -> None:
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments that define one run (the rest say where and how the process runs)."""
-    p.add_argument("--workload", required=group_mode, metavar="NAME_OR_FILE",
+    p.add_argument("--workload", metavar="NAME_OR_FILE",
                    help=f"one of {available_workloads()}, or the path of a workload JSON file (same schema; its "
                         "runs are named by its 'name' key)")
-    if group_mode:
-        p.add_argument("--optimizer", required=True)
-    else:
-        p.add_argument("--optimizer", nargs="+", default=None, metavar="NAME",
-                       help="a built-in name (listed below) or module.path:Class, any torch.optim.Optimizer "
-                            "subclass (e.g. torch.optim:RAdam); several train in lockstep in this process "
-                            "(same data and seed, each optimizer timed on its own)")
+    p.add_argument("--optimizer", nargs="+", default=None, metavar="NAME",
+                   help="a built-in name (listed below) or module.path:Class, any torch.optim.Optimizer "
+                        "subclass (e.g. torch.optim:RAdam); several train in lockstep in this process "
+                        "(same data and seed, each optimizer timed on its own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="override the workload's epochs")
     p.add_argument("--max-iters", type=int, default=None,
@@ -126,18 +123,14 @@ def _add_run_arguments(p: argparse.ArgumentParser, group_mode: bool = False) -> 
     p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints")
 
 
-RUN_KEYS = ("workload", "optimizer", "seed", "epochs", "max_iters", "overrides", "data_dir", "amp",
-            "checkpoint_every")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__, epilog=_catalogue(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_arguments(p)
-    p.add_argument("--group", default=None, metavar="JSON",
-                   help="several runs in lockstep, as a JSON list of per-run argument lists "
-                        "(--workload, --optimizer, --seed, --epochs, --max-iters, --set, --data-dir, --amp, "
-                        "--checkpoint-every); what `python -m experiments.suite` uses")
+    p.add_argument("--spec", nargs="+", default=None, metavar="FILE", type=Path,
+                   help="runs given as JSON files, one run request each ({workload, optimizer, seed, overrides, "
+                        "max_iters}: RunSpec.request()); several train in lockstep. What `python -m "
+                        "experiments.suite` uses, instead of the run arguments")
     p.add_argument("--out", type=Path, default=Path("runs/default"), help="runs directory (CSV + manifest)")
     p.add_argument("--checkpoint-dir", type=Path, default=None, help="default: <out>/checkpoints")
     p.add_argument("--flush-rows", type=int, default=64,
@@ -159,77 +152,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_argv(ns: argparse.Namespace, optimizer: str) -> list[str]:
-    """The per-run arguments of one run, as `python -m experiments.run` takes them."""
-    out = ["--workload", ns.workload, "--optimizer", optimizer, "--seed", str(ns.seed)]
-    if ns.epochs is not None:
-        out += ["--epochs", str(ns.epochs)]
-    if ns.max_iters is not None:
-        out += ["--max-iters", str(ns.max_iters)]
-    if ns.data_dir is not None:
-        out += ["--data-dir", ns.data_dir]
-    if ns.amp is not None:
-        out += ["--amp", ns.amp]
-    if ns.checkpoint_every is not None:
-        out += ["--checkpoint-every", str(ns.checkpoint_every)]
-    if ns.overrides:
-        out += ["--set", *ns.overrides]
-    return out
-
-
-def _spec(ns: argparse.Namespace, optimizer: str):
+def _request(ns: argparse.Namespace, optimizer: str) -> dict:
+    """The run request of the run arguments (:meth:`RunSpec.request`)."""
     overrides = parse_overrides(ns.overrides)
+    if ns.epochs is not None:
+        overrides["epochs"] = ns.epochs
     if ns.data_dir is not None:
         overrides["data.dir"] = ns.data_dir
     if ns.amp is not None:
         overrides["amp"] = None if ns.amp == "none" else ns.amp
     if ns.checkpoint_every is not None:
         overrides["checkpoint_interval"] = ns.checkpoint_every
+    return {"workload": ns.workload, "optimizer": optimizer, "seed": ns.seed, "overrides": overrides,
+            "max_iters": ns.max_iters}
+
+
+def _read_request(path: Path) -> dict:
+    try:
+        request = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--spec {path}: not a readable JSON run request: {err}") from err
+    if not isinstance(request, dict):
+        raise ValueError(f"--spec {path}: expected a JSON object (a run request), got {type(request).__name__}")
+    return request
+
+
+def _checked_spec(request: dict) -> RunSpec:
+    """The spec of a run request, checked before any data is loaded (ValueError naming the problem)."""
     from baselines.registry import check_optimizer_name
 
-    check_optimizer_name(optimizer)
-    spec = make_run_spec(ns.workload, optimizer, ns.seed, overrides=overrides, epochs=ns.epochs,
-                         max_iters=ns.max_iters)
+    check_optimizer_name(request.get("optimizer"))
+    spec = RunSpec.from_request(request)
     check_workload_names(spec)
-    check_optimizer_settings(optimizer, spec.optimizer_settings)
+    check_optimizer_settings(spec.optimizer, spec.optimizer_settings)
     check_construction(spec)
     return spec
-
-
-def _group_runs(text: str) -> list[tuple[argparse.Namespace, str]]:
-    try:
-        entries = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--group must be a JSON list of argument lists: {err}") from err
-    if not isinstance(entries, list) or not entries or not all(
-        isinstance(e, list) and all(isinstance(a, str) for a in e) for e in entries
-    ):
-        raise ValueError("--group must be a non-empty JSON list of lists of strings")
-    parser = argparse.ArgumentParser(prog="--group entry", exit_on_error=False)
-    _add_run_arguments(parser, group_mode=True)
-    out = []
-    for entry in entries:
-        try:
-            ns = parser.parse_args(entry)
-        except (argparse.ArgumentError, SystemExit) as err:
-            raise ValueError(f"--group entry {entry}: {err}") from err
-        out.append((ns, ns.optimizer))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        if args.group is not None:
+        if args.spec is not None:
             if args.workload is not None or args.optimizer is not None:
-                raise ValueError("give either --group or --workload/--optimizer, not both")
-            runs = _group_runs(args.group)
+                raise ValueError("give either --spec or --workload/--optimizer, not both")
+            requests = [_read_request(path) for path in args.spec]
         else:
             if args.workload is None or not args.optimizer:
-                raise ValueError("--workload and --optimizer are required (or --group)")
-            runs = [(args, name) for name in args.optimizer]
-        specs = [_spec(ns, name) for ns, name in runs]
+                raise ValueError("--workload and --optimizer are required (or --spec)")
+            requests = [_request(args, name) for name in args.optimizer]
+        specs = [_checked_spec(request) for request in requests]
         if args.flush_rows < 1:
             raise ValueError(f"flush-rows must be a positive integer, got {args.flush_rows}")
         if args.threads is not None and args.threads < 1:
@@ -272,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         with hold_runs({s.run_id: s.lock_path(args.out) for s in specs}, ctx):
             if lockstep:
                 # each manifest records the command that reproduces its run alone (bit-identical losses)
-                commands = {s.run_id: command_line(_run_argv(ns, name) + common)
-                            for s, (ns, name) in zip(specs, runs, strict=True)}
+                commands = {s.run_id: command_line(s.cli_args() + common) for s in specs}
                 summaries = train_lockstep(specs, base, ctx, commands)
             else:
                 summaries = [train(specs[0], replace(base, command=command_line(argv)), ctx)]

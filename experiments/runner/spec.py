@@ -15,6 +15,7 @@ extension; the manifest and the CSV rows keep the import path itself. Built-in n
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,46 @@ NON_IDENTITY_KEYS = ("data.dir", "data.num_workers", "checkpoint_interval", "eva
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One run, the descriptor every part passes on: the suite plans it, hands it to the runner as a
+    JSON request (:meth:`request`, read back by :meth:`from_request`), the runner trains and records it."""
+
     workload: WorkloadConfig
     optimizer: str
     seed: int
     overrides: dict[str, Any] = field(default_factory=dict)
     max_iters: int | None = None
     run_id: str = ""
+    workload_arg: str = ""  # the workload as given: a built-in name or a workload file's path
+
+    def request(self) -> dict[str, Any]:
+        """What rebuilds this spec (:meth:`from_request`): JSON values only."""
+        return {"workload": self.workload_arg or self.workload.name, "optimizer": self.optimizer, "seed": self.seed,
+                "overrides": dict(self.overrides), "max_iters": self.max_iters}
+
+    @classmethod
+    def from_request(cls, request: dict[str, Any]) -> RunSpec:
+        """The spec of a :meth:`request` (ValueError naming an unknown or missing key)."""
+        keys = {"workload", "optimizer", "seed", "overrides", "max_iters"}
+        unknown, missing = set(request) - keys, {"workload", "optimizer", "seed"} - set(request)
+        if unknown or missing:
+            raise ValueError(f"run request: keys must be {sorted(keys)} (workload, optimizer and seed required); "
+                             f"unknown {sorted(unknown)}, missing {sorted(missing)}")
+        return make_run_spec(request["workload"], request["optimizer"], request["seed"],
+                             overrides=request.get("overrides") or {}, max_iters=request.get("max_iters"))
+
+    def cli_args(self) -> list[str]:
+        """The per-run arguments of ``python -m experiments.run`` that train this run alone (for manifests and
+        people; the suite passes :meth:`request` instead)."""
+        args = ["--workload", self.workload_arg or self.workload.name, "--optimizer", self.optimizer,
+                "--seed", str(self.seed)]
+        overrides = dict(self.overrides)
+        if "epochs" in overrides:
+            args += ["--epochs", str(overrides.pop("epochs"))]
+        if self.max_iters is not None:
+            args += ["--max-iters", str(self.max_iters)]
+        if overrides:
+            args += ["--set", *(f"{key}={cli_value(value)}" for key, value in overrides.items())]
+        return args
 
     @property
     def optimizer_settings(self) -> dict[str, Any]:
@@ -148,4 +183,9 @@ def make_run_spec(
     reference = _identity(default_raw, optimizer, None) if path is None else canonical_identity()
     suffix = override_hash(reference, _identity(raw, optimizer, max_iters))
     run_id = f"{default_raw['name']}__{optimizer_id(optimizer)}__s{seed}" + (f"__{suffix}" if suffix else "")
-    return RunSpec(cfg, optimizer, seed, overrides, max_iters, run_id)
+    return RunSpec(cfg, optimizer, seed, overrides, max_iters, run_id, str(workload))
+
+
+def cli_value(value: Any) -> str:
+    """A ``--set`` value as the runner parses it: strings as they are, everything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)

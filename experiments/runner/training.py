@@ -283,7 +283,7 @@ class Run:
             **git_state(), "torch_version": torch.__version__, "python_version": sys.version.split()[0],
             "device": device_description(ctx.device, opts.threads), "world_size": ctx.world_size, "fsdp": opts.fsdp,
             "threads": opts.threads, "mode": opts.mode, "command": opts.command,
-            "csv": spec.csv_path(opts.out).name,
+            "csv": spec.csv_path(opts.out).name, "request": spec.request(),
         }
         if self.amp.enabled:
             base["amp"] = self.amp.record()

@@ -45,7 +45,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from experiments.runner.interrupt import sigterm_as_exit
 from experiments.runner.manifest import git_state
 from experiments.suite.execution import MODES, ExecOptions, groups
 from experiments.suite.planning import PlannedRun, entry_optimizers, plan
@@ -219,7 +218,3 @@ def main(argv: list[str] | None = None) -> int:
               f"python {' '.join(analysis_command(preset)[1:])}", file=sys.stderr, flush=True)
     return 1 if failures or analysis_status else 0
 
-
-if __name__ == "__main__":
-    sigterm_as_exit()  # kill <pid> stops it as Ctrl-C does
-    sys.exit(main())

@@ -12,7 +12,6 @@ checkpoints. A failing process is reported and the others go on.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments.runner.atomic import write_json
 from experiments.runner.manifest import is_finished
 from experiments.suite.planning import PlannedRun
 from experiments.suite.progress import ProgressReporter
@@ -84,23 +84,34 @@ def launch_width(nproc: int, gpus: int) -> int:
 
 
 def run_command(group: list[PlannedRun], opts: ExecOptions, gpus: int | None = None) -> list[str]:
-    """The command line that trains ``group`` (one run, or several in lockstep with ``--group``); a single
-    run asking for several processes goes through torchrun when ``gpus`` (default: :func:`cuda_devices`)
-    allow, see :func:`launch_width`."""
+    """The command line that trains ``group`` (one run, or several in lockstep): each run's request
+    (:meth:`~experiments.runner.spec.RunSpec.request`) is written to a JSON file under
+    ``<results>/checkpoints/requests/``, which ``--spec`` hands to the runner. A single run asking for
+    several processes goes through torchrun when ``gpus`` (default: :func:`cuda_devices`) allow, see
+    :func:`launch_width`."""
     common = ["--out", str(opts.results / "runs"), "--checkpoint-dir", str(opts.results / "checkpoints"),
               "--no-progress"]
     if opts.threads is not None:
         common += ["--threads", str(opts.threads)]
     if opts.force:
         common += ["--force"]
+    files = [str(write_request(opts.results / "checkpoints" / "requests", run)) for run in group]
+    launcher: list[str] = []
     if len(group) == 1:
         nproc = group[0].nproc
         if gpus is None:
             gpus = cuda_devices() if nproc > 1 else 0
         width = launch_width(nproc, gpus)
-        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(width)] if width > 1 else []
-        return [sys.executable, *launcher, "-m", "experiments.run", *group[0].args, *common]
-    return [sys.executable, "-m", "experiments.run", "--group", json.dumps([list(r.args) for r in group]), *common]
+        if width > 1:
+            launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(width)]
+    return [sys.executable, *launcher, "-m", "experiments.run", "--spec", *files, *common]
+
+
+def write_request(folder: Path, run: PlannedRun) -> Path:
+    """``<folder>/<run id>.json``: the run's request, what ``python -m experiments.run --spec`` reads."""
+    path = folder / f"{run.run_id}.json"
+    write_json(path, run.spec.request())
+    return path
 
 
 def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[], None], opts: ExecOptions,
@@ -124,9 +135,9 @@ def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[]
     batches = groups(todo, opts.mode, opts.jobs, split)
     labels = [f"[suite {i}/{len(batches)}]" + (" lockstep" if len(g) > 1 else "") for i, g in enumerate(batches, 1)]
     if opts.dry_run:
-        for label, group in zip(labels, batches, strict=True):
-            cmd = run_command(group, opts)
-            print(f"{label} {', '.join(r.run_id for r in group)}: would run {' '.join(cmd[1:])}", flush=True)
+        for label, group in zip(labels, batches, strict=True):  # nothing is written, request files neither
+            what = "; ".join(" ".join(r.args) for r in group)
+            print(f"{label} {', '.join(r.run_id for r in group)}: would run {what}", flush=True)
         return 0
     running: list[tuple[subprocess.Popen, float, str, list[PlannedRun]]] = []
     pending = list(zip(labels, batches, strict=True))

@@ -5,28 +5,46 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from experiments.runner.spec import make_run_spec
+from experiments.runner.spec import RunSpec, make_run_spec
 from experiments.suite.presets import Preset, PresetRuns
 
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run to train: what ``python -m experiments.run`` gets and where its manifest lies."""
+    """A run (its :class:`~experiments.runner.spec.RunSpec`) placed in a results tree, with the processes
+    it asks for; everything else is read from the spec."""
 
-    workload: str  # the workload's name (a workload file's 'name' key; its path is in ``args``)
-    optimizer: str
-    seed: int
-    run_id: str
-    args: tuple[str, ...]  # the per-run arguments of ``python -m experiments.run``
+    spec: RunSpec
     manifest: Path  # <results>/runs/<workload>/<run_id>.json; the CSV is next to it (.csv)
-    data_key: str = ""  # runs with equal (workload, seed, data_key) can share a lockstep process
     nproc: int = 1  # data-parallel processes asked for (torchrun; experiments/suite/execution.py: launch_width)
 
     @property
+    def workload(self) -> str:
+        """The workload's name (a workload file's ``name`` key)."""
+        return self.spec.workload.name
+
+    @property
+    def optimizer(self) -> str:
+        return self.spec.optimizer
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The arguments of ``python -m experiments.run`` that train it alone."""
+        return tuple(self.spec.cli_args())
+
+    @property
     def group_key(self) -> tuple[str, int, str]:
-        return (self.workload, self.seed, self.data_key)
+        """Runs with equal keys (workload, seed, data) can share a lockstep process."""
+        return (self.workload, self.seed, json.dumps(self.spec.workload.to_dict()["data"], sort_keys=True))
 
 
 def is_dotted_path(name: str) -> bool:
@@ -81,19 +99,5 @@ def plan(preset: Preset, seeds: list[int] | None = None, workloads: list[str] | 
                     continue
                 spec = make_run_spec(entry.workload_arg, name, seed, overrides=entry.set, epochs=entry.epochs,
                                      max_iters=entry.max_iters)
-                args = ["--workload", entry.workload_arg, "--optimizer", name, "--seed", str(seed)]
-                if entry.epochs is not None:
-                    args += ["--epochs", str(entry.epochs)]
-                if entry.max_iters is not None:
-                    args += ["--max-iters", str(entry.max_iters)]
-                if entry.set:
-                    args += ["--set", *(f"{key}={cli_value(value)}" for key, value in entry.set.items())]
-                data_key = json.dumps(spec.workload.to_dict()["data"], sort_keys=True)
-                out.append(PlannedRun(entry.workload, name, seed, spec.run_id, tuple(args),
-                                      spec.manifest_path(runs_dir), data_key, entry.nproc_per_node))
+                out.append(PlannedRun(spec, spec.manifest_path(runs_dir), entry.nproc_per_node))
     return out
-
-
-def cli_value(value: Any) -> str:
-    """A ``--set`` value as the runner parses it: strings as they are, everything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)

@@ -92,7 +92,7 @@ def test_bf16_lockstep_run_trains_under_autocast_and_records_it(tmp_path: Path) 
         manifest = _manifest(tmp_path, spec.run_id)
         assert manifest["status"] == "finished" and manifest["config"]["amp"] == "bf16"
         assert manifest["amp"] == {"dtype": "bf16", "skipped_steps": 0}
-        assert "--amp bf16" in manifest["command"]  # the command that reproduces the run alone
+        assert "amp=bf16" in manifest["command"]  # the command that reproduces the run alone (--set amp=bf16)
     bf16 = _losses(tmp_path, make_run_spec("mnist1d-mlp", "sgd", 0, overrides={"eval_interval": 6, "amp": "bf16"},
                                            max_iters=12).run_id)
     fp32 = _losses(tmp_path, make_run_spec("mnist1d-mlp", "sgd", 0, overrides={"eval_interval": 6},
@@ -102,10 +102,13 @@ def test_bf16_lockstep_run_trains_under_autocast_and_records_it(tmp_path: Path) 
     assert bf16[0] != fp32[0] and abs(bf16[0] - fp32[0]) < 0.05 * fp32[0]
 
 
-def test_group_entries_take_amp(tmp_path: Path) -> None:
-    group = [["--workload", "mnist1d-mlp", "--optimizer", "sgd", "--max-iters", "3", "--amp", "bf16"],
-             ["--workload", "mnist1d-mlp", "--optimizer", "adam", "--max-iters", "3", "--set", "amp=bf16"]]
-    assert run.main(["--group", json.dumps(group), "--out", str(tmp_path / "runs"), "--checkpoint-dir",
+def test_spec_requests_take_amp(tmp_path: Path) -> None:
+    files = []
+    for name in ("sgd", "adam"):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps({"workload": "mnist1d-mlp", "optimizer": name, "seed": 0, "max_iters": 3,
+                                         "overrides": {"amp": "bf16"}}))
+    assert run.main(["--spec", *map(str, files), "--out", str(tmp_path / "runs"), "--checkpoint-dir",
                      str(tmp_path / "ck"), "--no-progress", "--threads", "1"]) == 0
     manifests = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs" / "mnist1d-mlp").glob("*.json"))]
     assert sorted(m["optimizer"] for m in manifests) == ["adam", "sgd"]

@@ -201,11 +201,15 @@ def test_dotted_optimizers_train_log_and_record_like_builtins(tmp_path: Path) ->
     assert first[0] == second[0] and first[1:] != second[1:]
 
 
-def test_lockstep_group_takes_import_paths(tmp_path: Path) -> None:
-    """``--group`` (what the suite launches) accepts an import path beside a built-in name."""
-    entry = ["--workload", "mnist1d-mlp", "--seed", "0", "--max-iters", "3", "--set", *TINY]
-    group = json.dumps([[*entry, "--optimizer", "torch.optim:NAdam"], [*entry, "--optimizer", "adam"]])
-    assert run.main(["--group", group, "--out", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
+def test_lockstep_specs_take_import_paths(tmp_path: Path) -> None:
+    """``--spec`` (what the suite launches) accepts an import path beside a built-in name."""
+    overrides = dict(item.split("=", 1) for item in TINY)
+    files = []
+    for name in ("torch.optim:NAdam", "adam"):
+        files.append(tmp_path / f"{name.replace(':', '_')}.json")
+        files[-1].write_text(json.dumps({"workload": "mnist1d-mlp", "optimizer": name, "seed": 0, "max_iters": 3,
+                                         "overrides": {k: json.loads(v) for k, v in overrides.items()}}))
+    assert run.main(["--spec", *map(str, files), "--out", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
     manifests = {json.loads(p.read_text())["optimizer"]: json.loads(p.read_text())
                  for p in (tmp_path / "mnist1d-mlp").glob("*.json")}
     assert set(manifests) == {"torch.optim:NAdam", "adam"}

@@ -160,10 +160,14 @@ def test_bad_groups_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -
                        DistContext(world_size=2))
     assert run.main(["--workload", "mnist1d-mlp", "--optimizer", "sgd", "sgd", "--out", str(tmp_path)]) == 2
     assert "same run twice" in capsys.readouterr().err
-    assert run.main(["--group", "not json", "--out", str(tmp_path)]) == 2
-    assert "--group" in capsys.readouterr().err
-    assert run.main(["--group", '[["--workload", "mnist1d-mlp"]]', "--out", str(tmp_path)]) == 2
-    assert "--optimizer" in capsys.readouterr().err
+    specs = tmp_path.parent / f"{tmp_path.name}-specs"  # outside the runs folder, which must stay empty
+    specs.mkdir()
+    (specs / "bad.json").write_text("not json")
+    assert run.main(["--spec", str(specs / "bad.json"), "--out", str(tmp_path)]) == 2
+    assert "--spec" in capsys.readouterr().err
+    (specs / "short.json").write_text('{"workload": "mnist1d-mlp"}')
+    assert run.main(["--spec", str(specs / "short.json"), "--out", str(tmp_path)]) == 2
+    assert "optimizer" in capsys.readouterr().err
     assert run.main(["--workload", "mnist1d-mlp", "--optimizer", "sgd", "nope", "--out", str(tmp_path)]) == 2
     assert "optimizer must be one of" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written

@@ -70,12 +70,12 @@ def test_multi_gpu_runs_go_through_torchrun_or_one_process() -> None:
     cmd = run_command([imagenet[0]], opts, gpus=8)
     assert cmd[1:8] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m",
                         "experiments.run"]
-    assert cmd[8:10] == ["--workload", "imagenet-resnet50"]
+    assert cmd[8] == "--spec" and json.loads(Path(cmd[9]).read_text())["workload"] == "imagenet-resnet50"
     assert run_command([imagenet[0]], opts, gpus=2)[5] == "2"
     for gpus in (0, 1):  # no GPUs, or one: the same run in one process
         assert run_command([imagenet[0]], opts, gpus=gpus)[1:3] == ["-m", "experiments.run"]
     cifar = next(p for p in parts if len(p) == 6)
-    assert run_command(cifar, opts, gpus=8)[1:4] == ["-m", "experiments.run", "--group"]
+    assert run_command(cifar, opts, gpus=8)[1:4] == ["-m", "experiments.run", "--spec"]
     assert [launch_width(4, g) for g in (0, 1, 2, 3, 4, 8)] == [1, 1, 2, 3, 4, 4]
 
 
@@ -93,7 +93,8 @@ def test_suite_data_dir_set_and_max_iters_reach_every_run(capsys: pytest.Capture
     assert suite.main(["--preset", "paper", "--dry-run", "--out", "/tmp/never", "--data-dir", "/data",
                        "--max-iters", "3", "--set", "batch_size=8", "--workloads", "cifar100-deit"]) == 0
     out = capsys.readouterr().out
-    assert "data.dir=/data" in out and '"--max-iters", "3"' in out and "batch_size=8" in out
+    assert "data.dir=/data" in out and "--max-iters 3" in out and "batch_size=8" in out
+    assert not Path("/tmp/never").exists()  # a dry run writes nothing
     assert "imagenet" not in out
 
 

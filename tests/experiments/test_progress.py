@@ -1,10 +1,12 @@
 """The suite's progress lines (experiments/suite/progress.py): read from run CSVs and manifests."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from experiments.runner.csvlog import RUN_COLUMNS
+from experiments.runner.spec import make_run_spec
 from experiments.suite import cli as suite
 from experiments.suite.planning import PlannedRun
 from experiments.suite.progress import ProgressReporter, format_duration, group_losses, iterations_done, smoothed_loss
@@ -25,7 +27,7 @@ def write_run(folder, run_id, iterations, total=1000, partial=False, losses=None
     if partial:
         text += f"{run_id},w,sgd,0,train,1.0,99"  # a row still being written
     (folder / f"{run_id}.csv").write_text(text)
-    return PlannedRun("w", optimizer, 0, run_id, (), manifest)
+    return PlannedRun(replace(make_run_spec("mnist1d-mlp", optimizer, 0), run_id=run_id), manifest)
 
 
 def test_iterations_done_reads_the_last_complete_row(tmp_path) -> None:
@@ -83,7 +85,7 @@ def test_a_run_that_ended_does_not_hold_the_line_back(tmp_path) -> None:
 
 
 def test_each_manifest_is_read_once_per_line_and_a_failed_run_has_ended(tmp_path, monkeypatch) -> None:
-    from experiments import progress
+    from experiments.suite import progress
 
     failed = write_run(tmp_path, "failed", [7])
     failed.manifest.write_text(json.dumps({"total_iters": 1000, "status": "failed"}))
@@ -128,7 +130,7 @@ def test_reporter_before_the_first_logged_iteration(tmp_path) -> None:
 
 
 def test_unreadable_files_never_stop_the_suite(tmp_path, monkeypatch) -> None:
-    from experiments import progress
+    from experiments.suite import progress
 
     run = write_run(tmp_path, "r", [5])
     run.manifest.write_text(json.dumps([1, 2]))  # not an object: no total

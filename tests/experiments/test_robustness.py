@@ -223,7 +223,7 @@ def test_a_preset_names_workload_files_relative_to_its_folder_then_the_current_o
     assert suite.main(["--preset", str(preset_path), "--out", str(out), "--dry-run", "--workloads", "wl-here"]) == 0
     text = capsys.readouterr().out
     spec = make_run_spec(str(here), "sgd", 0, overrides={"eval_interval": 1}, max_iters=2)
-    assert f"{spec.run_id}: would run -m experiments.run --workload {here.resolve()} " in text
+    assert f"{spec.run_id}: would run --workload {here.resolve()} " in text
     assert "wl-beside" not in text
 
 

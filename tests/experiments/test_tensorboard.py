@@ -76,7 +76,7 @@ def test_event_files_hold_the_csv_numbers_one_folder_per_run(tmp_path: Path, opt
 def test_nothing_is_written_to_tensorboard_inside_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run.advance reads time.perf_counter when its clock starts and when it stops: every TensorBoard
     write must come while the clock is stopped."""
-    from experiments import trainer
+    from experiments.runner import training as trainer
     from experiments.runner.tensorboard_log import TensorBoardLog
 
     clock = {"running": False, "writes": 0, "in_clock": 0}
