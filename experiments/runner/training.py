@@ -23,7 +23,6 @@ Under torchrun the model trains under DDP, or sharded by ``fully_shard`` when :a
 
 from __future__ import annotations
 
-import csv
 import os
 import random
 import sys
@@ -34,25 +33,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
-from experiments.runner.amp import AmpError, MixedPrecision
-from experiments.runner.checkpoint import CheckpointStore, rng_state, set_rng_state
+from experiments.runner.build import build_parts
+from experiments.runner.checkpoint import CheckpointStore
 from experiments.runner.csvlog import CsvLog
 from experiments.runner.dist_context import DistContext
 from experiments.runner.evaluate import evaluate
-from experiments.runner.fsdp import EvenTestBatches, load_sharded_state, shard_model, sharded_state
-from experiments.runner.manifest import Manifest, device_description, git_state, is_finished, now_iso
-from experiments.runner.preflight import build_checked_model, build_checked_optimizer
-from experiments.runner.schema import CURVATURE_COLUMNS, RUN_COLUMNS, RunRow
+from experiments.runner.manifest import device_description, git_state, is_finished
+from experiments.runner.recording import ManifestSink, Recorder, RecordGather, Sink, TensorBoardSink
+from experiments.runner.resume import restore, snapshot
+from experiments.runner.schema import RunRow
 from experiments.runner.spec import RunSpec
-from experiments.runner.tensorboard_log import TensorBoardLog
 from experiments.workloads.data import build_data
 from experiments.workloads.data.base import DataSource
-from experiments.workloads.data.sampling import iterations_per_epoch
-from experiments.workloads.schedule import LRSchedule
 
 # Torch CPU threads per process unless told otherwise: measured, not assumed, by
 # `python -m experiments.bench.threads` (results/threads/), idle and beside other work.
@@ -94,77 +88,11 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _optimizer_settings(spec: RunSpec, ctx: DistContext, sharded: bool = False) -> dict[str, Any]:
-    from baselines import config_class
-
-    settings = dict(spec.optimizer_settings)
-    # optimizers that distribute their curvature work (mlbfgs blocks, K-FAC inversions) take the group;
-    # on sharded (fully_shard) parameters the mesh gives it
-    if ctx.enabled and not sharded and "process_group" in getattr(config_class(spec.optimizer), "__dataclass_fields__",
-                                                                  {}):
-        settings["process_group"] = dist.group.WORLD
-    return settings
-
-
 def _resolved_optimizer_config(spec: RunSpec) -> dict[str, Any]:
     """The registry defaults updated by the run's settings: every hyper-parameter the optimizer used."""
     from baselines import default_config
 
     return {**default_config(spec.optimizer), **spec.optimizer_settings}
-
-
-class _CurvatureLog:
-    """The curvature CSV, created on the first record (most optimizers never write one)."""
-
-    def __init__(self, path: Path, resume_offset: int | None, resuming: bool, max_rows: int) -> None:
-        self.path = path
-        self.max_rows = max_rows
-        self.log: CsvLog | None = None
-        if resuming and resume_offset is not None:  # a file begun before a column was added keeps its header
-            with open(path, newline="") as f:
-                columns = next(csv.reader(f), CURVATURE_COLUMNS)
-            self.log = CsvLog(path, columns, resume_offset=resume_offset, max_rows=max_rows)
-        elif path.exists():
-            path.unlink()
-
-    def write(self, run_id: str, iteration: int, records: list[dict[str, Any]]) -> None:
-        if self.log is None:
-            self.log = CsvLog(self.path, CURVATURE_COLUMNS, max_rows=self.max_rows)
-        columns = self.log.columns
-        for rec in records:
-            row = {"run_id": run_id, "iteration": iteration, **rec}
-            self.log.write_values([row.get(c) for c in columns])
-
-    def offset(self) -> int | None:
-        return None if self.log is None else self.log.offset()
-
-    def close(self) -> None:
-        if self.log is not None:
-            self.log.close()
-
-
-class _RecordGather:
-    """Distributed runs: each rank sees the pairs of its own blocks only. Records wait on every rank
-    and are gathered to rank 0 at checkpoints and at the end (one collective each), in iteration order."""
-
-    def __init__(self, ctx: DistContext) -> None:
-        self.ctx = ctx
-        self.pending: list[tuple[int, dict[str, Any]]] = []
-
-    def add(self, iteration: int, records: list[dict[str, Any]]) -> None:
-        self.pending.extend((iteration, rec) for rec in records)
-
-    def gather(self, sink: _CurvatureLog | None, run_id: str) -> None:
-        local = [(it, {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in rec.items()})
-                 for it, rec in self.pending]
-        self.pending = []
-        parts: list[Any] = [None] * self.ctx.world_size
-        dist.all_gather_object(parts, local)
-        if sink is None:
-            return
-        merged = sorted((item for part in parts for item in part), key=lambda item: (item[0], item[1]["block"]))
-        for iteration, rec in merged:
-            sink.write(run_id, iteration, [rec])
 
 
 def skip_finished(spec: RunSpec, opts: RunOptions) -> dict[str, Any] | None:
@@ -175,7 +103,8 @@ def skip_finished(spec: RunSpec, opts: RunOptions) -> dict[str, Any] | None:
 
 
 class Run:
-    """The state of one run: model, optimizer, schedule, logs, clocks, checkpoint store.
+    """One run: its parts (:mod:`experiments.runner.build`), where it stands (:mod:`experiments.runner.resume`)
+    and its records (:mod:`experiments.runner.recording`), advanced one iteration at a time.
 
     Construct it with the global RNGs in the state a fresh process reaches after seeding and loading
     the data (what :func:`train` does); it builds the model and optimizer from them, or restores its
@@ -184,95 +113,50 @@ class Run:
 
     def __init__(self, spec: RunSpec, opts: RunOptions, ctx: DistContext, data: DataSource) -> None:
         self.spec, self.opts, self.ctx, self.data = spec, opts, ctx, data
-        cfg = spec.workload
         self.store = CheckpointStore(spec.checkpoint_dir(opts.checkpoint_root), ctx.rank, ctx.world_size,
                                      sharded=opts.fsdp)
         if opts.force:
             ctx.barrier()
             self.store.clear()
             ctx.barrier()
-        self.raw_model = build_checked_model(spec, data.input_shape, data.num_classes).to(ctx.device)
-        self.model: nn.Module = self.raw_model
-        self.eval_data: DataSource = data
-        if opts.fsdp:  # sharded in place: the model's forward pass gathers the weights on every rank
-            self.model = self.raw_model = shard_model(self.raw_model, ctx.device)
-            self.eval_data = EvenTestBatches(data, ctx.device)  # type: ignore[assignment]
-        elif ctx.enabled:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.raw_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
-            )
-        self.ipe = iterations_per_epoch(data.num_train, cfg.batch_size, ctx.world_size)
-        total = cfg.epochs * self.ipe
-        self.total = total if spec.max_iters is None else min(total, spec.max_iters)
-        self.eval_interval = cfg.eval_interval or self.ipe
-        self.opt = build_checked_optimizer(spec, self.raw_model, _optimizer_settings(spec, ctx, opts.fsdp))
-        if opts.fsdp and self.opt.state_dict()["extra"]:
-            raise ValueError(f"--fsdp: optimizer {spec.optimizer!r} keeps state outside its torch.optim.Optimizer, "
-                             "which the sharded checkpoints do not save")
-        if cfg.amp == "fp16" and (self.opt.grad_evals_per_step != 1.0 or getattr(self.opt, "needs_closure", False)):
-            raise AmpError(f"{spec.run_id}: amp 'fp16' (loss scaling) needs one gradient evaluation per step; "
-                           f"{spec.optimizer} evaluates {self.opt.grad_evals_per_step:g} (or calls its closure "
-                           "itself): use amp 'bf16' (no scaling)")
-        self.amp = MixedPrecision(cfg.amp, ctx.device, self.opt.optimizer)
-        self.schedule = LRSchedule(self.opt.optimizer, cfg.schedule, self.total)
-
-        self.iteration, self.wall, self.cpu = 0, 0.0, 0.0
-        self.offsets: dict[str, int | None] = {"run": None, "curvature": None}
-        resume_at = self.store.latest_iteration()
-        if resume_at is not None and ctx.is_main and not spec.csv_path(opts.out).exists():
-            print(f"[{spec.run_id}] checkpoint without its CSV: starting over", file=sys.stderr)
-            resume_at = None
-        if resume_at is not None:
-            payload = self.store.load(resume_at, ctx.device)
-            if payload["run_id"] != spec.run_id or payload["total_iters"] != self.total:
-                raise ValueError(
-                    f"checkpoint in {self.store.dir} belongs to a different run (run id {payload['run_id']}, "
-                    f"{payload['total_iters']} iterations); use --force to start over"
-                )
-            if opts.fsdp:  # the shards through torch.distributed.checkpoint; the counters from this rank's file
-                state = sharded_state(self.raw_model, self.opt.optimizer)
-                self.store.load_sharded(resume_at, state)
-                load_sharded_state(self.raw_model, self.opt.optimizer, state)
-                self.opt.grad_evals = int(payload["optimizer"]["grad_evals"])
-            else:
-                self.raw_model.load_state_dict(payload["model"])
-                self.opt.load_state_dict(payload["optimizer"])
-            set_rng_state(payload["rng"], ctx.device)
-            self.iteration, self.wall, self.offsets = payload["iteration"], payload["wall_s"], payload["offsets"]
-            self.cpu = payload.get("cpu_s", 0.0)
-            if self.amp.enabled:
-                self.amp.load_state_dict(payload["amp"])
-        self.resumed_from = resume_at
-
-        self.run_log: CsvLog | None = None
-        self.curv_log: _CurvatureLog | None = None
-        self.tensorboard: TensorBoardLog | None = None
-        self.manifest: Manifest | None = None
-        if ctx.is_main:
-            self._open_logs(resume_at)
-        self.lr = self.schedule.apply(max(self.iteration - 1, 0))
-        self.last_eval: dict[str, float] = {}
+        self.parts = parts = build_parts(spec, ctx, data, opts.fsdp)
+        self.raw_model, self.model, self.opt, self.amp = parts.raw_model, parts.model, parts.opt, parts.amp
+        self.eval_data = parts.eval_data
+        self.ipe, self.total, self.eval_interval = parts.iterations_per_epoch, parts.total, parts.eval_interval
+        self.progress = restore(parts, self.store, spec, ctx, spec.csv_path(opts.out).exists(), opts.fsdp)
+        self.resumed_from = self.progress.resumed_from
         # with block sharding each rank sees the pairs of its own blocks; row-sharded (fsdp) every rank sees all
-        self.gatherer = _RecordGather(ctx) if ctx.enabled and not opts.fsdp else None
+        gather = RecordGather(ctx) if ctx.enabled and not opts.fsdp else None
+        self.recorder = Recorder(spec.run_id, spec.csv_path(opts.out), spec.curvature_path(opts.out),
+                                 self.progress.offsets, self.resumed_from is not None, opts.flush_rows,
+                                 self._sinks() if ctx.is_main else [], ctx.is_main, gather)
+        self.lr = parts.schedule.apply(max(self.iteration - 1, 0))
+        self.last_eval: dict[str, float] = {}
         self.diverged = False
         self.error: str | None = None
         self._batches = None
-        self._ident_cells = [spec.run_id, cfg.name, spec.optimizer, spec.seed]
+        self._ident_cells = [spec.run_id, spec.workload.name, spec.optimizer, spec.seed]
         self._host_loss = ctx.device.type == "cpu"
-        self._log_interval = cfg.log_interval
+        self._log_interval = spec.workload.log_interval
         self._params = list(self.raw_model.parameters())
         self._saved_at = time.monotonic()
         self._sync = ctx.device.type == "cuda"  # CUDA work is asynchronous: wait for it inside the clock
 
-    def _open_logs(self, resume_at: int | None) -> None:
+    # where the run stands (the checkpoint holds it)
+    iteration = property(lambda self: self.progress.iteration)
+    wall = property(lambda self: self.progress.wall)
+    cpu = property(lambda self: self.progress.cpu)
+
+    @property
+    def run_log(self) -> CsvLog | None:
+        """The run CSV's writer (rank 0 only)."""
+        return self.recorder.run_log
+
+    def _sinks(self) -> list[Sink]:
         spec, opts, ctx, cfg = self.spec, self.opts, self.ctx, self.spec.workload
+        sinks: list[Sink] = []
         if opts.tensorboard is not None:
-            self.tensorboard = TensorBoardLog(opts.tensorboard / spec.run_id, RUN_COLUMNS, resume_at)
-        self.run_log = CsvLog(spec.csv_path(opts.out), RUN_COLUMNS, resume_offset=self.offsets["run"],
-                              max_rows=opts.flush_rows,
-                              on_flush=None if self.tensorboard is None else self.tensorboard.write_rows)
-        self.curv_log = _CurvatureLog(spec.curvature_path(opts.out), self.offsets["curvature"],
-                                      resume_at is not None, opts.flush_rows)
+            sinks.append(TensorBoardSink(opts.tensorboard / spec.run_id, self.resumed_from))
         base = {
             "run_id": spec.run_id, "workload": cfg.name, "optimizer": spec.optimizer, "seed": spec.seed,
             "config": cfg.to_dict(), "optimizer_settings": spec.optimizer_settings,
@@ -289,9 +173,8 @@ class Run:
             base["amp"] = self.amp.record()
         if opts.mode == "lockstep":
             base["lockstep"] = {"group": list(opts.group), "command": opts.group_command}
-        self.manifest = Manifest(spec.manifest_path(opts.out), base, resume_at)
-        self.manifest.update(iterations_done=self.iteration)
-        self.manifest.save()
+        sinks.append(ManifestSink(spec.manifest_path(opts.out), base, self.resumed_from, self.iteration))
+        return sinks
 
     @property
     def done(self) -> bool:
@@ -311,37 +194,21 @@ class Run:
         with self.amp.autocast():
             loss, acc, secs = evaluate(self.raw_model, self.eval_data, self.spec.workload.eval_batch_size, self.ctx)
         self.last_eval.update(test_loss=loss, test_acc=acc)
-        if self.run_log is not None:
-            self.run_log.write_values(RunRow(
-                *self._ident_cells, "eval", round(self.iteration / self.ipe, 6), self.iteration, lr=self.lr,
-                wall_s=round(self.wall, 6), cpu_s=round(self.cpu, 6), grad_evals=self.opt.grad_evals,
-                test_loss=loss, test_acc=acc, eval_s=round(secs, 6)))
+        self.recorder.row(RunRow(
+            *self._ident_cells, "eval", round(self.iteration / self.ipe, 6), self.iteration, lr=self.lr,
+            wall_s=round(self.wall, 6), cpu_s=round(self.cpu, 6), grad_evals=self.opt.grad_evals,
+            test_loss=loss, test_acc=acc, eval_s=round(secs, 6)))
 
     def _checkpoint(self) -> None:
-        if self.gatherer is not None:
-            self.gatherer.gather(self.curv_log, self.spec.run_id)
-        if self.run_log is not None:
-            self.offsets["run"] = self.run_log.offset()
-            self.offsets["curvature"] = self.curv_log.offset()
-        sharded = None
-        if self.opts.fsdp:  # model and optimizer through torch.distributed.checkpoint, the rest per rank
-            sharded = sharded_state(self.raw_model, self.opt.optimizer)
-            model_state, opt_state = None, {"name": self.opt.name, "grad_evals": self.opt.grad_evals}
-        else:
-            model_state, opt_state = self.raw_model.state_dict(), self.opt.state_dict()
-        payload = {"run_id": self.spec.run_id, "iteration": self.iteration, "total_iters": self.total,
-                   "wall_s": self.wall, "cpu_s": self.cpu, "model": model_state,
-                   "optimizer": opt_state, "rng": rng_state(self.ctx.device),
-                   "offsets": dict(self.offsets), "saved_at": now_iso()}
-        if self.amp.enabled:
-            payload["amp"] = self.amp.state_dict()
+        self.progress.offsets = self.recorder.offsets()
+        payload, sharded = snapshot(self.parts, self.progress, self.spec, self.ctx, self.opts.fsdp)
         self.store.save(self.iteration, payload, self.ctx.barrier, sharded)
         self._saved_at = time.monotonic()
-        if self.manifest is not None:
-            self.manifest.update(iterations_done=self.iteration, train_s=round(self.wall, 3), cpu_s=round(self.cpu, 3))
-            if self.amp.enabled:
-                self.manifest.update(amp=self.amp.record())
-            self.manifest.save()
+        fields: dict[str, Any] = {"iterations_done": self.iteration, "train_s": round(self.wall, 3),
+                                  "cpu_s": round(self.cpu, 3)}
+        if self.amp.enabled:
+            fields["amp"] = self.amp.record()
+        self.recorder.progress(fields)
 
     def start(self) -> None:
         """The evaluation at iteration 0 of a new run (outside the clock); puts the model in train mode."""
@@ -355,7 +222,7 @@ class Run:
         if self._batches is None:
             self._batches = self._batch_stream()
         x, y = next(self._batches)
-        self.lr = self.schedule.apply(self.iteration)
+        self.lr = self.parts.schedule.apply(self.iteration)
         raw_model, model, params, amp, opt = self.raw_model, self.model, self._params, self.amp, self.opt
 
         def closure(backward: bool = True) -> torch.Tensor:
@@ -371,34 +238,32 @@ class Run:
             return loss.detach()
 
         loss = self.ctx.mean(self.opt.step(closure))  # the global batch's loss (each rank sees its shard)
-        self.iteration += 1
-        iteration = self.iteration
+        progress = self.progress
+        progress.iteration += 1
+        iteration = progress.iteration
         records = self.opt.curvature_records()
         if self._sync:
             torch.cuda.synchronize(self.ctx.device)
         # the clocks stop here, before logging; the CPU clock is a system call, read twice per iteration
         cpu1, wall1 = time.process_time(), time.perf_counter()
-        self.wall += wall1 - wall0
-        self.cpu += cpu1 - cpu0
-        if self.run_log is not None:
-            if iteration % self._log_interval == 0 or iteration == self.total:
-                # on the CPU the loss is read at once (nothing to wait for); on a GPU it stays a tensor until
-                # the log flushes (one device sync per flush instead of one per step)
-                value = loss.item() if self._host_loss else loss
-                self.run_log.write_values(RunRow(
-                    *self._ident_cells, "train", round(iteration / self.ipe, 6), iteration, train_loss=value,
-                    lr=self.lr, wall_s=round(self.wall, 6), grad_evals=self.opt.grad_evals, cpu_s=round(self.cpu, 6)))
-            if records and self.gatherer is None:
-                self.curv_log.write(self.spec.run_id, iteration, records)
-        if records and self.gatherer is not None:
-            self.gatherer.add(iteration, records)
+        progress.wall += wall1 - wall0
+        progress.cpu += cpu1 - cpu0
+        if iteration % self._log_interval == 0 or iteration == self.total:
+            # on the CPU the loss is read at once (nothing to wait for); on a GPU it stays a tensor until
+            # the log flushes (one device sync per flush instead of one per step)
+            value = loss.item() if self._host_loss else loss
+            self.recorder.row(RunRow(
+                *self._ident_cells, "train", round(iteration / self.ipe, 6), iteration, train_loss=value,
+                lr=self.lr, wall_s=round(self.wall, 6), grad_evals=self.opt.grad_evals, cpu_s=round(self.cpu, 6)))
+        if records:
+            self.recorder.curvature(iteration, records)
 
         if self.spec.workload.stop_on_nonfinite:
             if self.ctx.enabled:
                 if iteration % NONFINITE_CHECK_EVERY == 0 or iteration == self.total:
                     self.diverged = self.ctx.sum([0.0 if bool(torch.isfinite(loss)) else 1.0])[0] > 0
             else:  # a non-finite loss stays non-finite: the next logged row shows it
-                self.diverged = self.run_log.nonfinite_seen or (
+                self.diverged = self.recorder.nonfinite_seen or (
                     iteration == self.total and not bool(torch.isfinite(loss)))
         end = self.done
         if end or iteration % self.eval_interval == 0:
@@ -422,40 +287,29 @@ class Run:
         checkpoint), the logs are closed; returns the run's summary."""
         self.error = f"{type(err).__name__}: {err}"
         if self.ctx.is_main:
-            self.close_logs()
-            self.manifest.update(status="failed", end_time=now_iso(), error=self.error)
-            self.manifest.save()
+            self.recorder.end({"status": "failed", "error": self.error})
         return {"run_id": self.spec.run_id, "status": "failed", "error": self.error}
 
     def close_logs(self) -> None:
-        """Write what the logs buffer and close them: the CSVs, then the TensorBoard copy (again: nothing).
-        :meth:`finish` and :meth:`fail` call it, and so does a crash that ends the process."""
-        if self.run_log is not None:
-            self.run_log.close()
-        if self.curv_log is not None:
-            self.curv_log.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        """Write what the logs buffer and close them (again: nothing). :meth:`finish` and :meth:`fail` do it,
+        and so does a crash that ends the process."""
+        self.recorder.close()
 
     def finish(self) -> dict[str, Any]:
         """Close the logs, mark the manifest finished, drop the checkpoint; returns the run's summary."""
-        if self.gatherer is not None:
-            self.gatherer.gather(self.curv_log, self.spec.run_id)
+        self.recorder.gather()
         summary = {"run_id": self.spec.run_id, "status": "finished",
                    "outcome": "diverged" if self.diverged else "completed", "iterations": self.iteration,
                    "train_s": round(self.wall, 3), "cpu_s": round(self.cpu, 3), **self.last_eval}
         if self.error is not None:
             summary["error"] = self.error
         if self.ctx.is_main:
-            self.close_logs()
-            if self.amp.enabled:
-                self.manifest.update(amp=self.amp.record())
-            self.manifest.update(status="finished", end_time=now_iso(), iterations_done=self.iteration,
-                                 train_s=round(self.wall, 3), cpu_s=round(self.cpu, 3), outcome=summary["outcome"],
-                                 grad_evals=self.opt.grad_evals,
-                                 final_test_loss=self.last_eval.get("test_loss"),
-                                 final_test_acc=self.last_eval.get("test_acc"), error=self.error)
-            self.manifest.save()
+            fields: dict[str, Any] = {"amp": self.amp.record()} if self.amp.enabled else {}
+            self.recorder.end({**fields, "status": "finished", "iterations_done": self.iteration,
+                               "train_s": round(self.wall, 3), "cpu_s": round(self.cpu, 3),
+                               "outcome": summary["outcome"], "grad_evals": self.opt.grad_evals,
+                               "final_test_loss": self.last_eval.get("test_loss"),
+                               "final_test_acc": self.last_eval.get("test_acc"), "error": self.error})
         self.ctx.barrier()
         if not self.opts.keep_checkpoint:
             self.store.clear()
