@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,9 @@ class RunSpec:
             args += ["--set", *(f"{key}={cli_value(value)}" for key, value in overrides.items())]
         return args
 
-    @property
+    @cached_property
     def optimizer_settings(self) -> dict[str, Any]:
+        """The optimizer's keyword arguments for this run (resolved once, from the workload's sections)."""
         return self.workload.optimizer_settings(self.optimizer)
 
     def csv_path(self, out: str | Path) -> Path:
