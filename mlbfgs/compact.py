@@ -80,26 +80,16 @@ def apply_compact(
     g: torch.Tensor,
     p: torch.Tensor,
     c: torch.Tensor,
+    p_ready: bool = False,
 ) -> None:
     """In place: ``g <- H g = gamma g + SY^T (Wf (SY g))``. ``p`` and ``c`` are ``2m`` buffers and
-    ``gamma`` a 0-dim tensor (a Python float would be a constant to ``torch.compile``).
+    ``gamma`` a 0-dim tensor (a Python float would be a constant to ``torch.compile``). With ``p_ready``,
+    ``p`` holds ``SY g`` already (``history`` is one rank's rows and ``p`` was summed over the ranks).
 
     Allocates nothing: every product writes into a given buffer.
     """
-    torch.mv(history, g, out=p)
-    apply_compact_products_(history, wf, gamma, g, p, c)
-
-
-def apply_compact_products_(
-    history: torch.Tensor,
-    wf: torch.Tensor,
-    gamma: torch.Tensor,
-    g: torch.Tensor,
-    p: torch.Tensor,
-    c: torch.Tensor,
-) -> None:
-    """In place: ``g <- gamma g + SY^T (Wf p)`` given ``p = SY g`` (computed here by
-    :func:`apply_compact`, or summed over ranks when ``history`` holds one rank's rows)."""
+    if not p_ready:
+        torch.mv(history, g, out=p)
     torch.mv(wf, p, out=c)
     g.mul_(gamma).addmv_(history.t(), c)
 

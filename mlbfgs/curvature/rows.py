@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import state_keys as K
-from ..compact import apply_compact_products_
+from ..compact import apply_compact
 from ..config import CurvatureConfig
 from .history import close_push
 from .scaling import kl_factor_
@@ -185,8 +185,8 @@ class RowCurvature:
         over the ranks at the step's start)."""
         for b in phase.with_pairs:
             st = self.small[b]
-            apply_compact_products_(self.rows[b][K.HISTORY], st[K.COMPACT], st[K.GAMMA], self.grads[b], self.p[b],
-                                    self.c[b])
+            apply_compact(self.rows[b][K.HISTORY], st[K.COMPACT], st[K.GAMMA], self.grads[b], self.p[b], self.c[b],
+                          p_ready=True)
 
     @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def assemble_(self, flat: torch.Tensor, phase: StepPhase, config: CurvatureConfig,
