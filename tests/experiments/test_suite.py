@@ -124,7 +124,7 @@ def test_lockstep_groups_share_workload_seed_and_data() -> None:
     lock = groups(runs, "lockstep")
     assert [len(g) for g in lock] == [5, 5, 5, 5]
     for g in lock:
-        assert len({(r.workload, r.seed, r.data_key) for r in g}) == 1
+        assert len({r.group_key for r in g}) == 1
     assert [len(g) for g in groups(runs, "separate")] == [1] * 20
     with pytest.raises(ValueError, match="mode must be one of"):
         groups(runs, "parallel")
