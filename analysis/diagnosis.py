@@ -84,7 +84,8 @@ def diagnosis_summary(data: tuple[pd.DataFrame, pd.DataFrame], reference: str = 
     rows = []
     for (workload, variant), sub in runs.groupby(["workload", "variant"], sort=True):
         acc = mean_interval(sub["final_test_acc"].tolist())
-        ref = runs[(runs["workload"] == workload) & (runs["variant"] == reference)]["final_test_acc"].tolist()
+        # the reference is an optimizer, whatever settings label its variant (e.g. its tuned momentum)
+        ref = runs[(runs["workload"] == workload) & (runs["optimizer"] == reference)]["final_test_acc"].tolist()
         diff = difference_interval(sub["final_test_acc"].tolist(), ref)
         mine = steps[steps["variant"] == variant]
         rows.append({
@@ -92,7 +93,7 @@ def diagnosis_summary(data: tuple[pd.DataFrame, pd.DataFrame], reference: str = 
             "seeds": int(sub["seed"].nunique()),
             "final_test_acc": acc.value, "final_test_acc_low": acc.low, "final_test_acc_high": acc.high,
             "delta_vs_reference": diff.value, "delta_low": diff.low, "delta_high": diff.high,
-            "verdict": verdict(diff) if variant != reference and ref else "",
+            "verdict": verdict(diff) if sub["optimizer"].iloc[0] != reference and ref else "",
             "final_train_loss": float(sub["final_train_loss"].mean()),
             "blocks": int(mine["blocks"].max()) if len(mine) else 0,
             "damped_mu_spread_median": float(mine["spread"].median()) if len(mine) else np.nan,
@@ -118,7 +119,7 @@ def diagnosis_markdown(summary: pd.DataFrame, reference: str = REFERENCE) -> str
               "final train loss", "blocks", "mu spread", "classifier step share", "classifier grad share"]
     body = []
     for r in summary.itertuples():
-        delta = "–" if not np.isfinite(r.delta_vs_reference) or r.configuration == reference else (
+        delta = "–" if not np.isfinite(r.delta_vs_reference) or r.optimizer == reference else (
             f"{r.delta_vs_reference:+.4f} [{r.delta_low:+.4f}, {r.delta_high:+.4f}]")
         body.append([r.workload, f"`{r.configuration}`", str(r.seeds),
                      f"{fmt(r.final_test_acc, 4)} [{fmt(r.final_test_acc_low, 4)}, {fmt(r.final_test_acc_high, 4)}]",

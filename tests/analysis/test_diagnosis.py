@@ -10,7 +10,7 @@ from analysis.diagnosis import diagnosis_markdown, diagnosis_summary, plot_block
 
 def _data() -> tuple[pd.DataFrame, pd.DataFrame]:
     runs = pd.DataFrame({
-        "workload": ["w"] * 6, "variant": ["mlbfgs blocks=layer"] * 3 + ["sgd_normalized"] * 3,
+        "workload": ["w"] * 6, "variant": ["mlbfgs blocks=layer"] * 3 + ["sgd_normalized momentum=0.94"] * 3,
         "optimizer": ["mlbfgs"] * 3 + ["sgd_normalized"] * 3, "seed": [0, 1, 2] * 2, "config": ["a"] * 3 + ["b"] * 3,
         "final_test_acc": [0.87, 0.88, 0.875, 0.92, 0.925, 0.922], "final_train_loss": [0.3] * 3 + [0.1] * 3,
     })
@@ -36,7 +36,7 @@ def test_summary_names_the_starved_block_and_the_verdict() -> None:
     assert np.isclose(ours["last_block_step_share_median"], 0.01)
     assert np.isclose(ours["last_block_grad_share_median"], 0.8)
     assert ours["verdict"] == "worse" and ours["delta_high"] < 0
-    assert summary.iloc[0]["configuration"] == "sgd_normalized"  # sorted by accuracy
+    assert summary.iloc[0]["configuration"] == "sgd_normalized momentum=0.94"  # sorted by accuracy
     text = diagnosis_markdown(summary)
     assert "worse" in text and "`mlbfgs blocks=layer`" in text
 
