@@ -344,7 +344,7 @@ class MLBFGS(Optimizer):
             self._form_pairs(buf, phase)
             phase = self._with_pairs(phase)
         buf.curvature.precondition_(phase, self.config)
-        self.last_pairs = buf.curvature.assemble_(buf.flat, phase, self.config, self.last_pairs)
+        buf.curvature.assemble_(buf.flat, phase, self.config, self.last_pairs)  # no setattr here: traced
         F.momentum_update_(buf, self.param_groups)
         return loss
 

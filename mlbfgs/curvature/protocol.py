@@ -52,7 +52,7 @@ class Curvature(Protocol):
         ...
 
     def assemble_(self, flat: torch.Tensor, phase: StepPhase, config: CurvatureConfig,
-                  records: list[PairRecord]) -> list[PairRecord]:
-        """Phases 5-6: exchange the directions and rescale them; returns ``records`` with their
-        direction shares where known."""
+                  records: list[PairRecord]) -> None:
+        """Phases 5-6: exchange the directions and rescale them; ``records`` (this step's pairs) get their
+        direction shares in place where they are known."""
         ...

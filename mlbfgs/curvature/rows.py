@@ -190,13 +190,12 @@ class RowCurvature:
 
     @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def assemble_(self, flat: torch.Tensor, phase: StepPhase, config: CurvatureConfig,
-                  records: list[PairRecord]) -> list[PairRecord]:
+                  records: list[PairRecord]) -> None:
         """The rescaling from replicated numbers (every rank gets the same factor), then the exchange
         of the rows' directions (DDP; nothing under FSDP2). Direction shares are not known here."""
         if phase.active:
             self._rescale(config, flat, phase.blocks, phase.with_pairs)
         self.distributor.all_gather(flat, self.layout)
-        return records
 
     def _rescale(self, config: CurvatureConfig, flat: torch.Tensor, blocks: Sequence[int],
                  with_pairs: Sequence[int]) -> None:

@@ -123,15 +123,15 @@ class WholeBlockCurvature:
                 g.mul_(norms[0].div_(norms[1].clamp_(min=tiny)))
 
     def assemble_(self, flat: torch.Tensor, phase: StepPhase, config: CurvatureConfig,
-                  records: list[PairRecord]) -> list[PairRecord]:
+                  records: list[PairRecord]) -> None:
         """The all-gather of every rank's blocks, the direction shares of a pair step, then
         ``"global"``/``"block"``: ``d / |d|`` (as ``(d / a) / |d / a|``, ``a = max |d_i|``: no square
         overflows or underflows); ``"kl"``: ``d min(1, sqrt(kappa / g.d))``, once ``t > T``."""
         self.distributor.all_gather(flat, self.layout)
         if records:
-            records = self._direction_shares(flat, records)
+            self._direction_shares(flat, records)
         if not phase.active:
-            return records
+            return
         if config.direction_norm in ("global", "block"):
             tiny = torch.finfo(flat.dtype).tiny
             torch.linalg.vector_norm(flat, ord=float("inf"), out=self.scalar)
@@ -145,14 +145,16 @@ class WholeBlockCurvature:
             for rk in range(self.layout.world_size):
                 self.layout.slot_view(flat, rk).zero_()
             flat.mul_(nu)
-        return records
 
     @torch._dynamo.disable  # type: ignore[untyped-decorator]
-    def _direction_shares(self, flat: torch.Tensor, records: list[PairRecord]) -> list[PairRecord]:
-        """Each recorded block's share of ``|d|^2`` before the rescaling (pair steps only: one host sync
-        every T steps). After the all-gather every block's direction is in the flat buffer."""
+    def _direction_shares(self, flat: torch.Tensor, records: list[PairRecord]) -> None:
+        """Each recorded block's share of ``|d|^2`` before the rescaling, in place (pair steps only: one
+        host sync every T steps). After the all-gather every block's direction is in the flat buffer.
+        Eager, and the list is changed in place, so a compiled step sets no attribute (torch 2.11's
+        dynamo refuses that)."""
         views = [self.layout.block_view(flat, b) for b in range(len(self.layout.block_sizes))]
         squares = torch.stack(torch._foreach_norm(views)).double().square().tolist()
         total = sum(squares)
-        return [replace(r, direction_share=squares[r.block] / total if total > 0 else math.nan) for r in records]
+        records[:] = [replace(r, direction_share=squares[r.block] / total if total > 0 else math.nan)
+                      for r in records]
 
