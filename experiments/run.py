@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from experiments.overrides import parse_overrides
 from experiments.runner.amp import AmpError
 from experiments.runner.dist_context import DEVICES, setup, teardown
 from experiments.runner.fsdp import FSDP_OPTIMIZERS, check_fsdp_run
@@ -51,7 +52,7 @@ from experiments.runner.runlock import RunBusyError, hold_runs
 from experiments.runner.spec import RunSpec
 from experiments.runner.tensorboard_log import require_tensorboard
 from experiments.runner.training import DEFAULT_THREADS, RunOptions, progress_enabled, train
-from experiments.workloads.config import AMP_MODES, available_workloads, parse_overrides
+from experiments.workloads.config import AMP_MODES, available_workloads
 from experiments.workloads.data.errors import DatasetMissingError
 
 

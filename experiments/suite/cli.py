@@ -45,6 +45,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from experiments.overrides import parse_overrides
 from experiments.runner.manifest import git_state
 from experiments.suite.execution import MODES, ExecOptions, groups
 from experiments.suite.planning import PlannedRun, entry_optimizers, plan
@@ -56,7 +57,6 @@ from experiments.suite.stages import tuning as tuning_stage
 from experiments.suite.stages.analysis import analysis_command, comparison_lines, run_analysis
 from experiments.suite.stages.context import StageContext
 from experiments.suite.stages.record import SuiteRecord
-from experiments.workloads.config import parse_overrides
 
 # importable from here as before: the benchmarks and tests plan and group through the suite
 __all__ = ["MODES", "ExecOptions", "PlannedRun", "groups", "main", "plan", "resolve_preset", "stage_runner"]

@@ -238,25 +238,6 @@ def load_workload_dict(name: str) -> dict[str, Any]:
     return raw
 
 
-def parse_value(text: str) -> Any:
-    """JSON value if it parses (numbers, true/false/null, lists), else the plain string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = parse_value(value.strip())
-    return out
-
-
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], optimizer: str) -> dict[str, Any]:
     """Return a copy of ``raw`` with dotted-key overrides applied (``optimizer.`` = the run's optimizer)."""
     raw = copy.deepcopy(raw)
