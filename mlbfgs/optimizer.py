@@ -382,7 +382,8 @@ class MLBFGS(Optimizer):
         gs = self._global_state()
         self.last_pairs = []
         live = buf.live_blocks
-        if not buf.curvature.begin_step(buf.flat, live, buf.blocks_with_pairs(live), self.config.check_finite):
+        with_pairs = buf.blocks_with_pairs(live)  # the step's reduction does not change the rings
+        if not buf.curvature.begin_step(buf.flat, live, with_pairs, self.config.check_finite):
             gs[K.SKIPPED_STEPS] += 1
             return None
         gs[K.STEP] += 1
@@ -392,7 +393,7 @@ class MLBFGS(Optimizer):
             form_pair=t > 1 and (t - 1) % period == 0,
             active=t > period,
             blocks=live,
-            with_pairs=buf.blocks_with_pairs(live),
+            with_pairs=with_pairs,
         )
 
     @torch._dynamo.disable  # type: ignore[untyped-decorator]

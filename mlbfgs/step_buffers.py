@@ -34,13 +34,13 @@ class StepBuffers:
         layout = opt.layout
         work = opt._work_dtype()
         distributor = opt.distributor
-        local = distributor.local  # the rank's rows under row sharding, the tensor itself otherwise
+        self.local = local = distributor.local  # the rank's rows under row sharding, the tensor itself otherwise
         device = local(opt.blocks[0][0]).device
         self.signature = signature
         self.flat = torch.zeros(layout.numel, dtype=work, device=device)
         self.momentum = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]
         self.lr = [torch.zeros((), dtype=work, device=device) for _ in opt.param_groups]
-        self._local = local
+        self._rows = distributor.holds_rows
         view_of: dict[int, torch.Tensor] = {}
         for b, block in enumerate(opt.blocks):
             views = param_views(layout.block_view(self.flat, b), 0, [local(p) for p in block])
@@ -93,7 +93,9 @@ class StepBuffers:
             )
 
     def grads(self) -> list[torch.Tensor]:
-        return [self._local(p.grad) for p in self._with_grad]
+        if self._rows:  # the rank's rows of each gradient (a view, made anew: FSDP2 replaces the gradients)
+            return [self.local(p.grad) for p in self._with_grad]
+        return [p.grad for p in self._with_grad]
 
     def blocks_with_pairs(self, blocks: tuple[int, ...]) -> tuple[int, ...]:
         """Those of ``blocks`` whose ring holds at least one pair."""

@@ -185,8 +185,7 @@ class Recorder:
 
     def offsets(self) -> dict[str, int | None]:
         """Flush everything and say where the CSVs end (what a checkpoint records); gathers first."""
-        if self.gatherer is not None:
-            self.gatherer.gather(self.curv_log, self.run_id)
+        self.gather()
         if self.run_log is None or self.curv_log is None:
             return {"run": None, "curvature": None}
         return {"run": self.run_log.offset(), "curvature": self.curv_log.offset()}

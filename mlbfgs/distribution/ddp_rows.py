@@ -13,8 +13,7 @@ import torch.distributed as dist
 from ..layout import FlatLayout
 from .collectives import all_gather_flat, check_same_blocks
 from .communication import CommunicationBytes
-from .fsdp_rows import FullyShardedRows
-from .local import WholeBlocks
+from .fsdp_rows import FullyShardedRows, refuse_dtensors
 
 
 class DataParallelRows(FullyShardedRows):
@@ -116,7 +115,7 @@ class DataParallelRows(FullyShardedRows):
             self._gathered.copy_(self._comm)
 
     def check_new_params(self, params: Sequence[torch.Tensor], offset: int) -> None:
-        WholeBlocks.check_new_params(self, params, offset)  # type: ignore[arg-type]
+        refuse_dtensors(params, offset)  # replicated DDP parameters are plain tensors
 
     def communication_bytes(self, blocks: Sequence[Sequence[torch.Tensor]], layout: FlatLayout, history_size: int,
                             work_dtype: torch.dtype) -> CommunicationBytes:

@@ -35,11 +35,22 @@ import torch.distributed as dist
 
 from ..layout import FlatLayout
 from .communication import NO_COMMUNICATION, CommunicationBytes
+from .protocol import own_views
 
 
 def is_dtensor(t: Any) -> bool:
     """True for a ``torch.distributed.tensor.DTensor`` (or a Parameter wrapping one)."""
     return type(t).__name__ == "DTensor" or type(getattr(t, "data", None)).__name__ == "DTensor"
+
+
+def refuse_dtensors(params: Sequence[torch.Tensor], offset: int) -> None:
+    """ValueError naming parameter ``offset + i`` when a new parameter is a DTensor (plain parameters only)."""
+    for i, p in enumerate(params):
+        if is_dtensor(p):
+            raise ValueError(
+                f"param_group: parameter {offset + i} does not match the others: with fully_shard every "
+                "parameter must be a DTensor on the same mesh, and without it none"
+            )
 
 
 def row_sharding_problem(p: Any) -> str | None:
@@ -92,7 +103,7 @@ class FullyShardedRows:
         """Per parameter (by ``id``): ``(rank, direction)`` of the rows this rank updates once
         :meth:`all_gather` has run. Here its own rows, whose direction is ``views`` (the step's flat
         buffer shaped like the local shards)."""
-        return {pid: [(self.rank, v)] for pid, v in views.items()}
+        return own_views(self.rank, views)
 
     def shard_like(self, local: torch.Tensor, param: torch.Tensor, leading: int = 0) -> torch.Tensor:
         """A DTensor view of ``local`` (the rank's rows of a tensor shaped ``(leading, *param.shape)``

@@ -9,7 +9,7 @@ import torch
 from ..blocks import assign_blocks, load_imbalance
 from ..layout import FlatLayout
 from .communication import NO_COMMUNICATION, CommunicationBytes
-from .protocol import no_reduce, own_views
+from .protocol import own_views
 
 
 class WholeBlocks:
@@ -45,16 +45,13 @@ class WholeBlocks:
         return FlatLayout.build(sizes, owners, self.world_size), load_imbalance(sizes, owners, self.world_size)
 
     def check_new_params(self, params: Sequence[torch.Tensor], offset: int) -> None:
-        from .fsdp_rows import is_dtensor
+        from .fsdp_rows import refuse_dtensors
 
-        for i, p in enumerate(params):
-            if is_dtensor(p):
-                raise ValueError(
-                    f"param_group: parameter {offset + i} does not match the others: with fully_shard every "
-                    "parameter must be a DTensor on the same mesh, and without it none"
-                )
+        refuse_dtensors(params, offset)
 
-    all_reduce_ = staticmethod(no_reduce)
+    def all_reduce_(self, buf: torch.Tensor) -> None:
+        """Nothing to sum: each rank's products are whole."""
+        return None
 
     def update_views(self, blocks: Sequence[Sequence[torch.Tensor]],
                      views: dict[int, torch.Tensor]) -> dict[int, list[tuple[int, torch.Tensor]]]:

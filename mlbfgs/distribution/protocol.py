@@ -7,7 +7,7 @@ this rank holds, which part of each parameter it works on, and to run the step's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -79,10 +79,3 @@ def own_views(rank: int, views: dict[int, torch.Tensor]) -> dict[int, list[tuple
     """:meth:`Distributor.update_views` of a strategy where each rank updates what it computed."""
     return {pid: [(rank, v)] for pid, v in views.items()}
 
-
-def no_reduce(buf: torch.Tensor) -> None:
-    """:meth:`Distributor.all_reduce_` where each rank's products are already whole."""
-    return None
-
-
-Group = Any  # a torch.distributed ProcessGroup
