@@ -21,6 +21,7 @@ from analysis.ablations import FOLDER as ABLATION_FOLDER
 from analysis.ablations import ablation_markdown, centre
 from analysis.compiled import compiled_markdown, compiled_summary, load_compiled
 from analysis.compute import compute_markdown, compute_summary, load_compute
+from analysis.construction import construction_markdown, construction_summary, load_construction, plot_construction
 from analysis.diagnosis import FOLDER as DIAGNOSIS_FOLDER
 from analysis.diagnosis import diagnosis_markdown, diagnosis_summary, load_diagnosis, plot_block_shares
 from analysis.fairness import fairness_markdown, fairness_summary, load_fairness, plot_fairness
@@ -99,6 +100,11 @@ GROUPS: tuple[FigureGroup, ...] = (
     FigureGroup(
         "threads", "Threads per process", "threads", "no {root}/threads/threads.csv",
         lambda data: load_threads(data.root), threads_summary, lambda _, s: threads_markdown(s),
+    ),
+    FigureGroup(
+        "construction", "Construction by the number of parameter tensors", "construction",
+        "no {root}/construction/construction.csv", lambda data: load_construction(data.root), construction_summary,
+        lambda _, s: construction_markdown(s), plot_construction,
     ),
     FigureGroup(
         "compiled step", "Compiled step", "compiled_step", "no {root}/compile/steps.csv and summary.csv",

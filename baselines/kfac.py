@@ -15,9 +15,15 @@ then the KL clip over all K-FAC layers
 and the update is SGD with momentum and weight decay (``torch.optim.SGD``) on those gradients.
 Parameters of other modules (BatchNorm, embeddings, ...) keep their plain gradient (SGD).
 
-Activations and output gradients are recorded by a forward hook (plus a tensor hook on the output)
-only on steps where a factor update is due; on the other steps the hooks return at once. The loss
-must be the mean over the batch (first) dimension; each hooked module is called once per forward.
+Activations and output gradients are recorded by module hooks that the optimizer registers on the
+model at construction (as kfac-pytorch's preconditioner does): a forward hook (plus a tensor hook on
+the output) records every forward in training mode with gradients enabled, on steps where a factor
+update is due; otherwise the hooks return at once. So any driver gets K-FAC: ``loss.backward();
+opt.step()``, ``opt.step(closure)`` (HF Trainer, Lightning) or the registry's ``step(closure)``. The
+loss must be the mean over the batch (first) dimension; each hooked module is called once per forward,
+and the last recorded forward before a step is the one its factors come from. Under float16 loss
+scaling the recorded output gradients carry the scale: the registry divides it out
+(``TrainingOptimizer.loss_scale``); a plain driver sets ``opt.preconditioner.loss_scale``.
 
 Distributed (torch.distributed initialised with world > 1, or a ``process_group``): factors are
 averaged over the ranks and the eigendecompositions are assigned greedily over the ranks and
@@ -36,9 +42,8 @@ Defaults and sources:
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +159,6 @@ class KFACPreconditioner:
         self.layers = [_Layer(m, functools.partial(store, m)) for m in model.modules() if kf.is_supported(m)]
         self._counter = functools.partial(store, self.layers[0].module) if self.layers else (lambda: own)
         self.eigen_count = 0  # eigendecompositions computed by this rank
-        self._recording = False
         # the recorded output gradients are of the loss times this (float16 loss scaling): divided out
         self.loss_scale = 1.0
         self._handles = [
@@ -170,7 +174,8 @@ class KFACPreconditioner:
 
     # ---- recording --------------------------------------------------------------------------------
     def _forward_hook(self, layer: _Layer, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if not self._recording or not torch.is_grad_enabled():
+        # evaluation (no_grad, eval mode) records nothing; training forwards record when an update is due
+        if not (torch.is_grad_enabled() and module.training and self.factor_update_due):
             return
         layer.x = inputs[0].detach()
         if output.requires_grad:
@@ -192,15 +197,6 @@ class KFACPreconditioner:
     @property
     def factor_update_due(self) -> bool:
         return self.steps % self.factor_update_freq == 0
-
-    @contextlib.contextmanager
-    def recording(self) -> Iterator[None]:
-        """Record activations / output gradients during the block if a factor update is due."""
-        self._recording = self.factor_update_due
-        try:
-            yield
-        finally:
-            self._recording = False
 
     def remove_hooks(self) -> None:
         for h in self._handles:
@@ -307,9 +303,10 @@ class KFAC(PicklableOptimizer, torch.optim.SGD):
     eigendecompositions and the step counter live in ``self.state`` (under each layer's weight), so
     ``state_dict``, the distributed-checkpoint helpers and dtype/device casts on load cover them.
 
-    ``step()`` preconditions the recorded layers' gradients (run the forward and backward inside
-    ``self.preconditioner.recording()``) and then takes the SGD step. A layer whose weight has no
-    gradient (frozen) is neither preconditioned nor moved.
+    ``step()`` preconditions the gradients of the layers its hooks recorded and then takes the SGD step,
+    however it is driven (see the module docstring). A layer whose weight has no gradient (frozen) is
+    neither preconditioned nor moved. The state follows its parameters: after ``model.double()`` or a
+    move, the next step casts the factors and buffers to their parameter's dtype and device.
     """
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], cfg: KFACConfig) -> None:
@@ -371,6 +368,18 @@ class KFAC(PicklableOptimizer, torch.optim.SGD):
                 "which skip parameters that do not require gradients; unfreeze before loading"
             )
 
+    def _follow_parameters(self, params: list[torch.Tensor]) -> None:
+        """Floating state in its parameter's dtype and device (it was created for the parameters as they
+        were at construction, or at the last step): what ``load_state_dict`` does, for a live cast."""
+        for p in params:
+            entry = self.state.get(p)
+            if not entry:
+                continue
+            for key, value in entry.items():
+                if (isinstance(value, torch.Tensor) and value.is_floating_point()
+                        and (value.dtype != p.dtype or value.device != p.device)):
+                    entry[key] = value.to(device=p.device, dtype=p.dtype)
+
     def _store(self, module: nn.Module) -> dict:
         return self.state[module.weight]
 
@@ -384,6 +393,7 @@ class KFAC(PicklableOptimizer, torch.optim.SGD):
         check_dense_gradients(params, "kfac")
         if all(p.grad is None for p in params):
             return loss
+        self._follow_parameters(params)
         self.preconditioner.step(lr=lr_value(self.param_groups[0]["lr"]))
         super().step()
         return loss
@@ -417,8 +427,7 @@ class KFACTraining(TrainingOptimizer):
                     layer.eig[key] = (e[0].clone(), e[1:].clone())
 
     def _step(self, closure: CountingClosure) -> torch.Tensor:
-        with self.preconditioner.recording():
-            loss = closure(backward=True)
+        loss = closure(backward=True)
         self.preconditioner.loss_scale = self.loss_scale
         self.optimizer.step()
         return loss

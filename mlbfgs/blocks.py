@@ -92,6 +92,12 @@ def layer_blocks(model: torch.nn.Module) -> list[list[torch.Tensor]]:
     return blocks
 
 
+def can_have_gradient(p: torch.Tensor) -> bool:
+    """False for integer and bool tensors (an 8-bit quantised weight inside ``model.parameters()``):
+    autograd never gives them a gradient, so optimizers skip them, as ``torch.optim.SGD`` does."""
+    return p.dtype.is_floating_point or p.dtype.is_complex  # the dtype's flags: no call through the tensor
+
+
 def check_supported(p: torch.Tensor, index: int, owner: str = "MLBFGS", row_sharded: bool = False) -> None:
     """Raise ``ValueError`` naming parameter ``index`` when ``owner`` (an optimizer that couples
     parameters) cannot train it: complex dtypes, DTensor parameters (FSDP2, tensor parallel) and FSDP1

@@ -21,6 +21,7 @@ import torch
 from . import state_keys as K
 from .config import DIRECTION_NORMS, HISTORY_DTYPES, CurvatureConfig
 from .curvature.row_state import bind_row_views, load_row_buffers, new_row_buffers
+from .live_state import cast_block_state
 
 if TYPE_CHECKING:
     from .optimizer import MLBFGS
@@ -120,7 +121,7 @@ def _after_load(opt: MLBFGS) -> None:
             opt.state[p][K.GLOBAL][K.BLOCK_SIZES] = opt._block_sizes_tensor()
             opt.state[p][K.GLOBAL][K.WORLD_SIZE] = opt.distributor.world_size  # row-sharded: may differ
         if K.BLOCK in entry:
-            opt.state[p][K.BLOCK] = _cast_block_state(entry[K.BLOCK], p.device, work, hist)
+            opt.state[p][K.BLOCK] = cast_block_state(entry[K.BLOCK], p.device, work, hist)
     if opt.row_sharded:
         saved_rows = {p: entry[K.ROWS] for p, entry in curvature.items() if K.ROWS in entry}
         rows_of: Any = opt.distributor
@@ -168,14 +169,3 @@ def _check_saved(opt: MLBFGS, saved: dict[str, Any]) -> None:
                 f"load_state_dict: the state was saved with {name}={_decode(name, value)!r}, but this optimizer "
                 f"has {name}={_decode(name, now[name])!r}; build MLBFGS with the saved curvature settings"
             )
-
-
-def _cast_block_state(st: dict[str, Any], device: torch.device, work: torch.dtype,
-                      hist: torch.dtype) -> dict[str, Any]:
-    out = {}
-    for name, v in st.items():
-        if isinstance(v, torch.Tensor):
-            dtype = {K.HISTORY: hist, K.GRAM: torch.float64}.get(name, work)
-            v = v.to(device=device, dtype=dtype, copy=True)
-        out[name] = v
-    return out

@@ -104,3 +104,22 @@ def check_group_values(lr: Any, momentum: Any, weight_decay: Any) -> None:
         raise ValueError(f"momentum: expected a value in [0, 1), got {momentum!r}")
     if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0.0):
         raise ValueError(f"weight_decay: expected a value >= 0, got {weight_decay!r}")
+
+
+def check_repeated_settings(group: dict[str, Any], config: CurvatureConfig) -> None:
+    """A group may repeat a curvature setting with the optimizer's own value: wrappers copy every
+    constructor argument into each group (SAM builds ``base(self.param_groups, **kwargs)``,
+    ``ZeroRedundancyOptimizer`` its defaults). ``ValueError`` naming the first setting given per
+    group with another value, since the curvature settings are shared by all groups."""
+    for name in CURVATURE_SETTINGS:
+        if name not in group:
+            continue
+        value, own = group[name], getattr(config, name)
+        if name == "curvature_bounds" and isinstance(value, (list, tuple)) and len(value) == 2:
+            value = (float(value[0]), float(value[1]))
+        if value != own:
+            raise ValueError(
+                f"param groups: {name}={group[name]!r} differs from the optimizer's {name}={own!r}; curvature "
+                "settings are shared by all groups: pass them to MLBFGS(...) (a group may repeat them only "
+                "with the same value, as wrappers such as SAM and ZeroRedundancyOptimizer do)"
+            )

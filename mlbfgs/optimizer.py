@@ -10,14 +10,15 @@ from typing import Any, TypeVar, overload
 import torch
 from torch.optim import Optimizer
 
-from . import checkpoint
+from . import checkpoint, live_state
 from . import functional as F
 from . import state_keys as K
-from .blocks import BlockSpec, build_blocks, check_supported
-from .config import CurvatureConfig, check_group_values
+from .blocks import BlockSpec, build_blocks, can_have_gradient, check_supported
+from .config import CurvatureConfig, check_group_values, check_repeated_settings
 from .curvature import CurvatureHistory, new_block_state
 from .curvature.row_state import bind_row_views, new_replicated_state, new_row_buffers
 from .distribution import CommunicationBytes, Distributor, resolve_distributor
+from .distribution.resolve import refuse_zero_redundancy
 from .pairs import PairRecord, accept_pair, difference_pair_
 from .step_buffers import StepBuffers, StepPhase
 
@@ -131,6 +132,7 @@ class MLBFGS(Optimizer):
         shard: str = "blocks",
     ) -> None:
         check_group_values(lr, momentum, weight_decay)
+        refuse_zero_redundancy()
         self.config = CurvatureConfig(
             history_size=history_size, update_period=update_period, beta=beta, pair_momentum=pair_momentum,
             damping=damping, curvature_bounds=curvature_bounds, direction_norm=direction_norm, kl_clip=kl_clip,
@@ -138,11 +140,12 @@ class MLBFGS(Optimizer):
         )
         self._block_spec = blocks
         self.blocks: list[list[torch.Tensor]] = []
+        self.block_sizes: list[int] = []  # elements per block, in block order (whole parameters, also sharded)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-        all_params = [p for g in self.param_groups for p in g["params"]]
+        all_params = self._trainable_params()
         for i, p in enumerate(all_params):
             check_supported(p, i, row_sharded=True)
-        self.blocks = build_blocks(all_params, blocks)
+        self._set_blocks(build_blocks(all_params, blocks))
         self.distributor: Distributor = resolve_distributor(all_params, self.block_sizes, process_group, comm_dtype,
                                                             history_dtype, shard)
         if self.distributor.holds_rows and direction_norm == "block":
@@ -155,6 +158,15 @@ class MLBFGS(Optimizer):
         self.last_pairs: list[PairRecord] = []
         self._create_state()
         checkpoint.attach(self)
+
+    def _trainable_params(self) -> list[torch.Tensor]:
+        """The groups' parameters that can have a gradient (integer ones, e.g. a quantised weight, never do)."""
+        return [p for g in self.param_groups for p in g["params"] if can_have_gradient(p)]
+
+    def _set_blocks(self, blocks: list[list[torch.Tensor]]) -> None:
+        # kept with the blocks, so that reading the sizes costs nothing (construction stays linear)
+        self.blocks = blocks
+        self.block_sizes = [sum(p.numel() for p in b) for b in blocks]
 
     def _create_state(self) -> None:
         """Create every state entry now (zeros; the first step sets the averages), so that a fresh
@@ -169,15 +181,10 @@ class MLBFGS(Optimizer):
         for group in self.param_groups:
             if group["momentum"] != 0:
                 for p in group["params"]:
-                    if K.MOMENTUM_BUFFER not in self.state[p]:
+                    if can_have_gradient(p) and self.state[p].get(K.MOMENTUM_BUFFER) is None:
                         self.state[p][K.MOMENTUM_BUFFER] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     # ------------------------------------------------------------------ structure
-    @property
-    def block_sizes(self) -> list[int]:
-        """Elements per block, in block order (whole parameters, also when they are sharded)."""
-        return [sum(p.numel() for p in b) for b in self.blocks]
-
     @property
     def row_sharded(self) -> bool:
         """True with ``fully_shard`` (FSDP2) parameters, or with a process group and ``shard="rows"``
@@ -199,18 +206,16 @@ class MLBFGS(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         check_group_values(group["lr"], group["momentum"], group["weight_decay"])
-        curvature = sorted(set(group) & set(K.CURVATURE_SETTINGS))
-        if curvature:
-            raise ValueError(
-                f"param groups: {curvature} are curvature settings shared by all groups; pass them to "
-                "MLBFGS(...), not per group"
-            )
+        check_repeated_settings(group, self.config)
         if not hasattr(self, "distributor"):  # still in __init__: blocks are built from all groups at once
             return
-        new = [p for p in group["params"] if id(p) not in known]
-        if not new:
-            return
-        offset = sum(len(g["params"]) for g in self.param_groups[:-1])
+        new = [p for p in group["params"] if id(p) not in known and can_have_gradient(p)]
+        if new:
+            self._add_blocks(new, sum(len(g["params"]) for g in self.param_groups[:-1]))
+
+    def _add_blocks(self, new: list[torch.Tensor], offset: int) -> None:
+        """Blocks for parameters the optimizer did not have (a group added, or parameters appended to a
+        group by hand), by the rule of the class docstring; existing blocks keep their state."""
         for i, p in enumerate(new):
             check_supported(p, offset + i, row_sharded=True)
         self.distributor.check_new_params(new, offset)
@@ -218,7 +223,7 @@ class MLBFGS(Optimizer):
         new_blocks = build_blocks(new, spec)
         new_sizes = [sum(p.numel() for p in block) for block in new_blocks]
         self.owners += self.distributor.assign(new_sizes, self.block_sizes, self.owners)
-        self.blocks.extend(new_blocks)
+        self._set_blocks(self.blocks + new_blocks)
         self.distributor.check_same_layout(self.block_sizes)
         if K.GLOBAL in self.state.get(self._first_param, {}):
             self.state[self._first_param][K.GLOBAL][K.BLOCK_SIZES] = self._block_sizes_tensor()
@@ -350,29 +355,67 @@ class MLBFGS(Optimizer):
 
     @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _init_group(self) -> bool:
-        """Check gradients, create missing state and (re)build the step's tensor lists
-        (``self._buffers``) when the set of parameters with gradients or the groups' momentum settings
-        changed. False: no parameter has a gradient."""
-        signature: list[bool | int] = []
+        """Check gradients and (re)build the step's tensor lists (``self._buffers``) when anything they
+        were built on changed: which parameters have gradients, the groups' momentum settings, the
+        parameters in the groups (identity, dtype, device) or the state's containers and tensors
+        (:mod:`mlbfgs.live_state`). False: no parameter has a gradient."""
+        any_grad = False
         for i, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
                 g = p.grad
-                if g is not None and (g.is_sparse or g.layout != torch.strided):
-                    raise ValueError(
-                        f"params: parameter {j} of group {i} (shape {tuple(p.shape)}) has a sparse gradient; "
-                        "MLBFGS needs dense gradients (e.g. nn.Embedding(sparse=False))"
-                    )
-                signature.append(g is not None)
+                if g is not None:
+                    any_grad = True
+                    if g.is_sparse or g.layout != torch.strided:
+                        raise ValueError(
+                            f"params: parameter {j} of group {i} (shape {tuple(p.shape)}) has a sparse gradient; "
+                            "MLBFGS needs dense gradients (e.g. nn.Embedding(sparse=False))"
+                        )
+        if not any_grad:
+            return False
+        key = self._signature()
+        if self._buffers is None or self._buffers.signature != key:
+            self._follow_groups()  # parameters appended to a group by hand, or swapped
+            live_state.follow_parameters(self)  # a cast or move of the model, replaced state
+            self._create_state()  # entries missing after a load or a reset, or a momentum switched on
+            key = self._signature()  # the state the buffers are built on
+            self._buffers = StepBuffers(self, key)
+        return True
+
+    def _signature(self) -> tuple[Any, ...]:
+        """What the step's buffers depend on; compared every step (Python only: no tensor work, no sync)."""
+        signature: list[Any] = []
+        for group in self.param_groups:
+            params = group["params"]
+            signature.extend((id(p), p.grad is not None, p.dtype, p.device) for p in params)
             signature.append(group["momentum"] != 0)
         if self.row_sharded:  # FSDP2 may swap a parameter's local tensor (e.g. at its lazy init)
             signature.extend(self.distributor.local(p).data_ptr() for g in self.param_groups for p in g["params"])
-        key = tuple(signature)
-        if not any(p.grad is not None for g in self.param_groups for p in g["params"]):
-            return False
-        if self._buffers is None or self._buffers.signature != key:
-            self._create_state()  # entries missing after a load or a momentum switched on
-            self._buffers = StepBuffers(self, key)
-        return True
+        signature.append(id(self.state))
+        signature.extend(live_state.state_identity(self.state, self._trainable_params()))
+        return tuple(signature)
+
+    def _follow_groups(self) -> None:
+        """Give blocks to parameters appended to a group by hand; refuse tensors swapped for the ones the
+        blocks hold (a block's averages and ring are those of its parameters)."""
+        current = self._trainable_params()
+        ids = {id(p) for p in current}
+        gone = [p for block in self.blocks for p in block if id(p) not in ids]
+        if gone:
+            shapes = ", ".join(str(tuple(p.shape)) for p in gone[:4]) + (", ..." if len(gone) > 4 else "")
+            known = {id(p) for block in self.blocks for p in block}
+            new = [i for i, p in enumerate(current) if id(p) not in known]
+            raise ValueError(
+                f"param_groups changed since construction: {len(gone)} parameter(s) MLBFGS was built with "
+                f"(shapes {shapes}) are in no group any more"
+                + (f", and parameter(s) {new[:4]} of the groups are new" if new else "")
+                + ". Each block's averages and ring belong to its parameters, so tensors cannot be swapped under "
+                "them (DeepSpeed ZeRO's flat copies do this): build MLBFGS on the tensors it will step, and add "
+                "parameters with add_param_group (or by appending them to a group)"
+            )
+        known = {id(p) for block in self.blocks for p in block}
+        new_at = [i for i, p in enumerate(current) if id(p) not in known]
+        if new_at:
+            self._add_blocks([current[i] for i in new_at], new_at[0])
 
     @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _begin_step(self, buf: StepBuffers) -> StepPhase | None:  # a NamedTuple: torch.compile can hold it

@@ -25,3 +25,5 @@ KERNEL_COLUMNS: tuple[str, ...] = ("method", "numel", "history_size", "repeat", 
                                    "bound_seconds", "bandwidth_gbs")
 #: distributed/*.csv (:mod:`experiments.bench.distributed`, read by :mod:`analysis.scaling`)
 DISTRIBUTED_COLUMNS: tuple[str, ...] = ("model", "world_size", "rank", "blocks", "curvature_bytes", "direction_seconds")
+#: construction/construction.csv (:mod:`experiments.bench.construction`, read by :mod:`analysis.construction`)
+CONSTRUCTION_COLUMNS: tuple[str, ...] = ("optimizer", "tensors", "repeat", "construct_seconds", "step_seconds")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,3 +72,30 @@ def _refuse_reduced_history(history_dtype: torch.dtype | None, where: str) -> No
             f"history_dtype: {history_dtype} is not supported {where} (reduced rows are stored normalised by a "
             "norm no rank knows alone); use float32 or float64"
         )
+
+
+def refuse_zero_redundancy(max_depth: int = 12) -> None:
+    """``ValueError`` when ``torch.distributed.optim.ZeroRedundancyOptimizer`` on more than one rank is
+    building this optimizer. ZeRO hands each rank only its partition of the parameters, so the global
+    norm, the blocks and the curvature would each see a part of the model: another method, with a step
+    ``sqrt(world size)`` times longer. ``shard="rows"`` shards the state the same way and keeps the
+    mathematics of one process. Found by looking up the constructor's callers (ZeRO passes no marker)."""
+    zero = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
+    if zero is None:  # never imported: not wrapped
+        return
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, zero.ZeroRedundancyOptimizer):
+            if getattr(owner, "world_size", 1) > 1:
+                raise ValueError(
+                    "MLBFGS under torch.distributed.optim.ZeroRedundancyOptimizer: each of its "
+                    f"{owner.world_size} ranks would see only its partition of the parameters, so the direction's "
+                    "norm, the blocks and the curvature would be another method's. Use MLBFGS(params, "
+                    "process_group=..., shard='rows') instead: it shards the curvature and the state over the "
+                    "ranks and keeps the mathematics of one process"
+                )
+            return
+        frame = frame.f_back

@@ -23,96 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import TrainingOptimizer
-from baselines.quasi_newton import QuasiNewtonTraining
-from baselines.registry import available_optimizers, build_optimizer, default_config
-from mlbfgs import MLBFGS
-
-LIBRARY = ["MLBFGS-model", "MLBFGS-layer", "MLBFGS-2"]
-CASES = available_optimizers() + LIBRARY
-
-# Settings under which every method forms curvature within a few steps.
-FAST: dict[str, dict] = {
-    "sgd": dict(lr=0.05),
-    "sgd_normalized": dict(lr=0.05),
-    "adam": dict(lr=0.01),
-    "adamw": dict(lr=0.01),
-    "kfac": dict(lr=0.05, factor_update_freq=1, inv_update_freq=2),
-    "slbfgs": dict(lr=0.05, update_period=2, history_size=3),
-    "olbfgs": dict(lr=0.05, history_size=3),
-    "sqn": dict(lr=0.05, update_period=2, history_size=3),
-    "mlbfgs": dict(lr=0.05, update_period=2, history_size=3, beta=0.5),
-    "mlbfgs_authors": dict(lr=0.05, update_period=2, history_size=3, beta=0.5),
-    "slimqn_authors": dict(lr=0.05, update_period=2, history_size=3, beta=0.5),
-}
-# Optimizers whose update of a parameter reads only that parameter's gradient (torch.optim's own):
-# they may train sharded parameters. The others couple parameters (a norm over all of them, blocks,
-# Kronecker factors), which a shard cannot compute alone, so they must refuse them.
-ELEMENTWISE = {"sgd", "adam", "adamw"}
-LIBRARY_KW = dict(lr=0.05, update_period=2, history_size=3, beta=0.5)
-# A setting that shapes the curvature state; loading a state saved with another value must fail.
-SHAPING_SETTING = {name: ("history_size", 4) for name in
-                   ("slbfgs", "olbfgs", "sqn", "mlbfgs", "mlbfgs_authors", "slimqn_authors", *LIBRARY)}
-
-
-def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
-
-
-def make_opt(case: str, model: nn.Module, params: list[torch.Tensor] | None = None, **over) -> TrainingOptimizer:
-    if case in LIBRARY:
-        blocks = case.split("-")[1]
-        kw = {**LIBRARY_KW, "blocks": int(blocks) if blocks.isdigit() else blocks, **over}
-        params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-        return QuasiNewtonTraining(case, MLBFGS(params, **kw), 1.0, model)
-    assert params is None, "registry optimizers are built from the model's trainable parameters"
-    return build_optimizer(case, model, **{**FAST[case], **over})
-
-
-def has_setting(case: str, name: str) -> bool:
-    return case in LIBRARY or name in default_config(case)
-
-
-_GEN = torch.Generator().manual_seed(1)
-DATA = [(torch.randn(16, 6, generator=_GEN), torch.randint(0, 3, (16,), generator=_GEN)) for _ in range(8)]
-
-
-def closure_for(model: nn.Module, i: int, loss_fn: Callable | None = None) -> Callable:
-    x, y = DATA[i % len(DATA)]
-    x = x.to(next(model.parameters()).dtype)
-    params = list(model.parameters())
-
-    def closure(backward: bool = True) -> torch.Tensor:
-        loss = loss_fn(model, x, y) if loss_fn else F.cross_entropy(model(x), y)
-        if not backward:
-            return loss
-        for p in params:
-            p.grad = None
-        if loss.requires_grad:
-            loss.backward()
-        return loss.detach()
-
-    return closure
-
-
-def train(opt: TrainingOptimizer, model: nn.Module, steps: int, start: int = 0,
-          loss_fn: Callable | None = None) -> None:
-    for i in range(start, start + steps):
-        opt.step(closure_for(model, i, loss_fn))
-
-
-def snapshot(params) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in params]
-
-
-def same(a: list[torch.Tensor], b) -> bool:
-    return all(torch.equal(x, y.detach()) for x, y in zip(a, b, strict=True))
-
-
-def assert_params_close(a: nn.Module, b: nn.Module, **tol) -> None:
-    for p, q in zip(a.parameters(), b.parameters(), strict=True):
-        torch.testing.assert_close(p.detach(), q.detach(), **tol)
+from baselines.registry import build_optimizer
+from tests.support.conformance import (
+    CASES,
+    DATA,
+    ELEMENTWISE,
+    LIBRARY,
+    SHAPING_SETTING,
+    assert_params_close,
+    closure_for,
+    has_setting,
+    make_model,
+    make_opt,
+    same,
+    snapshot,
+    train,
+)
 
 
 # ---------------------------------------------------------------- parameters without gradients

@@ -139,8 +139,7 @@ def test_kfac_direction_matches_dense_damped_kronecker_solve(kind, kl_clip):
                 (decay * A0 + (1 - decay) * A, decay * G0 + (1 - decay) * G)
                 for (A0, G0), (A, G, _) in zip(factors, ref, strict=True)
             ]
-        with pre.recording():
-            _closure(model, x, y)()
+        _closure(model, x, y)()
         pre.step(lr)
 
     expected, vg = [], 0.0
@@ -167,8 +166,7 @@ def test_factors_are_recorded_only_when_an_update_is_due():
     x, y = _data("mlp", 0)
     seen = []
     for _ in range(6):
-        with pre.recording():
-            _closure(model, x, y)()
+        _closure(model, x, y)()
         seen.append(pre.layers[0].x is not None)
         pre.step(0.1)
     assert seen == [True, False, False, True, False, False]

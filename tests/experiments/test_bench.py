@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.bench import distributed, fairness, overhead, records, runner, sharding_modes, threads, timing
+from experiments.bench import construction, distributed, fairness, overhead, records, runner, sharding_modes, threads, timing
 from experiments.bench.busy_load import BusyLoad
 from experiments.bench.workload import synthetic_batch, workload_model
 from experiments.runner.manifest import REPO_ROOT
 from mlbfgs import MLBFGS
 
-BENCHMARKS = ("compile", "distributed", "fairness", "overhead", "runner", "threads")
+BENCHMARKS = ("compile", "construction", "distributed", "fairness", "overhead", "runner", "threads")
 
 
 @pytest.fixture
@@ -189,6 +189,22 @@ def test_overhead_writes_what_analysis_reads(tmp_path: Path, restore_threads: No
                               "bound_seconds", "bandwidth_gbs"}
     _check_provenance(json.loads((tmp_path / "overhead" / "manifest.json").read_text()),
                       "experiments.bench.overhead", argv)
+
+
+def test_construction_writes_what_analysis_reads(tmp_path: Path, restore_threads: None) -> None:
+    from analysis.construction import construction_markdown, construction_summary, load_construction, plot_construction
+
+    argv = ["--tensors", "4", "8", "--repeats", "2", "--out", str(tmp_path / "construction")]
+    assert construction.main(argv) == 0
+    frame = load_construction(tmp_path)
+    assert len(frame) == 2 * 2 * len(construction.OPTIMIZERS)
+    summary = construction_summary(frame)
+    fewest = summary[summary["tensors"] == 4]
+    assert (fewest["construct_growth"] == 1.0).all() and (fewest["step_growth"] == 1.0).all()
+    assert "torch SGD" in construction_markdown(summary)
+    plot_construction(frame, summary)
+    _check_provenance(json.loads((tmp_path / "construction" / "manifest.json").read_text()),
+                      "experiments.bench.construction", argv)
 
 
 def test_threads_writes_what_analysis_reads(tmp_path: Path, restore_threads: None) -> None:

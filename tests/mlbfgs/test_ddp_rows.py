@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 from torch.profiler import ProfilerActivity, profile
 
 from mlbfgs import MLBFGS, CommunicationBytes
+from tests.support.conformance import move_state
 from tests.support import dist_workers as dw
 from tests.support import fsdp_workers as w
 
@@ -227,6 +228,23 @@ def test_one_rank_group_matches_one_process_and_allocates_nothing(one_process_gr
         opt.step()
         events += [f"{norm}: {name}" for name in _allocations(opt.step, 3)]
     assert events == []
+
+
+@pytest.mark.parametrize("how", ["new_containers", "top_level_tensors", "data_assignment"])
+def test_one_rank_rows_state_moved_mid_training_is_the_state_used(one_process_group, how) -> None:
+    """Row-sharded, the rows live in the optimizer's buffers and ``state`` holds DTensor views of them:
+    whatever replaces those views is what the next step reads (tests/baselines/test_conformance_frameworks.py)."""
+    nets = [w.model("mlp"), w.model("mlp")]
+    opts = [MLBFGS(n.parameters(), blocks="layer", process_group=one_process_group.group.WORLD, shard="rows",
+                   **w.OPT_KW) for n in nets]
+    for step in range(2 * w.STEPS):
+        if step == w.STEPS:
+            move_state(opts[1], nets[1], how)
+        for n, o in zip(nets, opts):
+            dw.rows_backward(n, "mlp", step)
+            o.step()
+    for a, b in zip(*(n.parameters() for n in nets)):
+        assert torch.equal(a.detach(), b.detach())
 
 
 def _allocations(fn, repeat: int) -> list[str]:

@@ -44,6 +44,14 @@ def test_mismatched_blocks_raise_on_every_rank(tmp_path) -> None:
         assert "disagree on the parameter blocks" in (tmp_path / f"rank{r}.txt").read_text()
 
 
+def test_zero_redundancy_optimizer_is_refused_naming_the_alternative(tmp_path) -> None:
+    """Under ZeRO each rank would see only its partition: another method, so it must refuse."""
+    spawn(w.zero_worker, tmp_path)
+    for r in range(WORLD):
+        msg = (tmp_path / f"rank{r}.txt").read_text()
+        assert "ZeroRedundancyOptimizer" in msg and "shard='rows'" in msg, msg
+
+
 def test_dead_rank_gives_an_error_not_a_hang(tmp_path) -> None:
     start = time.monotonic()
     ctx = mp.start_processes(w.dead_rank_worker, args=(WORLD, str(tmp_path / "init"), str(tmp_path)),

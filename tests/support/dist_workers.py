@@ -95,6 +95,21 @@ def mismatch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
     finish()
 
 
+def zero_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """MLBFGS built by ZeroRedundancyOptimizer on every rank: the error each rank gets."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    init(rank, world, init_file)
+    try:
+        ZeroRedundancyOptimizer(model().parameters(), optimizer_class=MLBFGS, lr=0.1, history_size=4)
+        msg = "no error"
+    except ValueError as err:
+        msg = str(err)
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+        f.write(msg)
+    finish()
+
+
 def finish() -> None:
     """Leave together: a rank exiting while gloo threads still talk to it aborts the process."""
     dist.barrier()
