@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -86,3 +86,75 @@ def first_saved_index(state_dict: Mapping[str, Any]) -> Any:
         if group["params"]:
             return group["params"][0]
     raise ValueError("load_state_dict: the saved param groups hold no parameter")
+
+
+class ParamLayout:
+    """Every group's parameters as an optimizer last saw them: the tensors themselves (so a deepcopy or
+    pickle of the optimizer keeps them the same objects as its groups' parameters) and the shape, dtype
+    and device each had.
+
+    An optimizer that caches anything derived from its parameters (a flat layout, buffers in their
+    dtype, lookups by parameter) checks :meth:`matches` at the start of each step: ``model.double()``,
+    ``.to(device)``, ``p.data = ...`` and tensors appended to or swapped in ``param_groups`` by hand all
+    break it, and none of them goes through the optimizer. The check reads a few attributes per
+    parameter (as the step's own gradient checks do) and allocates nothing."""
+
+    def __init__(self, param_groups: Iterable[Mapping[str, Any]]) -> None:
+        self.groups = [list(g["params"]) for g in param_groups]
+        self.keys = [[(p.shape, p.dtype, p.device) for p in params] for params in self.groups]
+
+    def matches(self, param_groups: Sequence[Mapping[str, Any]]) -> bool:
+        if len(param_groups) != len(self.groups):
+            return False
+        for group, known, keys in zip(param_groups, self.groups, self.keys):
+            params = group["params"]
+            if len(params) != len(known):
+                return False
+            for p, q, (shape, dtype, device) in zip(params, known, keys):
+                if p is not q or p.dtype != dtype or p.device != device or p.shape != shape:
+                    return False
+        return True
+
+
+def describe_parameter(group: int, index: int, shape: Iterable[int]) -> str:
+    """How errors name a parameter: by its place in ``param_groups`` and its shape."""
+    return f"parameter {index} of group {group} (shape {tuple(shape)})"
+
+
+def param_groups_changed(owner: str, problems: list[str], allowed: str) -> ValueError:
+    """The error for ``param_groups`` edited by hand in a way ``owner`` cannot follow: ``problems`` says
+    what changed (first few), ``allowed`` what the optimizer accepts instead."""
+    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    return ValueError(f"{owner}: param_groups changed since construction: {shown}; {allowed}")
+
+
+def check_layout_change(
+    owner: str, old: ParamLayout, new_groups: list[list[torch.Tensor]], allowed: str
+) -> list[tuple[int, int, torch.Tensor]]:
+    """The parameters of ``new_groups`` that ``old`` did not have, as (group, index, parameter);
+    ``ValueError`` (:func:`param_groups_changed`) when a parameter of ``old`` is gone or changed shape,
+    or one appears twice. Casts and moves are not changes here."""
+    before = {id(p): (g, i, key[0]) for g, (params, keys) in enumerate(zip(old.groups, old.keys))
+              for i, (p, key) in enumerate(zip(params, keys))}
+    problems: list[str] = []
+    added: list[tuple[int, int, torch.Tensor]] = []
+    seen: dict[int, tuple[int, int]] = {}
+    for g, params in enumerate(new_groups):
+        for i, p in enumerate(params):
+            if id(p) in seen:
+                problems.append(f"{describe_parameter(g, i, p.shape)} is parameter {seen[id(p)][1]} of group "
+                                f"{seen[id(p)][0]} again (a parameter may appear once)")
+                continue
+            seen[id(p)] = (g, i)
+            if id(p) not in before:
+                added.append((g, i, p))
+            elif before[id(p)][2] != p.shape:
+                problems.append(f"{describe_parameter(g, i, p.shape)} had shape {tuple(before[id(p)][2])}")
+    gone = [describe_parameter(g, i, shape) for pid, (g, i, shape) in before.items() if pid not in seen]
+    if gone:
+        new = [f"{describe_parameter(g, i, p.shape)} is not one this optimizer was built with" for g, i, p in added]
+        problems = new[:1] + [f"{gone[0]}, one it was built with (or given since), is no longer there"
+                              + (f" (and {len(gone) - 1} more)" if len(gone) > 1 else "")] + problems
+    if problems:
+        raise param_groups_changed(owner, problems, allowed)
+    return added

@@ -56,6 +56,28 @@ class PairRing:
             grown[:, :old].copy_(getattr(self, key))
             setattr(self, key, grown)
 
+    def relayout(self, n: int, moves: Sequence[tuple[slice, slice]], dtype: torch.dtype,
+                 device: torch.device) -> None:
+        """Re-lay the pairs for a new flat layout of ``n`` elements in ``dtype`` on ``device``: each
+        ``(new, old)`` run of ``moves`` keeps its coordinates, the others are zero. Valid pairs stay
+        valid when coordinates are only added or reordered (s.y and y.y are unchanged); a cast is the
+        one ``load_state_dict`` would do."""
+        for key in ("s", "y"):
+            old = getattr(self, key)
+            grown = torch.zeros(self.m, n, dtype=dtype, device=device)
+            for dst, src in moves:
+                grown[:, dst].copy_(old[:, src])
+            setattr(self, key, grown)
+        self.sy = self.sy.to(dtype=dtype, device=device)
+        self.yy = self.yy.to(dtype=dtype, device=device)
+
+    def reset(self) -> None:
+        """Empty, as a new ring (in place: nothing is allocated)."""
+        for t in (self.s, self.y, self.sy, self.yy):
+            t.zero_()
+        self.count = 0
+        self.next = 0
+
     def push(self, s: torch.Tensor, y: torch.Tensor, sy: torch.Tensor, yy: torch.Tensor) -> None:
         i = self.next
         self.s[i].copy_(s)

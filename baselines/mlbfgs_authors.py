@@ -45,13 +45,22 @@ differences): ``averages="mean"`` (both averages normalised), ``restart_grad_ave
 
 This is a reproduction for comparisons, written for clarity: it concatenates block vectors every
 step and runs the two-loop recursion, where ``mlbfgs.MLBFGS`` preallocates and uses the compact form.
+
+What frameworks do behind an optimizer's back (not in the reference) is followed at the start of each
+step, by comparing ``param_groups`` with the layout the blocks were built for: a cast or move of the
+parameters casts the state with them (as ``load_state_dict`` would); parameters appended to a group by
+hand form one new block per group with a fresh history (as :meth:`AuthorsMLBFGS.add_param_group`
+does); a parameter removed or replaced is refused with a ``ValueError`` naming it (the blocks are
+lists of the parameters it was built with). A cleared state restarts as a new optimizer would.
+``load_state_dict`` places the state in a post-hook registered at construction, so a user's
+post-hooks see it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -60,8 +69,10 @@ from .base import TrainingOptimizer, trainable_parameters
 from .config import check_int, check_nonneg, check_unit_interval
 from .contract import (
     FROZEN_HINT,
+    ParamLayout,
     PicklableOptimizer,
     check_dense_gradients,
+    check_layout_change,
     check_parameters,
     check_saved_settings,
     first_saved_index,
@@ -71,6 +82,9 @@ from .contract import (
 BLOCK_EPS = 1e-12  # opt/slimblock.py: epsilon
 MODEL_EPS = 1e-5  # opt/slim.py: epsilon
 AUTHORS_KEY = "authors"  # key of the optimizer's own state in ``optimizer.state``
+_CHANGES_ALLOWED = ("its blocks (and their curvature histories) are lists of the parameters it was built with, so "
+                    "parameters may be added (add_param_group, or appended to a group: a new block) or cast and "
+                    "moved, not removed or replaced: build a new optimizer for new tensors")
 
 
 @dataclass(frozen=True)
@@ -227,9 +241,15 @@ class AuthorsMLBFGS(PicklableOptimizer):
         self.behaviour = behaviour or AuthorsBehaviour()
         self.last_pairs: list[dict[str, Any]] = []
         self._first = all_params[0]
+        self._layout = ParamLayout(self.param_groups)  # what the blocks are built for (checked each step)
+        self._loading: dict[str, Any] | None = None  # the entry a load places, between its two hooks
         self._mark_blocks()
         self._state()
         self.state[self._first]["settings"] = self._settings()
+        # registered now, so they run before any hook a user registers: a user's post-hook sees the
+        # loaded state in place
+        self.register_load_state_dict_pre_hook(_check_before_load)
+        self.register_load_state_dict_post_hook(_place_after_load)
 
     def _mark_blocks(self) -> None:
         # every parameter holds state (its block, -1 outside; its momentum buffer), created now, as
@@ -244,17 +264,78 @@ class AuthorsMLBFGS(PicklableOptimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """A group added later (not in the reference, which never adds one) is one new block with a
         fresh history; its first anchor is set at its first pair step."""
+        if hasattr(self, "blocks"):  # not while __init__ builds the groups: first follow earlier edits
+            self._sync()
         super().add_param_group(param_group)
         if not hasattr(self, "blocks"):  # still in __init__
             return
         new = list(self.param_groups[-1]["params"])
         check_parameters([p for g in self.param_groups for p in g["params"]], "mlbfgs_authors")
+        self._layout = ParamLayout(self.param_groups)
         if new:
-            self.blocks.append(new)
-            if AUTHORS_KEY in self.state.get(self._first, {}):
-                self._state()["blocks"][str(len(self.blocks) - 1)] = self._new_block_state(new)
+            self._add_block(new)
             self.state[self._first]["settings"] = self._settings()
             self._mark_blocks()
+
+    def _add_block(self, new: list[nn.Parameter]) -> None:
+        self.blocks.append(new)
+        if AUTHORS_KEY in self.state.get(self._first, {}):
+            self._state()["blocks"][str(len(self.blocks) - 1)] = self._new_block_state(new)
+
+    # -- the layout and state checked against param_groups and state at each step ------------------
+    @torch._dynamo.disable  # bookkeeping by identity: run eagerly under torch.compile
+    def _sync(self) -> None:
+        """Follow what a framework changed since the last step (see the module docstring). In a plain
+        run it compares the parameters' identities and a few attributes, and allocates nothing."""
+        if not self._layout.matches(self.param_groups):
+            self._relayout()
+        if AUTHORS_KEY not in self.state.get(self._first, {}):
+            # cleared or replaced by an empty state: start over as an optimizer built now would
+            # (torch.optim's own optimizers restart lazily the same way)
+            self._state()
+            self.state[self._first]["settings"] = self._settings()
+            self._mark_blocks()
+
+    def _relayout(self) -> None:
+        groups = [list(g["params"]) for g in self.param_groups]
+        added = check_layout_change(type(self).__name__, self._layout, groups, _CHANGES_ALLOWED)
+        check_parameters([p for ps in groups for p in ps], "mlbfgs_authors")
+        per_group: dict[int, list[nn.Parameter]] = {}
+        for g, _, p in added:
+            per_group.setdefault(g, []).append(cast(nn.Parameter, p))
+        for new in per_group.values():  # as a group added by add_param_group: one block, fresh history
+            self._add_block(new)
+        first = next(p for ps in groups for p in ps)
+        if first is not self._first:  # the optimizer's own entries live under the first parameter
+            entry = self.state.get(self._first, {})
+            for key in ("settings", AUTHORS_KEY):
+                if key in entry:
+                    self.state.setdefault(first, {})[key] = entry.pop(key)
+            self._first = first
+        self._cast_state()
+        self._layout = ParamLayout(self.param_groups)
+        self.state.setdefault(self._first, {})["settings"] = self._settings()
+        self._mark_blocks()
+
+    def _cast_state(self) -> None:
+        """The state in its parameters' dtype and device after a cast or move (``model.double()``,
+        ``.to(device)``), as ``load_state_dict`` would place it: each parameter's own tensors follow it,
+        each block's follow its first parameter, and rho stays float64."""
+        def follow(entry: dict[str, Any], ref: torch.Tensor, keep_float64: tuple[str, ...] = ()) -> None:
+            for key, value in entry.items():
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    dtype = torch.float64 if key in keep_float64 else ref.dtype
+                    if value.dtype != dtype or value.device != ref.device:
+                        entry[key] = value.to(dtype=dtype, device=ref.device)
+
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in self.state:
+                    follow(self.state[p], p)
+        authors = self.state.get(self._first, {}).get(AUTHORS_KEY)
+        if authors is not None:
+            for b, block in enumerate(self.blocks):
+                follow(authors["blocks"][str(b)], block[0], ("rho",))
 
     def _settings(self) -> dict[str, Any]:
         # numbers and tensors only, as flattened checkpoints need
@@ -263,11 +344,15 @@ class AuthorsMLBFGS(PicklableOptimizer):
                 "update_period": self.hyper["update_period"], "blocks": sizes}
 
     def state_dict(self) -> dict[str, Any]:
+        self._sync()
         self._state()
         self.state[self._first]["settings"] = self._settings()
         return super().state_dict()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def _before_load(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """load_state_dict pre-hook: check ``state_dict`` and take the optimizer's own entry out of it;
+        torch would cast rho (float64) to the parameters' dtype, so :meth:`_after_load` places it."""
+        self._sync()
         name = type(self).__name__
         first = first_saved_index(state_dict)
         saved = dict(state_dict["state"])
@@ -283,9 +368,16 @@ class AuthorsMLBFGS(PicklableOptimizer):
             entry.pop("settings", None)
             authors = self._from_legacy(legacy)
         saved[first] = entry
-        # torch casts floating state to the parameter's dtype; rho stays float64, so this entry is
-        # placed here (device and parameter dtype for the vectors)
-        super().load_state_dict({**state_dict, "state": saved})
+        self._loading = authors
+        return {**state_dict, "state": saved}
+
+    def _after_load(self) -> None:
+        """load_state_dict post-hook (runs before a user's): the entry taken out by :meth:`_before_load`
+        placed under the first parameter (device and parameter dtype for the vectors, rho float64)."""
+        authors, self._loading = self._loading, None
+        if authors is None:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the pre-hook that takes its own entry out of "
+                             "the state did not run (was its handle removed?)")
         self.state[self._first][AUTHORS_KEY] = self._place(authors)
         self.state[self._first]["settings"] = self._settings()
         self._mark_blocks()
@@ -372,6 +464,7 @@ class AuthorsMLBFGS(PicklableOptimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = None
+        self._sync()  # a cast, reset, load or hand edit since the last step (see the module docstring)
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -532,6 +625,16 @@ class AuthorsMLBFGS(PicklableOptimizer):
                 if p.grad is not None:
                     out[id(p)] = p.grad / norm
         return out
+
+
+def _check_before_load(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """load_state_dict pre-hook of :class:`AuthorsMLBFGS` (module level: pickles by name)."""
+    return cast(AuthorsMLBFGS, optimizer)._before_load(state_dict)
+
+
+def _place_after_load(optimizer: torch.optim.Optimizer) -> None:
+    """load_state_dict post-hook of :class:`AuthorsMLBFGS`."""
+    cast(AuthorsMLBFGS, optimizer)._after_load()
 
 
 def _pair_record(b: int, mu: float, accepted: bool, rho: float, s: torch.Tensor, gamma: float) -> dict[str, Any]:

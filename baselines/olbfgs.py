@@ -111,6 +111,7 @@ class OLBFGS(FlatQuasiNewton):
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
         if closure is None:
             raise ValueError("OLBFGS.step needs a closure: y is a gradient difference on the same batch")
+        self._sync()  # a cast, reset, load or hand edit since the last step (baselines/flat.py)
         with torch.enable_grad():
             loss = closure()
         self.last_records = []
@@ -147,6 +148,7 @@ class OLBFGS(FlatQuasiNewton):
                 {"block": "model", "mu": sy / ss if ss > 0 else float("nan"), "accepted": accepted}
             ]
         self._count_step()
+        self._publish_counters()
         return loss
 
 

@@ -114,6 +114,7 @@ class SQN(FlatQuasiNewton):
         self._y = self._buffer("_y")
         self._have_xbar_old = False
         self.hvp_count = 0
+        self.step_hvps = 0  # HVPs taken by the last step (0 or 1): what SQNTraining charges for it
         self._hvp_context = hvp_context or contextlib.nullcontext
         self.last_records: list[dict[str, Any]] = []
         self._publish()
@@ -125,11 +126,16 @@ class SQN(FlatQuasiNewton):
     def _settings(self) -> dict[str, Any]:
         return {"history_size": self._ring.m, "update_period": self.update_period}
 
-    def _on_extended(self, old: int) -> None:
+    def _on_extended(self, added: list[slice]) -> None:
         # the new coordinates enter the running average as if they had been there all period
         x = self._flat.gather_params(self._x)
-        self._acc[old:].copy_(x[old:]).mul_(self.k % self.update_period)
-        self._xbar_old[old:].copy_(x[old:])
+        for sl in added:
+            self._acc[sl].copy_(x[sl]).mul_(self.k % self.update_period)
+            self._xbar_old[sl].copy_(x[sl])
+
+    def _restart_extra(self) -> None:
+        self._have_xbar_old = False
+        self.hvp_count = 0
 
     def step(  # type: ignore[override]
         self,
@@ -137,6 +143,8 @@ class SQN(FlatQuasiNewton):
         loss_closure: Callable[[], torch.Tensor] | None = None,
     ) -> torch.Tensor | None:
         loss = None
+        self.step_hvps = 0
+        self._sync()  # a cast, reset, load or hand edit since the last step (baselines/flat.py)
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -156,6 +164,7 @@ class SQN(FlatQuasiNewton):
         self._count_step()
         if self.k % self.update_period == 0:
             self._curvature_update(loss_closure)
+        self._publish_counters()
         return loss
 
     @torch._dynamo.disable  # double backward at another iterate: run eagerly under torch.compile
@@ -176,6 +185,7 @@ class SQN(FlatQuasiNewton):
             finally:
                 self._flat.set_params(x_now)
             self.hvp_count += 1
+            self.step_hvps += 1
             with torch.no_grad():
                 y = self._y.zero_()
                 y_views = self._flat.views(y)
@@ -210,9 +220,9 @@ class SQN(FlatQuasiNewton):
 class SQNTraining(TrainingOptimizer):
     def _step(self, closure: CountingClosure) -> torch.Tensor:
         opt: SQN = self.optimizer  # type: ignore[assignment]
-        before = opt.hvp_count
         loss = opt.step(lambda: closure(backward=True), lambda: closure(backward=False))
-        self.grad_evals += 2 * (opt.hvp_count - before)  # an HVP = forward + double backward = 2
+        # an HVP = forward + double backward = 2 (counted per step: a state reset restarts hvp_count)
+        self.grad_evals += 2 * opt.step_hvps
         return loss  # type: ignore[return-value]
 
     def curvature_records(self) -> list[dict[str, Any]]:
