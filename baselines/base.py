@@ -90,6 +90,31 @@ class TrainingOptimizer:
         self._optimizer.step()
         return loss
 
+    @property
+    def has_modes(self) -> bool:
+        """Whether the optimizer inside keeps train and eval weights apart (schedule-free methods: its
+        ``train()`` / ``eval()`` switch the parameters between the points it steps at and evaluates)."""
+        return callable(getattr(self._optimizer, "train", None)) and callable(getattr(self._optimizer, "eval", None))
+
+    def train_mode(self) -> None:
+        """Put the parameters at the point the optimizer steps from (its ``train()``; else nothing). The
+        runner calls it before the first step and after a resume, since a checkpoint holds eval weights."""
+        if self.has_modes:
+            self._optimizer.train()  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def evaluation_weights(self) -> Iterator[None]:
+        """Inside, the parameters are the ones to evaluate and to checkpoint (the optimizer's ``eval()``),
+        after it the ones to step from again (``train()``); without modes, nothing changes."""
+        if not self.has_modes:
+            yield
+            return
+        self._optimizer.eval()  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            self._optimizer.train()  # type: ignore[attr-defined]
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._optimizer.zero_grad(set_to_none=set_to_none)
 

@@ -191,7 +191,7 @@ class Run:
             position = (epoch + 1) * self.ipe
 
     def _evaluate(self) -> None:
-        with self.amp.autocast():
+        with self.opt.evaluation_weights(), self.amp.autocast():  # schedule-free: its eval-mode weights
             loss, acc, secs = evaluate(self.raw_model, self.eval_data, self.spec.workload.eval_batch_size, self.ctx)
         self.last_eval.update(test_loss=loss, test_acc=acc)
         self.recorder.row(RunRow(
@@ -201,8 +201,11 @@ class Run:
 
     def _checkpoint(self) -> None:
         self.progress.offsets = self.recorder.offsets()
-        payload, sharded = snapshot(self.parts, self.progress, self.spec, self.ctx, self.opts.fsdp)
-        self.store.save(self.iteration, payload, self.ctx.barrier, sharded)
+        # a checkpoint holds the weights one evaluates (schedule-free); written before they switch back, since
+        # the payload references the live tensors
+        with self.opt.evaluation_weights():
+            payload, sharded = snapshot(self.parts, self.progress, self.spec, self.ctx, self.opts.fsdp)
+            self.store.save(self.iteration, payload, self.ctx.barrier, sharded)
         self._saved_at = time.monotonic()
         fields: dict[str, Any] = {"iterations_done": self.iteration, "train_s": round(self.wall, 3),
                                   "cpu_s": round(self.cpu, 3)}
@@ -211,9 +214,11 @@ class Run:
         self.recorder.progress(fields)
 
     def start(self) -> None:
-        """The evaluation at iteration 0 of a new run (outside the clock); puts the model in train mode."""
+        """The evaluation at iteration 0 of a new run (outside the clock); puts the model in train mode, and
+        the optimizer too where it has modes (a resumed checkpoint holds its eval-mode weights)."""
         if self.iteration == 0:
             self._evaluate()
+        self.opt.train_mode()
         self.raw_model.train()
 
     def advance(self) -> None:
