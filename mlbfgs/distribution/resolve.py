@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import torch
@@ -83,7 +84,7 @@ def refuse_zero_redundancy(max_depth: int = 12) -> None:
     zero = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
     if zero is None:  # never imported: not wrapped
         return
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     for _ in range(max_depth):
         if frame is None:
             return

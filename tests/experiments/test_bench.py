@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.bench import construction, distributed, fairness, overhead, records, runner, sharding_modes, threads, timing
+from experiments.bench import (
+    construction,
+    distributed,
+    fairness,
+    overhead,
+    records,
+    runner,
+    sharding_modes,
+    threads,
+    timing,
+)
 from experiments.bench.busy_load import BusyLoad
 from experiments.bench.workload import synthetic_batch, workload_model
 from experiments.runner.manifest import REPO_ROOT

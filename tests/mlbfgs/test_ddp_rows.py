@@ -19,9 +19,9 @@ import torch.multiprocessing as mp
 from torch.profiler import ProfilerActivity, profile
 
 from mlbfgs import MLBFGS, CommunicationBytes
-from tests.support.conformance import move_state
 from tests.support import dist_workers as dw
 from tests.support import fsdp_workers as w
+from tests.support.conformance import move_state
 
 M = w.OPT_KW["history_size"]
 ELEM = 8  # float64
