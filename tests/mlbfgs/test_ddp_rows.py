@@ -245,6 +245,24 @@ def test_one_rank_rows_state_moved_mid_training_is_the_state_used(one_process_gr
             o.step()
     for a, b in zip(*(n.parameters() for n in nets)):
         assert torch.equal(a.detach(), b.detach())
+    # and the state is the live one: state_dict() holds the rows the steps after the move wrote
+    saved = [o.state_dict()["state"] for o in opts]
+    assert saved[0].keys() == saved[1].keys()
+    for k in saved[0]:
+        for name, value in _tensors_of(saved[0][k]).items():
+            other = _tensors_of(saved[1][k])[name]
+            assert torch.equal(value, other), (k, name)
+
+
+def _tensors_of(entry: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a state entry by path, DTensors as their local rows."""
+    out: dict[str, torch.Tensor] = {}
+    for name, value in entry.items():
+        if isinstance(value, dict):
+            out.update(_tensors_of(value, f"{prefix}{name}."))
+        elif isinstance(value, torch.Tensor):
+            out[prefix + name] = value.to_local() if hasattr(value, "to_local") else value
+    return out
 
 
 def _allocations(fn, repeat: int) -> list[str]:
