@@ -35,7 +35,9 @@ def construction_summary(frame: pd.DataFrame) -> pd.DataFrame:
     scale = med["tensors"].to_numpy() / base["tensors"].to_numpy()
     med["construct_growth"] = med["construct_seconds"].to_numpy() / base["construct_seconds"].to_numpy() / scale
     med["step_growth"] = med["step_seconds"].to_numpy() / base["step_seconds"].to_numpy() / scale
-    return med
+    order = {name: i for i, name in enumerate(OPTIMIZER_TEXT)}
+    med["_o"] = med["optimizer"].map(order).fillna(len(order))
+    return med.sort_values(["_o", "tensors"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
 def construction_markdown(summary: pd.DataFrame) -> str:
