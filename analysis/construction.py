@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from analysis.load import read_checked_csv
 from analysis.style import new_figure, plain_log_ticks, styled
@@ -71,7 +72,9 @@ def plot_construction(frame: pd.DataFrame, summary: pd.DataFrame) -> Figure:
                 ax.plot(n, ms[0] * n / n[0], ":", color=line.get_color(), alpha=0.6)
             ax.set_xscale("log")
             ax.set_yscale("log")
-            plain_log_ticks(ax.xaxis)
+            counts = sorted(int(n) for n in summary["tensors"].unique())
+            ax.set_xticks(counts, labels=[str(n) for n in counts])  # the measured counts, not 1-2-5 steps
+            ax.xaxis.set_minor_locator(NullLocator())
             plain_log_ticks(ax.yaxis, " ms")
             ax.set_xlabel("parameter tensors")
             ax.set_title(title)
