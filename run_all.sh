@@ -46,7 +46,7 @@ if [ ! -x "$PY" ]; then
   echo "[run_all] creating .venv"
   python3 -m venv .venv
   "$PY" -m pip install --progress-bar off -r requirements.txt -e .
-elif ! "$PY" -c "import torch, torchvision, numpy, pandas, matplotlib, seaborn, tqdm, mnist1d, transformers, tensorboard, pytest, hypothesis, scipy, nbclient, ipykernel, ruff, mypy, packaging, mkdocs, material, mkdocstrings_handlers.python, mkdocs_jupyter, mlbfgs" 2>/dev/null; then
+elif ! "$PY" -c "import torch, torchvision, numpy, pandas, matplotlib, seaborn, tqdm, mnist1d, transformers, tensorboard, pytest, hypothesis, scipy, nbclient, ipykernel, ruff, mypy, packaging, mkdocs, material, mkdocstrings_handlers.python, mkdocs_jupyter, pytorch_optimizer, schedulefree, heavyball, mlbfgs" 2>/dev/null; then
   echo "[run_all] .venv incomplete: installing requirements"
   "$PY" -m pip install --progress-bar off -r requirements.txt -e .
 fi

@@ -7,6 +7,13 @@ The module is imported (it must be importable: installed, or on ``sys.path``/``P
 attribute after ``:`` looked up (dots walk nested attributes, ``pkg.mod:Outer.Inner``). The class is
 constructed as ``Class(params, **arguments)`` with the model's trainable parameters (one param group).
 
+Parameter groups: by default one group of the model's trainable parameters. ``param_groups`` (an
+argument of every import path, ``--param-groups module:function`` or ``--set
+optimizer.param_groups=module:function``) names a *recipe*, a function from the model to the groups
+the constructor gets (e.g. :func:`baselines.recipes.muon_groups`, which sends the hidden layers' matrix
+weights to Muon and the rest to AdamW). The groups must hold every trainable parameter once and
+nothing else; the recipe's path enters the run id and the manifest like any other setting.
+
 Arguments: the constructor's *named* parameters after the first (the parameters), with the defaults of
 its signature. Nothing reaches a ``**kwargs`` of the constructor: an argument must be named in the
 signature to be checked and recorded (wrap the class otherwise). An unknown argument, or a missing one
@@ -43,6 +50,8 @@ from .base import CountingClosure, TrainingOptimizer, trainable_parameters
 
 SEPARATOR = ":"
 EXAMPLE = "torch.optim:RAdam"
+#: the argument naming a parameter-group recipe (not passed to the constructor)
+PARAM_GROUPS = "param_groups"
 
 
 def is_import_path(name: object) -> bool:
@@ -147,22 +156,63 @@ def default_arguments(name: str) -> dict[str, Any]:
 
 
 def accepted_arguments(name: str) -> list[str]:
-    """The names of the constructor arguments of ``name``, in signature order."""
-    return list(constructor_parameters(optimizer_class(name)))
+    """The names of the constructor arguments of ``name``, in signature order, then ``param_groups``."""
+    return [*constructor_parameters(optimizer_class(name)), PARAM_GROUPS]
 
 
 def check_arguments(name: str, arguments: dict[str, Any]) -> None:
     """``ValueError`` for an argument the constructor does not name, or a required one missing;
     the message names the argument(s) and lists the valid arguments."""
     params = constructor_parameters(optimizer_class(name))
+    if PARAM_GROUPS in arguments:
+        param_group_recipe(arguments[PARAM_GROUPS])
+        arguments = {k: v for k, v in arguments.items() if k != PARAM_GROUPS}
     unknown = sorted(set(arguments) - set(params))
     if unknown:
         raise ValueError(f"unknown argument(s) {unknown} for optimizer {name!r}; valid arguments: {sorted(params)} "
-                         "(the named parameters of its constructor)")
+                         f"(the named parameters of its constructor), and {PARAM_GROUPS!r} (a recipe)")
     missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in arguments]
     if missing:
         raise ValueError(f"optimizer {name!r}: argument(s) {missing} have no default and must be given "
                          f"(e.g. --set optimizer.{missing[0]}=...)")
+
+
+def param_group_recipe(path: Any) -> Callable[[nn.Module], list[dict[str, Any]]]:
+    """The function that import path ``path`` names (``"module.path:function"``), taking a model and
+    returning its parameter groups. ``ValueError`` naming ``param_groups`` otherwise."""
+    if not isinstance(path, str):
+        raise ValueError(f"{PARAM_GROUPS}: expected an import path 'module.path:function' of a recipe (a function "
+                         f"from the model to its param groups, e.g. 'baselines.recipes:muon_groups'), got {path!r}")
+    recipe = import_object(path, PARAM_GROUPS, "functions", inspect.isfunction)
+    if not callable(recipe):
+        raise ValueError(f"{PARAM_GROUPS}: {path!r} is a {type(recipe).__name__}, not a function of the model")
+    return recipe  # type: ignore[no-any-return]
+
+
+def recipe_groups(path: str, model: nn.Module) -> list[dict[str, Any]]:
+    """The param groups recipe ``path`` makes of ``model``, checked to hold every trainable parameter
+    of ``model`` once and nothing else (``ValueError`` naming the first parameter that breaks it)."""
+    groups = param_group_recipe(path)(model)
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and "params" in g for g in groups):
+        raise ValueError(f"{PARAM_GROUPS}: {path!r} must return a list of dicts with a 'params' entry, got "
+                         f"{type(groups).__name__}")
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen: set[int] = set()
+    for i, group in enumerate(groups):
+        group["params"] = list(group["params"])
+        for p in group["params"]:
+            name = names.get(id(p), f"a tensor of shape {tuple(p.shape)}")
+            if id(p) in seen:
+                raise ValueError(f"{PARAM_GROUPS}: {path!r} lists parameter {name} twice (again in group {i})")
+            if id(p) not in names or not p.requires_grad:
+                raise ValueError(f"{PARAM_GROUPS}: {path!r} puts {name} in group {i}, but it is not a trainable "
+                                 "parameter of the model")
+            seen.add(id(p))
+    left = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if left:
+        raise ValueError(f"{PARAM_GROUPS}: {path!r} leaves out trainable parameter(s) {left[:3]}; every one must be "
+                         "in a group")
+    return groups
 
 
 def describe(name: str) -> str:
@@ -220,10 +270,16 @@ def build_external(name: str, model: nn.Module, arguments: dict[str, Any]) -> Ex
     """
     cls = optimizer_class(name)
     check_arguments(name, arguments)
+    arguments = dict(arguments)
+    recipe = arguments.pop(PARAM_GROUPS, None)
+    params = recipe_groups(recipe, model) if recipe is not None else trainable_parameters(model)
     try:
-        optimizer = cls(trainable_parameters(model), **arguments)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"optimizer {name!r} with arguments {arguments}: {type(err).__name__}: {err}") from err
+        optimizer = cls(params, **arguments)
+    except (ValueError, TypeError, RuntimeError) as err:
+        hint = "" if recipe is not None else (
+            "; if it expects param groups of its own (Muon: matrix weights and the rest), name a recipe with "
+            "--param-groups module:function (e.g. baselines.recipes:muon_groups)")
+        raise ValueError(f"optimizer {name!r} with arguments {arguments}: {type(err).__name__}: {err}{hint}") from err
     if any("lr" not in group for group in optimizer.param_groups):
         raise ValueError(f"optimizer {name!r}: its param groups have no 'lr' entry; the runner's learning-rate "
                          "schedule scales param_group['lr'] (only such optimizers can be driven)")

@@ -117,6 +117,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after N iterations (the LR schedule then spans N iterations)")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override a workload key: batch_size=64, data.train_subset=5000, optimizer.lr=0.05")
+    p.add_argument("--param-groups", default=None, metavar="MODULE:FUNCTION",
+                   help="a recipe making the param groups of an optimizer named by import path from the model, e.g. "
+                        "baselines.recipes:muon_groups (sets optimizer.param_groups; enters the run id)")
     p.add_argument("--data-dir", default=None, help="dataset directory (sets data.dir)")
     p.add_argument("--amp", choices=(*AMP_MODES, "none"), default=None,
                    help="mixed precision (sets the workload key amp; none: off): autocast on the forward pass and "
@@ -160,6 +163,8 @@ def _request(ns: argparse.Namespace, optimizer: str) -> dict:
         overrides["epochs"] = ns.epochs
     if ns.data_dir is not None:
         overrides["data.dir"] = ns.data_dir
+    if ns.param_groups is not None:
+        overrides["optimizer.param_groups"] = ns.param_groups
     if ns.amp is not None:
         overrides["amp"] = None if ns.amp == "none" else ns.amp
     if ns.checkpoint_every is not None:
