@@ -38,6 +38,7 @@ of every step (and by ``state_dict`` / ``load_state_dict``), allocating no tenso
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -65,12 +66,12 @@ class FlatParams:
         if not self.params:
             raise ValueError("no parameters")
         self.numels = [p.numel() for p in self.params]
-        self.offsets = [sum(self.numels[:i]) for i in range(len(self.numels))]
+        self.offsets = [0, *itertools.accumulate(self.numels)][:-1]  # linear in the tensors
         self.n = sum(self.numels)
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
         sizes = [len(g["params"]) for g in param_groups]
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        starts = [0, *itertools.accumulate(sizes)][:-1]
         self.group_slices = [slice(a, a + k) for a, k in zip(starts, sizes)]
         # what this layout was built for: compared with the groups at every step (FlatQuasiNewton._sync)
         self.layout = ParamLayout(param_groups)

@@ -22,8 +22,12 @@ update is due; otherwise the hooks return at once. So any driver gets K-FAC: ``l
 opt.step()``, ``opt.step(closure)`` (HF Trainer, Lightning) or the registry's ``step(closure)``. The
 loss must be the mean over the batch (first) dimension; each hooked module is called once per forward,
 and the last recorded forward before a step is the one its factors come from. Under float16 loss
-scaling the recorded output gradients carry the scale: the registry divides it out
-(``TrainingOptimizer.loss_scale``); a plain driver sets ``opt.preconditioner.loss_scale``.
+scaling the recorded output gradients carry the scale, which the G factors must not: the registry
+divides it out (``TrainingOptimizer.loss_scale``); a plain driver hands its scaler over
+(``opt.preconditioner.grad_scaler = scaler``, as kfac-pytorch takes one). Without either, a factor
+update in one process compares one layer's gradient implied by the recorded tensors with its
+``.grad`` (unscaled by ``GradScaler.step``); a ratio of 8 or more can only be a loss scale, so the nearest power of two
+is divided out, with a warning (HF Trainer and Lightning drive fp16 this way without telling).
 
 Distributed (torch.distributed initialised with world > 1, or a ``process_group``): factors are
 averaged over the ranks and the eigendecompositions are assigned greedily over the ranks and
@@ -43,6 +47,8 @@ Defaults and sources:
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -161,6 +167,8 @@ class KFACPreconditioner:
         self.eigen_count = 0  # eigendecompositions computed by this rank
         # the recorded output gradients are of the loss times this (float16 loss scaling): divided out
         self.loss_scale = 1.0
+        self.grad_scaler: Any = None  # a torch.amp.GradScaler whose scale the recorded gradients carry
+        self._warned_scale = False
         self._handles = [
             layer.module.register_forward_hook(functools.partial(self._forward_hook, layer))
             for layer in self.layers
@@ -208,14 +216,17 @@ class KFACPreconditioner:
     def update_factors(self) -> None:
         """Running averages of A and G from the recorded batch (averaged over ranks if distributed)."""
         fresh: list[tuple[_Layer, str, torch.Tensor]] = []
+        scale = 1.0
         for layer in self.layers:
             if layer.x is None or layer.gout is None:
                 continue
             m = layer.module
             # under autocast the recorded tensors are bfloat16/float16: the factors are kept in the weight's dtype
             x, gout = layer.x.to(m.weight.dtype), layer.gout.to(m.weight.dtype)
-            if self.loss_scale != 1.0:
-                gout = gout / self.loss_scale
+            if not fresh:  # once per update: the scale the recorded output gradients carry
+                scale = self._recorded_scale(m, x, gout)
+            if scale != 1.0:
+                gout = gout / scale
             if isinstance(m, nn.Conv2d):
                 a = kf.conv_factor_a(x, m)
             else:
@@ -235,6 +246,33 @@ class KFACPreconditioner:
                 layer.factors[key] = new
             else:
                 old.mul_(xi).add_(new, alpha=1.0 - xi)
+
+    def _recorded_scale(self, m: nn.Module, x: torch.Tensor, gout: torch.Tensor) -> float:
+        """The loss scale in the recorded output gradients: the registry's, the scaler's, or measured
+        (see the module docstring)."""
+        if self.loss_scale != 1.0:
+            return self.loss_scale
+        if self.grad_scaler is not None:
+            return float(self.grad_scaler.get_scale())
+        if self.comm is not None:  # .grad is the ranks' average, the recorded tensors this rank's: no measure
+            return 1.0
+        if isinstance(m, nn.Linear) and m.weight.grad is not None:
+            implied = gout.reshape(-1, gout.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+            actual = m.weight.grad
+        elif m.bias is not None and m.bias.grad is not None and gout.dim() == 4:
+            implied, actual = gout.sum(dim=(0, 2, 3)), m.bias.grad
+        else:
+            return 1.0
+        ratio = float((implied * implied).sum() / (implied * actual).sum())  # one sync per factor update
+        if not math.isfinite(ratio) or ratio < 8.0:
+            return 1.0
+        scale = 2.0 ** round(math.log2(ratio))
+        if not self._warned_scale:
+            warnings.warn(f"kfac: the recorded output gradients are {scale:g} times the parameters' gradients: a "
+                          "loss scale (GradScaler), divided out of the factors; set opt.preconditioner.grad_scaler "
+                          "= scaler to give it exactly", stacklevel=3)
+            self._warned_scale = True
+        return scale
 
     @torch.no_grad()
     def update_eigen(self) -> None:
@@ -378,6 +416,8 @@ class KFAC(PicklableOptimizer, torch.optim.SGD):
             for key, value in entry.items():
                 if (isinstance(value, torch.Tensor) and value.is_floating_point()
                         and (value.dtype != p.dtype or value.device != p.device)):
+                    if value.dtype != p.dtype:
+                        self._check_dtypes()  # a cast to float16/bfloat16 is refused now, not at the next eigh
                     entry[key] = value.to(device=p.device, dtype=p.dtype)
 
     def _store(self, module: nn.Module) -> dict:

@@ -65,11 +65,14 @@ def _decode(name: str, value: float) -> Any:
 
 
 def _before_state_dict(opt: MLBFGS) -> None:
-    opt._global_state()  # the settings travel with the state even before the first step
+    # what the next step would see: blocks for parameters appended by hand, a fresh record after a reset,
+    # the settings even before the first step
+    opt._follow_live()
 
 
 def _before_load(opt: MLBFGS, state_dict: dict[str, Any]) -> dict[str, Any]:
     """Check the saved state against ``opt`` and set its curvature aside (placed by :func:`_after_load`)."""
+    opt._follow_groups()  # parameters appended to a group by hand have their blocks, as when it was saved
     saved_state = state_dict["state"]
     ids = [i for g in state_dict["param_groups"] for i in g["params"]]
     old = [k for k in saved_state if k not in set(ids)]

@@ -374,12 +374,16 @@ class MLBFGS(Optimizer):
             return False
         key = self._signature()
         if self._buffers is None or self._buffers.signature != key:
-            self._follow_groups()  # parameters appended to a group by hand, or swapped
-            live_state.follow_parameters(self)  # a cast or move of the model, replaced state
-            self._create_state()  # entries missing after a load or a reset, or a momentum switched on
+            self._follow_live()
             key = self._signature()  # the state the buffers are built on
             self._buffers = StepBuffers(self, key)
         return True
+
+    def _follow_live(self) -> None:
+        """Catch up with what changed since the last step (also before saving or loading a state)."""
+        self._follow_groups()  # parameters appended to a group by hand, or swapped
+        live_state.follow_parameters(self)  # a cast or move of the model, replaced state
+        self._create_state()  # entries missing after a load or a reset, or a momentum switched on
 
     def _signature(self) -> tuple[Any, ...]:
         """What the step's buffers depend on; compared every step (Python only: no tensor work, no sync)."""

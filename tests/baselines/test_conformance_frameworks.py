@@ -140,6 +140,47 @@ def test_a_parameter_appended_to_a_group_by_hand_trains(case: str) -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def _with_head_appended(case: str, seed: int = 0) -> tuple[nn.Module, Any]:
+    model = make_model(seed)
+    model[2].requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_opt(case, model, params=params) if case in LIBRARY else make_opt(case, model)
+    model[2].requires_grad_(True)
+    opt.optimizer.param_groups[0]["params"].extend(model[2].parameters())
+    return model, opt
+
+
+@pytest.mark.parametrize("when", ["before_a_step", "after_steps"])
+@pytest.mark.parametrize("case", CASES)
+def test_a_checkpoint_after_appending_by_hand_resumes(case: str, when: str) -> None:
+    model, opt = _with_head_appended(case)
+    if when == "after_steps":
+        train(opt, model, 5)
+    saved, weights = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
+    resumed, ropt = _with_head_appended(case, seed=3)
+    resumed.load_state_dict(weights)
+    ropt.load_state_dict(saved)
+    train(opt, model, 6, start=5)
+    train(ropt, resumed, 6, start=5)
+    assert_params_close(model, resumed, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_checkpoint_written_after_a_reset_resumes(case: str) -> None:
+    model = make_model()
+    opt = make_opt(case, model)
+    train(opt, model, 6)
+    opt.optimizer.state.clear()
+    saved, weights = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
+    resumed = make_model(seed=3)
+    resumed.load_state_dict(weights)
+    ropt = make_opt(case, resumed)
+    ropt.load_state_dict(saved)
+    train(opt, model, 6, start=6)
+    train(ropt, resumed, 6, start=6)
+    assert_params_close(model, resumed, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_parameters_swapped_in_groups_train_or_name_what_changed(case: str) -> None:
     """DeepSpeed ZeRO puts its own copies in ``param_groups`` and copies gradients into them."""

@@ -8,9 +8,11 @@ torch.linalg.solve; the K-FAC direction (after the KL clip) must match it to 1e-
 from __future__ import annotations
 
 import io
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from baselines import build_optimizer
@@ -220,3 +222,52 @@ def test_greedy_assignment_gives_each_job_to_the_least_loaded_rank():
     assert assign_owners([5.0, 8.0, 4.0, 7.0, 6.0], 2) == [0, 0, 0, 1, 1]
     assert assign_owners([1.0, 1.0, 1.0], 1) == [0, 0, 0]
     assert sorted(assign_owners([1.0] * 6, 3)) == [0, 0, 1, 1, 2, 2]
+
+
+def _plain_kfac_run(scale: float | None, give_scaler: bool = False) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = build_optimizer("kfac", model, lr=0.05, factor_update_freq=1, inv_update_freq=2).optimizer
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=1000) if scale else None
+    if give_scaler:
+        opt.preconditioner.grad_scaler = scaler
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        x, y = torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("scale", [1024.0, 65536.0])
+def test_plain_driving_under_a_grad_scaler_is_kfac_on_the_unscaled_loss(scale: float) -> None:
+    """HF Trainer / Lightning fp16: GradScaler unscales .grad but not the recorded output gradients, whose
+    scale would enter G squared and stall training; the factor update divides it out (powers of two: exact)."""
+    reference = _plain_kfac_run(None)
+    with pytest.warns(UserWarning, match="loss scale"):
+        measured = _plain_kfac_run(scale)
+    assert torch.equal(measured, reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        given = _plain_kfac_run(scale, give_scaler=True)
+    assert torch.equal(given, reference)
+
+
+def test_a_cast_to_half_after_construction_is_refused_at_the_next_step() -> None:
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = build_optimizer("kfac", model, lr=0.05).optimizer
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    model.half()
+    opt.zero_grad()
+    F.cross_entropy(model(x.half()).float(), y).backward()
+    with pytest.raises(ValueError, match="float32 or float64"):
+        opt.step()
