@@ -43,6 +43,12 @@ def build_blocks(params: Sequence[torch.Tensor], spec: BlockSpec) -> list[list[t
         if not 1 <= spec <= len(params):
             raise ValueError(f"blocks: an int must lie in [1, number of parameters = {len(params)}], got {spec}")
         return _contiguous_blocks(params, spec)
+    if isinstance(spec, (str, bytes)) or not isinstance(spec, (list, tuple)):
+        raise ValueError(f"blocks: expected 'model', 'layer', an int >= 1 or a list of lists of parameters, got "
+                         f"{spec!r} ({type(spec).__name__})")
+    if any(isinstance(b, torch.Tensor) for b in spec):
+        raise ValueError("blocks: expected a list of lists of parameters (each inner list one block), got a list "
+                         "of tensors; for one block pass blocks=[params], or blocks='model'")
     return _explicit_blocks(params, spec)
 
 
@@ -70,8 +76,19 @@ def _explicit_blocks(params: list[torch.Tensor], spec: Sequence[Sequence[torch.T
     wanted = {id(p) for p in params}
     if len(given) != len(set(given)):
         raise ValueError("blocks: a parameter appears in more than one block")
-    if set(given) != wanted:
-        raise ValueError("blocks: the blocks must hold exactly the optimizer's parameters, each once")
+    for b, block in enumerate(blocks):
+        for p in block:
+            if id(p) not in wanted:
+                kind = ("an integer tensor (integer parameters are skipped: they never get a gradient)"
+                        if isinstance(p, torch.Tensor) and not can_have_gradient(p) else "not one of the optimizer's")
+                raise ValueError(f"blocks: block {b} holds a tensor of shape {tuple(getattr(p, 'shape', ()))} that is "
+                                 f"{kind}; the blocks must hold exactly the optimizer's parameters, each once")
+    missing = [i for i, p in enumerate(params) if id(p) not in set(given)]
+    if missing:
+        shape = tuple(params[missing[0]].shape)
+        raise ValueError(f"blocks: parameter {missing[0]} (shape {shape}) is in no block"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                         + "; the blocks must hold exactly the optimizer's parameters, each once")
     return blocks
 
 

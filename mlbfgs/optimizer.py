@@ -143,6 +143,9 @@ class MLBFGS(Optimizer):
         self.block_sizes: list[int] = []  # elements per block, in block order (whole parameters, also sharded)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
         all_params = self._trainable_params()
+        if not all_params and any(g["params"] for g in self.param_groups):
+            raise ValueError("params: no parameter that can have a gradient: integer and bool parameters are skipped "
+                             "(they never get one); give MLBFGS floating-point parameters")
         for i, p in enumerate(all_params):
             check_supported(p, i, row_sharded=True)
         self._set_blocks(build_blocks(all_params, blocks))
@@ -209,16 +212,19 @@ class MLBFGS(Optimizer):
         check_repeated_settings(group, self.config)
         if not hasattr(self, "distributor"):  # still in __init__: blocks are built from all groups at once
             return
-        new = [p for p in group["params"] if id(p) not in known and can_have_gradient(p)]
-        if new:
-            self._add_blocks(new, sum(len(g["params"]) for g in self.param_groups[:-1]))
+        offset = sum(len(g["params"]) for g in self.param_groups[:-1])
+        at = [offset + j for j, p in enumerate(group["params"]) if id(p) not in known and can_have_gradient(p)]
+        if at:
+            everything = [p for g in self.param_groups for p in g["params"]]
+            self._add_blocks([everything[i] for i in at], at)
 
-    def _add_blocks(self, new: list[torch.Tensor], offset: int) -> None:
+    def _add_blocks(self, new: list[torch.Tensor], indices: list[int]) -> None:
         """Blocks for parameters the optimizer did not have (a group added, or parameters appended to a
-        group by hand), by the rule of the class docstring; existing blocks keep their state."""
-        for i, p in enumerate(new):
-            check_supported(p, offset + i, row_sharded=True)
-        self.distributor.check_new_params(new, offset)
+        group by hand; ``indices``: their places among all the groups' parameters, for errors), by the
+        rule of the class docstring; existing blocks keep their state."""
+        for i, p in zip(indices, new, strict=True):
+            check_supported(p, i, row_sharded=True)
+        self.distributor.check_new_params(new, indices[0])
         spec = self._block_spec if self._block_spec in ("model", "layer") else "model"
         new_blocks = build_blocks(new, spec)
         new_sizes = [sum(p.numel() for p in block) for block in new_blocks]
@@ -417,9 +423,10 @@ class MLBFGS(Optimizer):
                 "parameters with add_param_group (or by appending them to a group)"
             )
         known = {id(p) for block in self.blocks for p in block}
-        new_at = [i for i, p in enumerate(current) if id(p) not in known]
+        everything = [p for g in self.param_groups for p in g["params"]]
+        new_at = [i for i, p in enumerate(everything) if id(p) not in known and can_have_gradient(p)]
         if new_at:
-            self._add_blocks([current[i] for i in new_at], new_at[0])
+            self._add_blocks([everything[i] for i in new_at], new_at)
 
     @torch._dynamo.disable  # type: ignore[untyped-decorator]
     def _begin_step(self, buf: StepBuffers) -> StepPhase | None:  # a NamedTuple: torch.compile can hold it

@@ -81,3 +81,28 @@ def test_assign_blocks_balances_greedily() -> None:
     assert sorted(loads) == [15, 15]
     assert load_imbalance(sizes, owners, 2) == pytest.approx(1.0)
     assert assign_blocks(sizes, 1) == [0] * 6
+
+
+def _bad_blocks(ps: list) -> dict:
+    return {
+        "a float": (2.0, "got 2.0 (float)"),
+        "a flat list": (ps, "got a list of tensors; for one block pass blocks=[params]"),
+        "one left out": ([[ps[0]]], "parameter 1 (shape (3,)) is in no block"),
+        "an integer tensor": ([[ps[0], ps[1], torch.zeros(2, dtype=torch.int8)]], "integer parameters are skipped"),
+        "a foreign tensor": ([[ps[0], ps[1], torch.zeros(2)]], "not one of the optimizer's"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["a float", "a flat list", "one left out", "an integer tensor", "a foreign tensor"])
+def test_bad_blocks_name_what_is_wrong_and_what_is_allowed(kind: str) -> None:
+    ps = [torch.nn.Parameter(torch.zeros(3, 3)), torch.nn.Parameter(torch.zeros(3))]
+    spec, message = _bad_blocks(ps)[kind]
+    with pytest.raises(ValueError, match="blocks") as err:
+        MLBFGS(ps, lr=0.1, blocks=spec)
+    assert message in str(err.value)
+
+
+def test_only_integer_parameters_are_refused_saying_they_are_skipped() -> None:
+    frozen = torch.nn.Parameter(torch.zeros(2, dtype=torch.int8), requires_grad=False)
+    with pytest.raises(ValueError, match="integer and bool parameters are skipped"):
+        MLBFGS([frozen], lr=0.1)
