@@ -27,7 +27,9 @@ divides it out (``TrainingOptimizer.loss_scale``); a plain driver hands its scal
 (``opt.preconditioner.grad_scaler = scaler``, as kfac-pytorch takes one). Without either, a factor
 update in one process compares one layer's gradient implied by the recorded tensors with its
 ``.grad`` (unscaled by ``GradScaler.step``); a ratio of 8 or more can only be a loss scale, so the nearest power of two
-is divided out, with a warning (HF Trainer and Lightning drive fp16 this way without telling).
+is divided out, with a warning (HF Trainer and Lightning drive fp16 this way without telling). The
+hooks stay on the model, and keep the optimizer alive, until ``opt.preconditioner.remove_hooks()``:
+call it before building another K-FAC on the same model.
 
 Distributed (torch.distributed initialised with world > 1, or a ``process_group``): factors are
 averaged over the ranks and the eigendecompositions are assigned greedily over the ranks and
