@@ -37,6 +37,7 @@ from tests.support.conformance import (
     LIBRARY,
     LIBRARY_KW,
     assert_params_close,
+    assert_resumes,
     closure_for,
     make_model,
     make_opt,
@@ -62,15 +63,7 @@ def test_state_moved_and_back_mid_training_is_the_state_the_next_step_uses(case:
     train(opt_ref, ref, 8, start=8)
     train(opt, model, 8, start=8)
     assert_params_close(ref, model, rtol=0, atol=0)
-    # and a checkpoint written after the move resumes as the continued run does
-    saved, weights = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
-    resumed = make_model()
-    resumed.load_state_dict(weights)
-    ropt = make_opt(case, resumed)
-    ropt.load_state_dict(saved)
-    train(opt, model, 4, start=16)
-    train(ropt, resumed, 4, start=16)
-    assert_params_close(model, resumed, rtol=0, atol=0)
+    assert_resumes(case, opt, model, 16, 4)  # and a checkpoint written after the move is the live state
 
 
 # ---------------------------------------------------------------- model cast after construction
@@ -156,13 +149,7 @@ def test_a_checkpoint_after_appending_by_hand_resumes(case: str, when: str) -> N
     model, opt = _with_head_appended(case)
     if when == "after_steps":
         train(opt, model, 5)
-    saved, weights = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
-    resumed, ropt = _with_head_appended(case, seed=3)
-    resumed.load_state_dict(weights)
-    ropt.load_state_dict(saved)
-    train(opt, model, 6, start=5)
-    train(ropt, resumed, 6, start=5)
-    assert_params_close(model, resumed, rtol=0, atol=0)
+    assert_resumes(case, opt, model, 5, 6, rebuild=lambda: _with_head_appended(case, seed=3))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -171,14 +158,7 @@ def test_a_checkpoint_written_after_a_reset_resumes(case: str) -> None:
     opt = make_opt(case, model)
     train(opt, model, 6)
     opt.optimizer.state.clear()
-    saved, weights = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
-    resumed = make_model(seed=3)
-    resumed.load_state_dict(weights)
-    ropt = make_opt(case, resumed)
-    ropt.load_state_dict(saved)
-    train(opt, model, 6, start=6)
-    train(ropt, resumed, 6, start=6)
-    assert_params_close(model, resumed, rtol=0, atol=0)
+    assert_resumes(case, opt, model, 6, 6)
 
 
 @pytest.mark.parametrize("case", CASES)

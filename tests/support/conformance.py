@@ -7,6 +7,7 @@ the library class itself with ``blocks`` = "model", "layer" or 2.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -144,3 +145,21 @@ def move_state(opt: torch.optim.Optimizer, model: nn.Module, how: str) -> None:
             p.data = p.data.clone()
     else:
         raise AssertionError(how)
+
+
+def assert_resumes(case: str, opt: TrainingOptimizer, model: nn.Module, start: int, steps: int,
+                   rebuild: Callable[[], tuple[nn.Module, TrainingOptimizer]] | None = None) -> None:
+    """A checkpoint of ``opt`` and ``model`` taken now, loaded into a rebuilt pair (default: a fresh model
+    and ``make_opt(case, ...)``), continues exactly as the original does for ``steps`` steps."""
+    saved, weights = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
+    resumed, ropt = rebuild() if rebuild is not None else _fresh(case)
+    resumed.load_state_dict(weights)
+    ropt.load_state_dict(saved)
+    train(opt, model, steps, start=start)
+    train(ropt, resumed, steps, start=start)
+    assert_params_close(model, resumed, rtol=0, atol=0)
+
+
+def _fresh(case: str) -> tuple[nn.Module, TrainingOptimizer]:
+    model = make_model(seed=3)
+    return model, make_opt(case, model)

@@ -82,16 +82,22 @@ def single_process_reference(norm: str, steps: int, world: int) -> tuple[list[to
     return [p.detach() for p in net.parameters()], opt
 
 
-def mismatch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    init(rank, world, init_file)
-    net = model()
+def _record_construction_error(rank: int, out_dir: str, build: Callable[[], object]) -> None:
+    """Write the ValueError that ``build()`` raises on this rank (or "no error") to ``rank<r>.txt``."""
     try:
-        MLBFGS(net.parameters(), lr=0.1, blocks="model" if rank == 0 else "layer", process_group=dist.group.WORLD)
+        build()
         msg = "no error"
     except ValueError as err:
         msg = str(err)
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
         f.write(msg)
+
+
+def mismatch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    init(rank, world, init_file)
+    net = model()
+    _record_construction_error(rank, out_dir, lambda: MLBFGS(
+        net.parameters(), lr=0.1, blocks="model" if rank == 0 else "layer", process_group=dist.group.WORLD))
     finish()
 
 
@@ -100,13 +106,8 @@ def zero_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
     init(rank, world, init_file)
-    try:
-        ZeroRedundancyOptimizer(model().parameters(), optimizer_class=MLBFGS, lr=0.1, history_size=4)
-        msg = "no error"
-    except ValueError as err:
-        msg = str(err)
-    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
-        f.write(msg)
+    _record_construction_error(rank, out_dir, lambda: ZeroRedundancyOptimizer(
+        model().parameters(), optimizer_class=MLBFGS, lr=0.1, history_size=4))
     finish()
 
 
