@@ -106,6 +106,7 @@ def test_python_dash_m_entry_point(results_tree: Path, tmp_path: Path) -> None:
         f"skipping direction kernel: no {root / 'overhead' / 'direction_kernel.csv'}",
         f"skipping sharding modes: no {root / 'distributed' / 'sharding_modes.csv'}",
         f"skipping threads: no {root / 'threads' / 'threads.csv'}",
+        f"skipping construction: no {root / 'construction' / 'construction.csv'}",
         f"skipping compiled step: no {root / 'compile'}/steps.csv and summary.csv",
         f"skipping runner overhead: no {root / 'runner' / 'runner.csv'}",
         f"skipping ours vs the authors' code: no finished runs under {root / 'authors' / 'runs'}",
@@ -122,7 +123,7 @@ def test_every_group_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     (tmp_path / "empty").mkdir()
     assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     captured = capsys.readouterr()
-    assert captured.out.count("skipping") == 17
+    assert captured.out.count("skipping") == 18
     assert "error: no results found under" in captured.err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
