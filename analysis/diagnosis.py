@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from analysis.intervals import difference_interval, mean_interval, verdict
 from analysis.load import CURVATURE_COLUMNS, CURVATURE_DIAGNOSTICS, read_curvature_csv
@@ -152,6 +153,7 @@ def plot_block_shares(data: tuple[pd.DataFrame, pd.DataFrame], summary: pd.DataF
                                   extent=(float(its.min()), float(its.max()), grid.index.max() + 0.5, -0.5),
                                   interpolation="nearest")
                 ax.set_ylabel("block (input → classifier)")
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # blocks are whole numbers
                 ax.set_title(f"{variant}\nshare of the {what}", fontsize=8)
                 ax.set_xlabel("iteration")
         if not multi:
