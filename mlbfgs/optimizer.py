@@ -205,18 +205,13 @@ class MLBFGS(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (see the class docstring for the blocks it gets); it trains from the next step."""
-        known = {id(p) for g in self.param_groups for p in g["params"]}
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         check_group_values(group["lr"], group["momentum"], group["weight_decay"])
         check_repeated_settings(group, self.config)
         if not hasattr(self, "distributor"):  # still in __init__: blocks are built from all groups at once
             return
-        offset = sum(len(g["params"]) for g in self.param_groups[:-1])
-        at = [offset + j for j, p in enumerate(group["params"]) if id(p) not in known and can_have_gradient(p)]
-        if at:
-            everything = [p for g in self.param_groups for p in g["params"]]
-            self._add_blocks([everything[i] for i in at], at)
+        self._follow_groups()  # the new group's parameters get blocks, as parameters appended by hand do
 
     def _add_blocks(self, new: list[torch.Tensor], indices: list[int]) -> None:
         """Blocks for parameters the optimizer did not have (a group added, or parameters appended to a
