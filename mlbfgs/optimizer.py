@@ -402,24 +402,21 @@ class MLBFGS(Optimizer):
     def _follow_groups(self) -> None:
         """Give blocks to parameters appended to a group by hand; refuse tensors swapped for the ones the
         blocks hold (a block's averages and ring are those of its parameters)."""
-        current = self._trainable_params()
-        ids = {id(p) for p in current}
+        everything = [p for g in self.param_groups for p in g["params"]]
+        ids = {id(p) for p in everything}
+        known = {id(p) for block in self.blocks for p in block}
+        new_at = [i for i, p in enumerate(everything) if id(p) not in known and can_have_gradient(p)]
         gone = [p for block in self.blocks for p in block if id(p) not in ids]
         if gone:
             shapes = ", ".join(str(tuple(p.shape)) for p in gone[:4]) + (", ..." if len(gone) > 4 else "")
-            known = {id(p) for block in self.blocks for p in block}
-            new = [i for i, p in enumerate(current) if id(p) not in known]
             raise ValueError(
                 f"param_groups changed since construction: {len(gone)} parameter(s) MLBFGS was built with "
                 f"(shapes {shapes}) are in no group any more"
-                + (f", and parameter(s) {new[:4]} of the groups are new" if new else "")
+                + (f", and parameter(s) {new_at[:4]} of the groups are new" if new_at else "")
                 + ". Each block's averages and ring belong to its parameters, so tensors cannot be swapped under "
                 "them (DeepSpeed ZeRO's flat copies do this): build MLBFGS on the tensors it will step, and add "
                 "parameters with add_param_group (or by appending them to a group)"
             )
-        known = {id(p) for block in self.blocks for p in block}
-        everything = [p for g in self.param_groups for p in g["params"]]
-        new_at = [i for i, p in enumerate(everything) if id(p) not in known and can_have_gradient(p)]
         if new_at:
             self._add_blocks([everything[i] for i in new_at], new_at)
 
