@@ -35,7 +35,12 @@ class OptimizerEntry:
     builder: str
     summary: str
     sparse_gradients: bool = False  # trains parameters with sparse gradients (nn.Embedding(sparse=True))
+    requires: tuple[str, ...] = ()  # optional PyPI distributions its module imports (the peers' libraries)
 
+
+# The peers' libraries (baselines/peers.py), pinned in requirements.txt: optional for the library, installed by
+# run_all.sh and CI.
+PEERS = ("heavyball", "pytorch-optimizer", "schedulefree")
 
 _ENTRIES: dict[str, OptimizerEntry] = {
     e.name: e
@@ -73,6 +78,15 @@ _ENTRIES: dict[str, OptimizerEntry] = {
             "slimqn_authors", "mlbfgs_authors", "SlimQNAuthorsConfig", "build_slimqn_authors",
             "the authors' whole-model mL-BFGS reproduced (SlimQN, opt/slim.py)",
         ),
+        OptimizerEntry(
+            "adamw_schedulefree", "peers", "AdamWScheduleFreeConfig", "build_adamw_schedulefree",
+            "schedule-free AdamW (Defazio et al. 2024; the schedulefree library)", requires=PEERS,
+        ),
+        OptimizerEntry(
+            "muon", "peers", "MuonConfig", "build_muon",
+            "Muon for hidden matrices, AdamW for the rest (Jordan et al. 2024; pytorch_optimizer.Muon)",
+            requires=PEERS,
+        ),
     )
 }
 
@@ -100,7 +114,27 @@ def _entry(name: str) -> OptimizerEntry:
 
 
 def _module(entry: OptimizerEntry) -> Any:
-    return importlib.import_module(f"{__package__}.{entry.module}")
+    try:
+        return importlib.import_module(f"{__package__}.{entry.module}")
+    except ModuleNotFoundError as err:
+        if not entry.requires:
+            raise
+        raise ModuleNotFoundError(
+            f"optimizer {entry.name!r} needs {', '.join(entry.requires)} ({err}); install them with "
+            f"pip install -r requirements.txt (pinned there)", name=err.name) from err
+
+
+def installed_optimizers() -> list[str]:
+    """The built-in names whose optional libraries import here (all of :func:`available_optimizers` where
+    the peers' libraries are installed)."""
+    names = []
+    for name, entry in _ENTRIES.items():
+        try:
+            _module(entry)
+        except ModuleNotFoundError:
+            continue
+        names.append(name)
+    return names
 
 
 def is_import_path(name: object) -> bool:

@@ -28,6 +28,8 @@ from tests.support.conformance import (
     CASES,
     DATA,
     ELEMENTWISE,
+    LAZY_STATE,
+    PER_PARAMETER_STATE,
     LIBRARY,
     SHAPING_SETTING,
     assert_params_close,
@@ -236,7 +238,7 @@ def test_checkpoint_helpers_on_a_fresh_optimizer_change_nothing(case: str) -> No
     state from construction, so asking for a checkpoint before training changes nothing."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    if case in ("adam", "adamw"):
+    if case in LAZY_STATE:
         pytest.skip("torch.optim.Adam creates its state lazily, so the helper's zero-gradient step counts in its "
                     "bias correction (torch's behaviour, not this project's state)")
     ref, model = make_model(), make_model()
@@ -282,7 +284,7 @@ def test_loading_with_the_first_parameter_frozen_resumes_or_says_why(case: str) 
     arrive, and the optimizer must say so instead of restarting its curvature silently."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-    if case in ELEMENTWISE | {"sgd_normalized"}:
+    if case in PER_PARAMETER_STATE:
         pytest.skip("per-parameter state only: a frozen parameter's own state is skipped, as torch does")
     model = make_model()
     opt = make_opt(case, model)

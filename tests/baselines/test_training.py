@@ -32,6 +32,8 @@ CONFIGS: dict[str, dict] = {
     "mlbfgs": dict(lr=0.02),
     "mlbfgs_authors": dict(lr=0.02),
     "slimqn_authors": dict(lr=0.02),
+    "adamw_schedulefree": dict(lr=2e-3),
+    "muon": dict(lr=0.02, adamw_lr=1e-3),
 }
 
 

@@ -34,6 +34,8 @@ FAST: dict[str, dict] = {
     "olbfgs": dict(lr=0.05, history_size=3),
     "sqn": dict(lr=0.05, update_period=2, history_size=3),
     "mlbfgs": dict(lr=0.05, update_period=2, history_size=3, beta=0.5),
+    "adamw_schedulefree": dict(lr=0.01),
+    "muon": dict(lr=0.02, adamw_lr=0.01),
     "mlbfgs_authors": dict(lr=0.05, update_period=2, history_size=3, beta=0.5),
     "slimqn_authors": dict(lr=0.05, update_period=2, history_size=3, beta=0.5),
 }
@@ -41,6 +43,10 @@ FAST: dict[str, dict] = {
 # they may train sharded parameters. The others couple parameters (a norm over all of them, blocks,
 # Kronecker factors), which a shard cannot compute alone, so they must refuse them.
 ELEMENTWISE = {"sgd", "adam", "adamw"}
+# Optimizers whose state is per parameter only (no record under the first parameter), created lazily at
+# the first step as torch.optim.Adam's is.
+PER_PARAMETER_STATE = ELEMENTWISE | {"sgd_normalized", "adamw_schedulefree", "muon"}
+LAZY_STATE = {"adam", "adamw", "adamw_schedulefree", "muon"}
 LIBRARY_KW = dict(lr=0.05, update_period=2, history_size=3, beta=0.5)
 # A setting that shapes the curvature state; loading a state saved with another value must fail.
 SHAPING_SETTING = {name: ("history_size", 4) for name in
