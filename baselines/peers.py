@@ -9,12 +9,29 @@ then ``step()``; the runner switches ``train()``/``eval()`` modes where the opti
 - ``muon``: ``pytorch_optimizer.Muon`` (K. Jordan et al. 2024) on :func:`baselines.recipes.muon_groups`:
   Muon (lr 0.02, momentum 0.95, Nesterov, 5 Newton-Schulz steps) for the hidden layers' matrices, AdamW
   (lr 3e-4, betas (0.9, 0.95)) for the rest, the authors' recommendation.
-Both pass the conformance suite (``tests/baselines/test_conformance*.py``) and are checked against their papers'
-updates in ``tests/baselines/test_peers.py``.
+- ``soap``: ``pytorch_optimizer.SOAP`` (Vyas et al. 2024; Adam in the eigenbases of Shampoo's factors), the
+  authors' defaults (:class:`SOAPConfig`).
+- ``shampoo``: ``pytorch_optimizer.ScalableShampoo`` (Gupta et al. 2018; Anil et al. 2020, the algorithm of
+  Distributed Shampoo, which won AlgoPerf's external-tuning track): blocked factors, grafting, momentum
+  (:class:`ShampooConfig`).
+
+Which library: SOAP and Shampoo each have two implementations on PyPI. ``python -m
+experiments.bench.peer_implementations`` times both at the same settings (``results/peers/implementations.md``):
+pytorch_optimizer's SOAP is faster than heavyball's on both workloads measured, runs eagerly (heavyball compiles
+its step, which fails in float64), and follows a rotation of the problem to 1e-4; ScalableShampoo is several
+times faster than pytorch_optimizer's plain ``Shampoo`` on the CNN (blocks of 512 instead of one factor per
+dimension), where the plain one also stands still until its first root computation.
+
+All four pass the conformance suite (``tests/baselines/test_conformance*.py``), soap refusing by name the one
+input it cannot hold (gradients whose outer products overflow), and are checked against their papers' updates
+in ``tests/baselines/test_peers.py``.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,6 +65,52 @@ def _restart_if_cleared(opt: torch.optim.Optimizer, counters: dict[str, Any]) ->
                     group.pop(k, None)
                 else:
                     group[k] = v
+
+
+@contextmanager
+def _float_lr(opt: torch.optim.Optimizer) -> Iterator[None]:
+    """For libraries that pass ``lr`` as ``alpha=`` (a Python number only): a tensor lr (torch.optim accepts
+    one) is read as a float for the step, then put back, so the caller's tensor still drives it."""
+    tensors = [(group, group["lr"]) for group in opt.param_groups if isinstance(group["lr"], torch.Tensor)]
+    for group, lr in tensors:
+        group["lr"] = float(lr)
+    try:
+        yield
+    finally:
+        for group, lr in tensors:
+            group["lr"] = lr
+
+
+_LENGTH = "n"  # a flattened list's length (-1 for None)
+
+
+def _flatten_lists(opt: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` post-hook: per-parameter lists of tensors (and ``None`` for a list not yet made), which
+    torch.distributed.checkpoint cannot flatten, become dicts ``{"n": length, "0": item 0, ...}`` (nested
+    dicts it flattens and rebuilds under the live state's names); an empty item (a dimension left
+    unpreconditioned) is left out."""
+    state = {}
+    for key, entry in state_dict["state"].items():
+        state[key] = {
+            name: {_LENGTH: -1 if value is None else len(value),
+                   **{str(i): v for i, v in enumerate(value or []) if not isinstance(v, list)}}
+            if value is None or isinstance(value, list) else value
+            for name, value in entry.items()
+        }
+    return {**state_dict, "state": state}
+
+
+def _unflatten_lists(opt: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`_flatten_lists`, before torch loads and casts the state."""
+
+    def plain(value: Any) -> Any:
+        if not (isinstance(value, dict) and _LENGTH in value):
+            return value
+        n = int(value[_LENGTH])
+        return None if n < 0 else [value.get(str(i), []) for i in range(n)]
+
+    state = {key: {name: plain(value) for name, value in entry.items()} for key, entry in state_dict["state"].items()}
+    return {**state_dict, "state": state}
 
 
 class AdamWScheduleFree(PicklableOptimizer, schedulefree.AdamWScheduleFree):
@@ -163,4 +226,174 @@ def build_muon(model: nn.Module, cfg: MuonConfig) -> TrainingOptimizer:
     arguments: dict[str, Any] = {**asdict(cfg), "param_groups": "baselines.recipes:muon_groups"}
     opt = build_external("baselines.peers:Muon", model, arguments)
     opt.name = "muon"
+    return opt
+
+
+class SOAP(PicklableOptimizer, pytorch_optimizer.SOAP):
+    """pytorch_optimizer's SOAP (the authors' algorithm and defaults), kept whole by deepcopy and pickle,
+    restarting when its state is cleared, taking a tensor lr, and checkpointed with its per-parameter lists
+    (the Kronecker factors and eigenbases) flattened to tensors (torch.distributed.checkpoint needs them so).
+
+    Gradients large enough that their outer products overflow (|g| about 1e19 in float32) leave no eigenbasis
+    to compute: that is refused by name, where the library's eigensolver fails."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_state_dict_post_hook(_flatten_lists)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # the library restores types from the dict it was given, after torch's loading: it must get the lists
+        super().load_state_dict(_unflatten_lists(self, state_dict))
+
+    # the constructor's named parameters stay the library's (import-path users and the argument check see them)
+    __init__.__signature__ = inspect.signature(pytorch_optimizer.SOAP.__init__)  # type: ignore[attr-defined]
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        _restart_if_cleared(self, {"step": None})
+        with _float_lr(self):
+            try:
+                return super().step(closure)
+            except torch.linalg.LinAlgError as err:
+                raise FloatingPointError(
+                    "soap: the eigenbasis of a Kronecker factor (sum of g g^T) could not be computed; the factors "
+                    "are not finite when the gradients reach about sqrt of the dtype's largest value (1e19 in "
+                    f"float32): scale the loss down ({err})") from err
+
+
+class Shampoo(PicklableOptimizer, pytorch_optimizer.ScalableShampoo):
+    """pytorch_optimizer's ScalableShampoo (Anil et al. 2020, the algorithm of Distributed Shampoo), kept whole
+    by deepcopy and pickle, restarting when its state is cleared, taking a tensor lr, and checkpointed as
+    tensors: the library keeps each parameter's preconditioner and graft as Python objects, which a
+    ``weights_only`` load and torch.distributed.checkpoint refuse; ``state_dict()`` writes their tensors, and
+    ``load_state_dict`` rebuilds the objects as the library's first step would and puts the tensors back."""
+
+    _OBJECTS = ("pre_conditioner", "graft")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_state_dict_post_hook(_objects_as_tensors)
+
+    __init__.__signature__ = inspect.signature(pytorch_optimizer.ScalableShampoo.__init__)  # type: ignore[attr-defined]
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        _restart_if_cleared(self, {"step": None})
+        with _float_lr(self):
+            return super().step(closure)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = {key: {name: entry[name] for name in self._OBJECTS if name in entry}
+                 for key, entry in state_dict["state"].items()}
+        rest = {key: {name: v for name, v in entry.items() if name not in self._OBJECTS}
+                for key, entry in state_dict["state"].items()}
+        # the objects are rebuilt after torch's loading: post-hooks run once they are in place
+        post_hooks, self._optimizer_load_state_dict_post_hooks = self._optimizer_load_state_dict_post_hooks, {}
+        try:
+            super().load_state_dict({**state_dict, "state": rest})
+        finally:
+            self._optimizer_load_state_dict_post_hooks = post_hooks
+        for group, saved_group in zip(self.param_groups, state_dict["param_groups"], strict=True):
+            for p, key in zip(group["params"], saved_group["params"], strict=True):
+                if saved.get(key):
+                    self._rebuild_objects(p, group, saved[key])
+        for hook in list(post_hooks.values()):
+            hook(self)
+
+    def _rebuild_objects(self, p: torch.Tensor, group: dict[str, Any], saved: dict[str, Any]) -> None:
+        state = self.state[p]
+        state["pre_conditioner"] = pytorch_optimizer.optimizer.shampoo.PreConditioner(
+            p, group["betas"][1], self.inverse_exponent_override, self.block_size, self.skip_preconditioning_rank_lt,
+            self.no_preconditioning_for_layers_with_dim_gt, self.shape_interpretation, self.pre_conditioner_type,
+            self.matrix_eps, self.use_svd)
+        state["graft"] = pytorch_optimizer.optimizer.shampoo.build_graft(p, self.graft_type, self.diagonal_eps)
+        for name, attributes in saved.items():
+            obj = state[name]
+            for attr, value in attributes.items():
+                live = getattr(obj, attr)
+                if isinstance(live, torch.Tensor):
+                    setattr(obj, attr, value.to(device=live.device, dtype=live.dtype))
+                else:
+                    items = _as_list(value)
+                    setattr(obj, attr, [v.to(device=live[i].device, dtype=live[i].dtype) for i, v in enumerate(items)])
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [value[str(i)] for i in range(int(value[_LENGTH]))]
+    return list(value)
+
+
+def _objects_as_tensors(opt: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` post-hook of :class:`Shampoo`: its per-parameter objects as dicts of their tensors (a
+    list of tensors as ``{"n": length, "0": item 0, ...}``)."""
+
+    def tensors(obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for attr, value in vars(obj).items():
+            if isinstance(value, torch.Tensor):
+                out[attr] = value
+            elif isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+                out[attr] = {_LENGTH: len(value), **{str(i): v for i, v in enumerate(value)}}
+        return out
+
+    state = {key: {name: tensors(v) if name in Shampoo._OBJECTS else v for name, v in entry.items()}
+             for key, entry in state_dict["state"].items()}
+    return {**state_dict, "state": state}
+
+
+@dataclass(frozen=True)
+class SOAPConfig:
+    """``soap``: the SOAP authors' defaults (Vyas et al. 2024, as pytorch_optimizer keeps them): lr 3e-3, betas
+    (0.95, 0.95), shampoo_beta 0.95, eigenbases refreshed every 10 steps, factors up to 10,000 wide, weight decay 0
+    (a workload setting, as for every optimizer here)."""
+
+    lr: float = 3e-3
+    betas: tuple[float, float] = (0.95, 0.95)
+    shampoo_beta: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    precondition_frequency: int = 10
+
+    def __post_init__(self) -> None:
+        check_nonneg("lr", self.lr)
+        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
+        check_unit_interval("shampoo_beta", self.shampoo_beta)
+        check_positive("eps", self.eps)
+        check_nonneg("weight_decay", self.weight_decay)
+        check_int("precondition_frequency", self.precondition_frequency, minimum=1)
+
+
+@dataclass(frozen=True)
+class ShampooConfig:
+    """``shampoo``: the library's defaults (lr 1e-3, betas (0.9, 0.999), Nesterov, blocks of 512, roots from step
+    25) with RMSProp grafting (Distributed Shampoo grafts Adam; the library's default grafts SGD) and the roots
+    recomputed every 10 steps (its default, 1000, would refresh a 1,872-iteration run once), as SOAP's eigenbases."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    preconditioning_compute_steps: int = 10
+    start_preconditioning_step: int = 25
+
+    def __post_init__(self) -> None:
+        check_nonneg("lr", self.lr)
+        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
+        check_nonneg("weight_decay", self.weight_decay)
+        check_int("preconditioning_compute_steps", self.preconditioning_compute_steps, minimum=1)
+        check_int("start_preconditioning_step", self.start_preconditioning_step, minimum=1)
+
+
+RMSPROP_GRAFT = 3  # pytorch_optimizer's LayerWiseGrafting.RMSPROP
+
+
+def build_soap(model: nn.Module, cfg: SOAPConfig) -> TrainingOptimizer:
+    check_parameters(trainable_parameters(model), "soap")
+    opt = build_external("baselines.peers:SOAP", model, asdict(cfg))
+    opt.name = "soap"
+    return opt
+
+
+def build_shampoo(model: nn.Module, cfg: ShampooConfig) -> TrainingOptimizer:
+    check_parameters(trainable_parameters(model), "shampoo")
+    opt = build_external("baselines.peers:Shampoo", model, {**asdict(cfg), "graft_type": RMSPROP_GRAFT})
+    opt.name = "shampoo"
     return opt

@@ -87,6 +87,14 @@ _ENTRIES: dict[str, OptimizerEntry] = {
             "Muon for hidden matrices, AdamW for the rest (Jordan et al. 2024; pytorch_optimizer.Muon)",
             requires=PEERS,
         ),
+        OptimizerEntry(
+            "soap", "peers", "SOAPConfig", "build_soap",
+            "SOAP: Adam in Shampoo's eigenbasis (Vyas et al. 2024; pytorch_optimizer.SOAP)", requires=PEERS,
+        ),
+        OptimizerEntry(
+            "shampoo", "peers", "ShampooConfig", "build_shampoo",
+            "Shampoo with grafting (Anil et al. 2020; pytorch_optimizer.ScalableShampoo)", requires=PEERS,
+        ),
     )
 }
 

@@ -29,8 +29,10 @@ from tests.support.conformance import (
     DATA,
     ELEMENTWISE,
     LAZY_STATE,
-    PER_PARAMETER_STATE,
     LIBRARY,
+    MATRIX_ROOTS,
+    OVERFLOW_REFUSED,
+    PER_PARAMETER_STATE,
     SHAPING_SETTING,
     assert_params_close,
     closure_for,
@@ -315,6 +317,12 @@ def test_numerical_extremes(case: str, loss: str) -> None:
     loss_fn = {"scale_1e-30": _scaled(1e-30), "scale_1e30": _scaled(1e30), "zero_gradient": _scaled(0.0),
                "constant_loss": _constant}[loss]
     before = snapshot(model.parameters())
+    if loss == "scale_1e30" and case in OVERFLOW_REFUSED:
+        # second-moment statistics of g g^T overflow float32 at |g| ~ 1e19: refused by name, not NaN
+        with pytest.raises(FloatingPointError, match=OVERFLOW_REFUSED[case]):
+            for i in range(12):
+                opt.step(closure_for(model, i, loss_fn))
+        return
     for i in range(12):
         closure = closure_for(model, i, loss_fn)
         finite_in = all(torch.isfinite(p).all() for p in model.parameters())
@@ -513,4 +521,6 @@ def test_compiled_step_matches_eager(case: str) -> None:
     # torch before 2.14 compiles some reductions in another order: float32 rounding that grows to ~3e-6
     # over the 10 steps (measured on 2.11); from 2.14 on the two agree to 1e-6
     tol = 1e-6 if _TORCH >= (2, 14) else 2e-5
+    # matrix inverse roots by coupled Newton iterations carry those rounding differences a few-fold further
+    tol = max(tol, 1e-5) if case in MATRIX_ROOTS else tol
     assert_params_close(ref, model, rtol=tol, atol=tol)

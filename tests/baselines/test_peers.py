@@ -24,7 +24,7 @@ def test_a_missing_peer_library_is_named_when_its_optimizer_is_built(monkeypatch
                                                   r"pip install -r requirements.txt"):
         build_optimizer("adamw_schedulefree", nn.Linear(3, 2))
     missing = set(available_optimizers()) - set(installed_optimizers())
-    assert missing == {"adamw_schedulefree", "muon"}
+    assert missing == {"adamw_schedulefree", "muon", "soap", "shampoo"}
     build_optimizer("sgd", nn.Linear(3, 2))
 
 
@@ -77,3 +77,74 @@ def test_muon_steps_the_hidden_matrices_by_an_orthogonalised_momentum() -> None:
     assert cosine(step, polar) > 0.95 > cosine(grad, polar), (cosine(step, polar), cosine(grad, polar))
     singular = torch.linalg.svdvals(step)
     assert float(singular.max()) < 1.3 and float(singular.min()) > 0.5, singular
+
+
+def _rotated_runs(name: str, steps: int = 12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train one square matrix W on 0.5 ||s * (A W B - C)||^2 (s varies per step) from W0, and the same problem
+    rotated, W~ = U W V^T with U, V orthogonal, from U W0 V^T. Returns (W0, W_t, U^T W~_t V) in float64."""
+    gen = torch.Generator().manual_seed(0)
+    a, b, c = (torch.randn(shape, generator=gen, dtype=torch.float64) for shape in ((8, 5), (5, 7), (8, 7)))
+    u = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=torch.float64))[0]
+    w0 = torch.randn(5, 5, generator=gen, dtype=torch.float64)
+
+    def run(rotate: bool) -> torch.Tensor:
+        model = nn.Module()
+        model.w = nn.Parameter(u @ w0 @ v.T if rotate else w0.clone())
+        opt = build_optimizer(name, model, lr=0.01, weight_decay=0.0).optimizer
+        for t in range(steps):
+            opt.zero_grad()
+            w = u.T @ model.w @ v if rotate else model.w
+            s = 1 + 0.5 * torch.rand(8, 1, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+            (0.5 * (s * (a @ w @ b - c)).pow(2).sum()).backward()
+            opt.step()
+        w = model.w.detach()
+        return u.T @ w @ v if rotate else w
+
+    return w0, run(False), run(True)
+
+
+@pytest.mark.parametrize("name", ["soap", "adam"])
+def test_soap_rotates_with_the_problem(name: str) -> None:
+    """SOAP (Vyas et al. 2024) runs Adam in the eigenbases of the Kronecker factors L = sum G G^T and
+    R = sum G^T G: it follows an orthogonal change of coordinates W -> U W V^T, since L, R and their
+    eigenbases rotate with it. Adam, coordinate-wise, does not (the control that lets this fail). Shampoo's
+    grafting takes its step length from a coordinate-wise method, so it is checked by its formula below."""
+    w0, plain, rotated = _rotated_runs(name)
+    error = float((plain - rotated).norm() / (plain - w0).norm())
+    if name == "adam":
+        assert error > 0.1, error
+    else:
+        assert error < 1e-4, error
+
+
+def _inverse_fourth_root(m: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(m)
+    return vectors @ torch.diag(values ** -0.25) @ vectors.T
+
+
+@pytest.mark.parametrize(("use_svd", "rtol"), [(True, 1e-6), (False, 2e-3)])
+def test_shampoo_steps_by_the_inverse_fourth_roots_of_its_kronecker_factors(use_svd: bool, rtol: float) -> None:
+    """Gupta et al. 2018 / Anil et al. 2020 without grafting or momentum: L_t = beta2 L + (1 - beta2) G G^T,
+    R_t likewise with G^T G, and W <- W - lr L_t^{-1/4} G R_t^{-1/4}, against a dense float64 eigendecomposition:
+    exact with the library's SVD roots, within 2e-3 with its default coupled Newton iteration (the registry's).
+    The registry's ``shampoo`` adds RMSProp grafting (each tensor's step takes the length of RMSProp's) and
+    momentum on top of this direction, and leaves tensors of at most ``block_size`` elements to the graft."""
+    gen = torch.Generator().manual_seed(0)
+    w = nn.Parameter(torch.randn(5, 5, generator=gen, dtype=torch.float64))  # square: L and R of full rank
+    model = nn.Module()
+    model.w = w
+    beta2, lr = 0.9, 0.1
+    opt = build_optimizer("baselines.peers:Shampoo", model, lr=lr, betas=(0.0, beta2), graft_type=0, nesterov=False,
+                          start_preconditioning_step=1, preconditioning_compute_steps=1, shape_interpretation=False,
+                          matrix_eps=1e-12, use_svd=use_svd).optimizer
+    left, right = torch.zeros(5, 5, dtype=torch.float64), torch.zeros(5, 5, dtype=torch.float64)
+    for _ in range(4):
+        g = torch.randn(5, 5, generator=gen, dtype=torch.float64)
+        left, right = beta2 * left + (1 - beta2) * g @ g.T, beta2 * right + (1 - beta2) * g.T @ g
+        expected = lr * _inverse_fourth_root(left) @ g @ _inverse_fourth_root(right)
+        before = w.detach().clone()
+        w.grad = g.clone()
+        opt.step()
+        step = before - w.detach()
+        assert float((step - expected).norm() / expected.norm()) < rtol

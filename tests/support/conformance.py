@@ -36,6 +36,11 @@ FAST: dict[str, dict] = {
     "mlbfgs": dict(lr=0.05, update_period=2, history_size=3, beta=0.5),
     "adamw_schedulefree": dict(lr=0.01),
     "muon": dict(lr=0.02, adamw_lr=0.01),
+    # SOAP normalises every coordinate of its eigenbases, tiny ones included, so this small model's trajectory
+    # amplifies float32 rounding about 1e4-fold: a larger eps tames the tiny coordinates (loading across
+    # dtypes), and an lr exact in float32 (2**-7) makes a tensor lr the same number as the float
+    "soap": dict(lr=2**-7, precondition_frequency=2, eps=1e-3),
+    "shampoo": dict(lr=0.01, preconditioning_compute_steps=2, start_preconditioning_step=2),
     "mlbfgs_authors": dict(lr=0.05, update_period=2, history_size=3, beta=0.5),
     "slimqn_authors": dict(lr=0.05, update_period=2, history_size=3, beta=0.5),
 }
@@ -45,8 +50,12 @@ FAST: dict[str, dict] = {
 ELEMENTWISE = {"sgd", "adam", "adamw"}
 # Optimizers whose state is per parameter only (no record under the first parameter), created lazily at
 # the first step as torch.optim.Adam's is.
-PER_PARAMETER_STATE = ELEMENTWISE | {"sgd_normalized", "adamw_schedulefree", "muon"}
-LAZY_STATE = {"adam", "adamw", "adamw_schedulefree", "muon"}
+PER_PARAMETER_STATE = ELEMENTWISE | {"sgd_normalized", "adamw_schedulefree", "muon", "soap", "shampoo"}
+LAZY_STATE = {"adam", "adamw", "adamw_schedulefree", "muon", "soap"}
+# Optimizers whose curvature statistics (sums of g g^T) cannot hold a gradient of 1e30 and say so by name.
+OVERFLOW_REFUSED = {"soap": "scale the loss down"}
+# Optimizers that compute matrix inverse roots iteratively (float32 rounding grows a few-fold through them).
+MATRIX_ROOTS = {"shampoo"}
 LIBRARY_KW = dict(lr=0.05, update_period=2, history_size=3, beta=0.5)
 # A setting that shapes the curvature state; loading a state saved with another value must fail.
 SHAPING_SETTING = {name: ("history_size", 4) for name in
