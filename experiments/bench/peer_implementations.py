@@ -46,7 +46,7 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "shampoo": {
         "pytorch_optimizer:Shampoo": _SHAMPOO,
-        "pytorch_optimizer:ScalableShampoo": {**_SHAMPOO, "start_preconditioning_step": 25, "graft_type": 3},
+        "pytorch_optimizer:ScalableShampoo": {**_SHAMPOO, "start_preconditioning_step": 25},
     },
 }
 

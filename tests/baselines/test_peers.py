@@ -128,7 +128,7 @@ def test_shampoo_steps_by_the_inverse_fourth_roots_of_its_kronecker_factors(use_
     """Gupta et al. 2018 / Anil et al. 2020 without grafting or momentum: L_t = beta2 L + (1 - beta2) G G^T,
     R_t likewise with G^T G, and W <- W - lr L_t^{-1/4} G R_t^{-1/4}, against a dense float64 eigendecomposition:
     exact with the library's SVD roots, within 2e-3 with its default coupled Newton iteration (the registry's).
-    The registry's ``shampoo`` adds RMSProp grafting (each tensor's step takes the length of RMSProp's) and
+    The registry's ``shampoo`` adds SGD grafting (each tensor's step takes the length of SGD's) and
     momentum on top of this direction, and leaves tensors of at most ``block_size`` elements to the graft."""
     gen = torch.Generator().manual_seed(0)
     w = nn.Parameter(torch.randn(5, 5, generator=gen, dtype=torch.float64))  # square: L and R of full rank

@@ -12,7 +12,7 @@ from baselines import available_optimizers, build_optimizer, config_class, defau
 from baselines.sgd import NormalizedSGD
 
 EXPECTED = ["sgd", "sgd_normalized", "adam", "adamw", "kfac", "slbfgs", "olbfgs", "sqn", "mlbfgs", "mlbfgs_authors",
-            "slimqn_authors", "adamw_schedulefree", "muon"]
+            "slimqn_authors", "adamw_schedulefree", "muon", "soap", "shampoo"]
 
 
 def _model() -> nn.Module:

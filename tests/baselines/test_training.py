@@ -34,6 +34,8 @@ CONFIGS: dict[str, dict] = {
     "slimqn_authors": dict(lr=0.02),
     "adamw_schedulefree": dict(lr=2e-3),
     "muon": dict(lr=0.02, adamw_lr=1e-3),
+    "soap": dict(lr=3e-3),
+    "shampoo": dict(lr=1e-2),
 }
 
 

@@ -26,7 +26,7 @@ from experiments.workloads.models import build_model
 from experiments.workloads.models import registry as model_registry
 
 BUILTIN = ["sgd", "sgd_normalized", "adam", "adamw", "kfac", "slbfgs", "olbfgs", "sqn", "mlbfgs", "mlbfgs_authors",
-           "slimqn_authors", "adamw_schedulefree", "muon"]
+           "slimqn_authors", "adamw_schedulefree", "muon", "soap", "shampoo"]
 NUMBERS = ("kind", "epoch", "iteration", "train_loss", "lr", "grad_evals", "test_loss", "test_acc")
 TINY = ["data.train_subset=640", "data.test_subset=200", "eval_interval=4", "optimizer.lr=0.01"]
 
