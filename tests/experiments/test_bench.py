@@ -30,7 +30,8 @@ from experiments.bench.workload import synthetic_batch, workload_model
 from experiments.runner.manifest import REPO_ROOT
 from mlbfgs import MLBFGS
 
-BENCHMARKS = ("compile", "construction", "distributed", "fairness", "overhead", "runner", "threads")
+BENCHMARKS = ("compile", "construction", "distributed", "fairness", "overhead", "peer_implementations", "runner",
+              "threads")
 
 
 @pytest.fixture
@@ -327,3 +328,29 @@ def test_sharding_modes_writes_what_analysis_reads(tmp_path: Path) -> None:
     assert summary.loc[(summary["mode"] == "fsdp") & (summary["world_size"] == 2), "curvature_share"].item() < 0.52
     assert "FSDP2, rows" in sharding_markdown(summary)
     assert len(plot_sharding(frame, summary).axes) == 3
+
+
+def test_peer_implementations_times_every_candidate_in_turns_and_tabulates_against_sgd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pytorch_optimizer")
+    from experiments.bench import peer_implementations as bench
+
+    # the eager candidates only (heavyball compiles its step: a minute on a CPU)
+    monkeypatch.setattr(bench, "CANDIDATES", {"shampoo": {
+        "pytorch_optimizer:Shampoo": {"lr": 1e-3, "preconditioning_compute_steps": 2},
+        "pytorch_optimizer:ScalableShampoo": {"lr": 1e-3, "preconditioning_compute_steps": 2}}})
+    argv = ["--workloads", "mnist1d-mlp", "--repeats", "3", "--period", "2", "--batch-size", "16", "--threads", "1",
+            "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    with open(tmp_path / "implementations.csv") as f:
+        rows = list(csv.DictReader(f))
+    # sgd and both candidates, 3 turns each, in turn order
+    assert [r["implementation"] for r in rows[:3]] == ["torch.optim:SGD", "pytorch_optimizer:Shampoo",
+                                                        "pytorch_optimizer:ScalableShampoo"]
+    assert len(rows) == 9 and all(float(r["iteration_s"]) >= float(r["step_s"]) > 0 for r in rows)
+    table = (tmp_path / "implementations.md").read_text()
+    assert "| mnist1d-mlp | sgd | `torch.optim:SGD` |" in table and "| 1.0 |" in table
+    _check_provenance(json.loads((tmp_path / "implementations.json").read_text()),
+                      "experiments.bench.peer_implementations", argv)
+    with pytest.raises(SystemExit):
+        bench.main(["--repeats", "2"])
