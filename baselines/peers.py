@@ -364,13 +364,14 @@ class SOAPConfig:
 
 @dataclass(frozen=True)
 class ShampooConfig:
-    """``shampoo``: the library's defaults (lr 1e-3, betas (0.9, 0.999), Nesterov, SGD grafting, blocks of 512,
-    roots from step 25) with the roots recomputed every 10 steps, as SOAP's eigenbases (its default, 1000, would
-    refresh a 1,872-iteration run once). Distributed Shampoo grafts Adam; the library's RMSProp grafting, tried
+    """``shampoo``: the library's defaults (betas (0.9, 0.999), Nesterov, SGD grafting, blocks of 512, roots from
+    step 25) with the roots recomputed every 10 steps, as SOAP's eigenbases (its default, 1000, would refresh a
+    1,872-iteration run once), and lr 0.1, ``sgd``'s: SGD grafting gives every tensor the length of SGD's step
+    (the library's generic lr 1e-3 leaves it a hundredth of that). Distributed Shampoo grafts Adam; the library's RMSProp grafting, tried
     first, did not lower the training loss of the CNN in ``tests/baselines/test_training.py`` at any lr from
     1e-4 to 3e-2, where SGD grafting does."""
 
-    lr: float = 1e-3
+    lr: float = 0.1
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     preconditioning_compute_steps: int = 10
