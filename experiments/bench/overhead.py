@@ -9,8 +9,11 @@ synthetic batch of the workload's shape), warmed up so that every optimizer is i
 state (mL-BFGS: a full ring of pairs; K-FAC: factors and eigenbases computed). Then, repeat after
 repeat, the optimizers take turns (interleaved, so drifts of the machine hit all alike); each turn
 times one full iteration (forward + backward + step) and, inside it, the forward + backward, so
-``step = iteration - forward/backward``. Rows: ``model, optimizer, measure, repeat, seconds`` in
-``results/overhead/optimizers.csv``; analysis reports medians and ratios to SGD.
+``step = iteration - forward/backward``; with ``--period N`` a turn is N consecutive iterations and
+their mean (work done every few steps, a preconditioner's refresh or a curvature pair, then counts at its
+share; the default, 1, times single iterations, whose median leaves such work out). Rows: ``model,
+optimizer, measure, repeat, seconds`` in ``results/overhead/optimizers.csv``; analysis reports medians and
+ratios to SGD.
 
 Part 2 (kernel). The copy bandwidth of this machine (``dst.copy_(src)``, bytes read + written per
 second) and the time of the mL-BFGS direction ``g <- H g`` for a full ring on a flat vector of
@@ -69,10 +72,12 @@ def model_label(workload: str, amp: str | None) -> str:
 
 
 def bench_optimizers(workload: str, optimizers: list[str], repeats: int, batch: int,
-                     device: torch.device | None = None, amp: str | None = None) -> list[dict]:
+                     device: torch.device | None = None, amp: str | None = None, period: int = 1) -> list[dict]:
     """Part 1: ``repeats`` interleaved turns of every optimizer on ``workload``'s model and one synthetic
     batch of ``batch`` examples, on ``device`` (default CPU), the forward pass under autocast ``amp`` (None:
-    float32); rows ``model, optimizer, measure (iteration | step), repeat, seconds``."""
+    float32); each turn the mean of ``period`` consecutive iterations (a period > 1 counts work done every
+    few steps, such as a preconditioner's refresh, at its share); rows ``model, optimizer, measure
+    (iteration | step), repeat, seconds``."""
     device = device or torch.device("cpu")
     base, shape, classes = workload_model(workload)
     x, y = (t.to(device) for t in synthetic_batch(shape, classes, batch))
@@ -88,19 +93,23 @@ def bench_optimizers(workload: str, optimizers: list[str], repeats: int, batch: 
         warm = 1
         if name in ("mlbfgs", "slbfgs"):
             inner = opt.optimizer
-            period = inner.config.update_period
+            update_period = inner.config.update_period
             # fill the ring quickly, then measure at the real period
             inner.config = dataclasses.replace(inner.config, update_period=1)
             warm = inner.config.history_size + 2
+        # Shampoo's first steps are its graft's alone: measure it preconditioning
+        warm = max(warm, getattr(opt.optimizer, "start_preconditioning_step", 0) + 1)
         for _ in range(warm):
             _iteration(model, opt, x, y)
         if name in ("mlbfgs", "slbfgs"):
-            inner.config = dataclasses.replace(inner.config, update_period=period)
+            inner.config = dataclasses.replace(inner.config, update_period=update_period)
     rows = []
     for rep in range(repeats):
         for name in optimizers:
             model, opt = runs[name]
-            total, fwd_bwd = _iteration(model, opt, x, y)
+            spent = [_iteration(model, opt, x, y) for _ in range(period)]
+            total = sum(t for t, _ in spent) / period
+            fwd_bwd = sum(f for _, f in spent) / period
             rows.append({"model": label, "optimizer": name, "measure": "iteration", "repeat": rep, "seconds": total})
             rows.append(
                 {"model": label, "optimizer": name, "measure": "step", "repeat": rep, "seconds": total - fwd_bwd}
@@ -244,11 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", default=None, choices=("bf16", "fp16"),
                         help="forward pass and loss under autocast, as the runner's --amp "
                              "(rows to optimizers_<amp>.csv)")
+    parser.add_argument("--period", type=int, default=1,
+                        help="iterations per turn, their mean recorded (10: a refresh every 10 steps at its share)")
     parser.add_argument("--out", type=Path, default=Path("results/overhead"))
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.repeats < 3:
         parser.error("--repeats: at least 3, so that a median means something")
+    if args.period < 1:
+        parser.error(f"--period: at least 1 (got {args.period})")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -262,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "repeats": args.repeats,
+        "period": args.period,
         "batch_size": args.batch_size,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "amp": args.amp,
@@ -283,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         all_rows = []
         for workload in args.workloads:
             label = model_label(workload, args.amp)
-            all_rows += bench_optimizers(workload, args.optimizers, args.repeats, args.batch_size, device, args.amp)
+            all_rows += bench_optimizers(workload, args.optimizers, args.repeats, args.batch_size, device, args.amp,
+                                         args.period)
             write_csv(args.out / f"optimizers{suffix}.csv", all_rows)
             for measure in ("step", "iteration"):
                 sgd = statistics.median(

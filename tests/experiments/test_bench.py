@@ -202,6 +202,18 @@ def test_overhead_writes_what_analysis_reads(tmp_path: Path, restore_threads: No
                       "experiments.bench.overhead", argv)
 
 
+def test_overhead_period_records_the_mean_of_consecutive_iterations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --period N a turn's row is the mean of N iterations: a refresh every N steps counts at its share."""
+    times = iter([(1.0, 0.5), (3.0, 0.5)] * 4)  # iteration, forward/backward: a slow step every other iteration
+    monkeypatch.setattr(overhead, "_iteration", lambda *args: next(times, (1.0, 0.5)))
+    rows = overhead.bench_optimizers("mnist1d-mlp", ["sgd"], repeats=3, batch=8, period=2)
+    # after the warm-up iteration (consuming one value), each turn pairs a slow and a fast iteration
+    assert [r["seconds"] for r in rows if r["measure"] == "iteration"] == [2.0, 2.0, 2.0]
+    assert [r["seconds"] for r in rows if r["measure"] == "step"] == [1.5, 1.5, 1.5]
+    with pytest.raises(SystemExit):
+        overhead.main(["--period", "0", "--skip-kernel"])
+
+
 def test_construction_writes_what_analysis_reads(tmp_path: Path, restore_threads: None) -> None:
     from analysis.construction import construction_markdown, construction_summary, load_construction, plot_construction
 
