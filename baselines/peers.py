@@ -175,6 +175,15 @@ class Muon(PicklableOptimizer, pytorch_optimizer.Muon):
             torch._foreach_clamp_max_(tensors, torch.finfo(dtype).max)
 
 
+def _betas(name: str, value: Any) -> tuple[float, float]:
+    """Two averaging factors, each in [0, 1), as floats; ``ValueError`` naming ``name`` otherwise."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (beta1, beta2), each in [0, 1), got {value!r}")
+    check_unit_interval(f"{name}[0]", value[0])
+    check_unit_interval(f"{name}[1]", value[1])
+    return float(value[0]), float(value[1])
+
+
 @dataclass(frozen=True)
 class AdamWScheduleFreeConfig:
     """``adamw_schedulefree``: schedulefree's defaults (lr 0.0025, betas (0.9, 0.999), eps 1e-8, warmup 0)."""
@@ -187,9 +196,7 @@ class AdamWScheduleFreeConfig:
 
     def __post_init__(self) -> None:
         check_nonneg("lr", self.lr)
-        check_unit_interval("betas[0]", self.betas[0])
-        check_unit_interval("betas[1]", self.betas[1])
-        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
+        object.__setattr__(self, "betas", _betas("betas", self.betas))
         check_positive("eps", self.eps)
         check_nonneg("weight_decay", self.weight_decay)
         check_int("warmup_steps", self.warmup_steps, minimum=0)
@@ -210,7 +217,7 @@ class MuonConfig:
         check_unit_interval("momentum", self.momentum)
         check_nonneg("weight_decay", self.weight_decay)
         check_nonneg("adamw_lr", self.adamw_lr)
-        object.__setattr__(self, "adamw_betas", (float(self.adamw_betas[0]), float(self.adamw_betas[1])))
+        object.__setattr__(self, "adamw_betas", _betas("adamw_betas", self.adamw_betas))
 
 
 def build_adamw_schedulefree(model: nn.Module, cfg: AdamWScheduleFreeConfig) -> TrainingOptimizer:
@@ -355,7 +362,7 @@ class SOAPConfig:
 
     def __post_init__(self) -> None:
         check_nonneg("lr", self.lr)
-        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
+        object.__setattr__(self, "betas", _betas("betas", self.betas))
         check_unit_interval("shampoo_beta", self.shampoo_beta)
         check_positive("eps", self.eps)
         check_nonneg("weight_decay", self.weight_decay)
@@ -367,9 +374,9 @@ class ShampooConfig:
     """``shampoo``: the library's defaults (betas (0.9, 0.999), Nesterov, SGD grafting, blocks of 512, roots from
     step 25) with the roots recomputed every 10 steps, as SOAP's eigenbases (its default, 1000, would refresh a
     1,872-iteration run once), and lr 0.1, ``sgd``'s: SGD grafting gives every tensor the length of SGD's step
-    (the library's generic lr 1e-3 leaves it a hundredth of that). Distributed Shampoo grafts Adam; the library's RMSProp grafting, tried
-    first, did not lower the training loss of the CNN in ``tests/baselines/test_training.py`` at any lr from
-    1e-4 to 3e-2, where SGD grafting does."""
+    (the library's generic lr 1e-3 leaves it a hundredth of that). Distributed Shampoo grafts Adam; the
+    library's RMSProp grafting, tried first, did not lower the training loss of the CNN in
+    ``tests/baselines/test_training.py`` at any lr from 1e-4 to 3e-2, where SGD grafting does."""
 
     lr: float = 0.1
     betas: tuple[float, float] = (0.9, 0.999)
@@ -379,7 +386,7 @@ class ShampooConfig:
 
     def __post_init__(self) -> None:
         check_nonneg("lr", self.lr)
-        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
+        object.__setattr__(self, "betas", _betas("betas", self.betas))
         check_nonneg("weight_decay", self.weight_decay)
         check_int("preconditioning_compute_steps", self.preconditioning_compute_steps, minimum=1)
         check_int("start_preconditioning_step", self.start_preconditioning_step, minimum=1)
