@@ -22,6 +22,10 @@ its step, which fails in float64), and follows a rotation of the problem to 1e-4
 times faster than pytorch_optimizer's plain ``Shampoo`` on the CNN (blocks of 512 instead of one factor per
 dimension), where the plain one also stands still until its first root computation.
 
+Weight decay is the workload's, applied as each library applies it: decoupled (AdamW's way) by schedule-free,
+Muon (both halves) and SOAP, added to the gradient by ScalableShampoo (its default). Schedule-free trains at a
+constant lr after the warm-up, its averaging replacing the schedule (``experiments.runner.spec``).
+
 All four pass the conformance suite (``tests/baselines/test_conformance*.py``), soap refusing by name the one
 input it cannot hold (gradients whose outer products overflow), and are checked against their papers' updates
 in ``tests/baselines/test_peers.py``.
@@ -42,7 +46,7 @@ from torch import nn
 
 from .base import TrainingOptimizer, trainable_parameters
 from .config import check_int, check_nonneg, check_positive, check_unit_interval
-from .contract import PicklableOptimizer, check_parameters
+from .contract import PicklableOptimizer, check_parameters, check_saved_settings
 from .external import build_external
 
 
@@ -204,7 +208,8 @@ class AdamWScheduleFreeConfig:
 
 @dataclass(frozen=True)
 class MuonConfig:
-    """``muon``: Muon lr 0.02, momentum 0.95 (Nesterov), AdamW lr 3e-4 betas (0.9, 0.95) for the rest."""
+    """``muon``: Muon lr 0.02, momentum 0.95 (Nesterov), AdamW lr 3e-4 betas (0.9, 0.95) for the rest; weight
+    decay (the workload's) decoupled, in both halves."""
 
     lr: float = 0.02
     momentum: float = 0.95
@@ -230,7 +235,9 @@ def build_adamw_schedulefree(model: nn.Module, cfg: AdamWScheduleFreeConfig) -> 
 
 def build_muon(model: nn.Module, cfg: MuonConfig) -> TrainingOptimizer:
     check_parameters(trainable_parameters(model), "muon")
-    arguments: dict[str, Any] = {**asdict(cfg), "param_groups": "baselines.recipes:muon_groups"}
+    # the workload's weight decay reaches both halves (the library's AdamW half defaults to none)
+    arguments: dict[str, Any] = {**asdict(cfg), "adamw_wd": cfg.weight_decay,
+                                 "param_groups": "baselines.recipes:muon_groups"}
     opt = build_external("baselines.peers:Muon", model, arguments)
     opt.name = "muon"
     return opt
@@ -262,9 +269,10 @@ class SOAP(PicklableOptimizer, pytorch_optimizer.SOAP):
                 return super().step(closure)
             except torch.linalg.LinAlgError as err:
                 raise FloatingPointError(
-                    "soap: the eigenbasis of a Kronecker factor (sum of g g^T) could not be computed; the factors "
-                    "are not finite when the gradients reach about sqrt of the dtype's largest value (1e19 in "
-                    f"float32): scale the loss down ({err})") from err
+                    "soap: the eigenbasis of a Kronecker factor (sum of g g^T) could not be computed: the factor is "
+                    "not finite, from NaN or infinite gradients, or from gradients past the square root of the "
+                    f"dtype's largest value (about 1e19 in float32), where g g^T overflows: scale the loss down ({err})"
+                ) from err
 
 
 class Shampoo(PicklableOptimizer, pytorch_optimizer.ScalableShampoo):
@@ -272,22 +280,39 @@ class Shampoo(PicklableOptimizer, pytorch_optimizer.ScalableShampoo):
     by deepcopy and pickle, restarting when its state is cleared, taking a tensor lr, and checkpointed as
     tensors: the library keeps each parameter's preconditioner and graft as Python objects, which a
     ``weights_only`` load and torch.distributed.checkpoint refuse; ``state_dict()`` writes their tensors, and
-    ``load_state_dict`` rebuilds the objects as the library's first step would and puts the tensors back."""
+    ``load_state_dict`` rebuilds the objects as the library's first step would and puts the tensors back,
+    after comparing the settings that shape them (:attr:`SHAPING`) with the saved ones. The library's root
+    iteration draws from torch's random generator: each step draws from a stream seeded by its step count
+    instead, so resuming repeats it and the caller's random streams are untouched."""
 
     _OBJECTS = ("pre_conditioner", "graft")
+    # the settings that shape the objects' tensors: a checkpoint records them, and loading compares them
+    SHAPING = ("block_size", "shape_interpretation", "pre_conditioner_type", "graft_type",
+               "skip_preconditioning_rank_lt", "no_preconditioning_for_layers_with_dim_gt", "inverse_exponent_override")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register_state_dict_post_hook(_objects_as_tensors)
 
+    def shaping_settings(self) -> dict[str, int]:
+        return {name: int(getattr(self, name)) for name in self.SHAPING}
+
     __init__.__signature__ = inspect.signature(pytorch_optimizer.ScalableShampoo.__init__)  # type: ignore[attr-defined]
 
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         _restart_if_cleared(self, {"step": None})
-        with _float_lr(self):
+        # the library's root iteration starts from torch.randn: drawn here from a stream seeded by the step, so
+        # a resumed run repeats it and the caller's random streams (dropout, data order) are left where they were
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with _float_lr(self), torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(int(self.param_groups[0].get("step", 0)))
             return super().step(closure)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        now = self.shaping_settings()
+        for entry in state_dict["state"].values():
+            if "pre_conditioner" in entry:
+                check_saved_settings("shampoo", entry["pre_conditioner"].get("settings"), now)
         saved = {key: {name: entry[name] for name in self._OBJECTS if name in entry}
                  for key, entry in state_dict["state"].items()}
         rest = {key: {name: v for name, v in entry.items() if name not in self._OBJECTS}
@@ -315,6 +340,8 @@ class Shampoo(PicklableOptimizer, pytorch_optimizer.ScalableShampoo):
         for name, attributes in saved.items():
             obj = state[name]
             for attr, value in attributes.items():
+                if attr == "settings":
+                    continue
                 live = getattr(obj, attr)
                 if isinstance(live, torch.Tensor):
                     setattr(obj, attr, value.to(device=live.device, dtype=live.dtype))
@@ -342,7 +369,9 @@ def _objects_as_tensors(opt: torch.optim.Optimizer, state_dict: dict[str, Any]) 
                 out[attr] = {_LENGTH: len(value), **{str(i): v for i, v in enumerate(value)}}
         return out
 
-    state = {key: {name: tensors(v) if name in Shampoo._OBJECTS else v for name, v in entry.items()}
+    settings = opt.shaping_settings() if isinstance(opt, Shampoo) else {}
+    state = {key: {name: ({**tensors(v), "settings": settings} if name == "pre_conditioner" else tensors(v))
+                   if name in Shampoo._OBJECTS else v for name, v in entry.items()}
              for key, entry in state_dict["state"].items()}
     return {**state_dict, "state": state}
 
@@ -376,13 +405,19 @@ class ShampooConfig:
     1,872-iteration run once), and lr 0.1, ``sgd``'s: SGD grafting gives every tensor the length of SGD's step
     (the library's generic lr 1e-3 leaves it a hundredth of that). Distributed Shampoo grafts Adam; the
     library's RMSProp grafting, tried first, did not lower the training loss of the CNN in
-    ``tests/baselines/test_training.py`` at any lr from 1e-4 to 3e-2, where SGD grafting does."""
+    ``tests/baselines/test_training.py`` at any lr from 1e-4 to 3e-2, where SGD grafting does.
+
+    Two ways the library departs from Distributed Shampoo: a tensor of at most ``block_size`` elements gets the
+    graft's step alone (the reference preconditions it as one dimension), and merging small dimensions can add
+    a dimension of size 1, which raises the root's order (inverse 6th instead of 4th roots for a (768, 192)
+    matrix). Neither touches the long workloads' matrices above ``block_size`` elements."""
 
     lr: float = 0.1
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     preconditioning_compute_steps: int = 10
     start_preconditioning_step: int = 25
+    block_size: int = 512
 
     def __post_init__(self) -> None:
         check_nonneg("lr", self.lr)
@@ -390,6 +425,7 @@ class ShampooConfig:
         check_nonneg("weight_decay", self.weight_decay)
         check_int("preconditioning_compute_steps", self.preconditioning_compute_steps, minimum=1)
         check_int("start_preconditioning_step", self.start_preconditioning_step, minimum=1)
+        check_int("block_size", self.block_size, minimum=2)
 
 
 def build_soap(model: nn.Module, cfg: SOAPConfig) -> TrainingOptimizer:

@@ -36,11 +36,12 @@ class OptimizerEntry:
     summary: str
     sparse_gradients: bool = False  # trains parameters with sparse gradients (nn.Embedding(sparse=True))
     requires: tuple[str, ...] = ()  # optional PyPI distributions its module imports (the peers' libraries)
+    schedule_free: bool = False  # averages its iterates in place of an lr schedule (train()/eval() modes)
 
 
-# The peers' libraries (baselines/peers.py), pinned in requirements.txt: optional for the library, installed by
+# The peers' library (baselines/peers.py), pinned in requirements.txt: optional for the library, installed by
 # run_all.sh and CI.
-PEERS = ("heavyball", "pytorch-optimizer", "schedulefree")
+PEERS = ("pytorch-optimizer",)
 
 _ENTRIES: dict[str, OptimizerEntry] = {
     e.name: e
@@ -80,7 +81,8 @@ _ENTRIES: dict[str, OptimizerEntry] = {
         ),
         OptimizerEntry(
             "adamw_schedulefree", "peers", "AdamWScheduleFreeConfig", "build_adamw_schedulefree",
-            "schedule-free AdamW (Defazio et al. 2024; the schedulefree library)", requires=PEERS,
+            "schedule-free AdamW (Defazio et al. 2024; the schedulefree library)", requires=("schedulefree",),
+            schedule_free=True,
         ),
         OptimizerEntry(
             "muon", "peers", "MuonConfig", "build_muon",
@@ -130,6 +132,15 @@ def _module(entry: OptimizerEntry) -> Any:
         raise ModuleNotFoundError(
             f"optimizer {entry.name!r} needs {', '.join(entry.requires)} ({err}); install them with "
             f"pip install -r requirements.txt (pinned there)", name=err.name) from err
+
+
+def is_schedule_free(name: str) -> bool:
+    """Whether optimizer ``name`` replaces the lr schedule by averaging its iterates (it then has ``train()`` and
+    ``eval()`` modes): a built-in marked so, or an import path whose class has both methods."""
+    if external.is_import_path(name):
+        cls = external.optimizer_class(name)
+        return callable(getattr(cls, "train", None)) and callable(getattr(cls, "eval", None))
+    return _entry(name).schedule_free
 
 
 def installed_optimizers() -> list[str]:

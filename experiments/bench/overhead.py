@@ -97,7 +97,7 @@ def bench_optimizers(workload: str, optimizers: list[str], repeats: int, batch: 
             # fill the ring quickly, then measure at the real period
             inner.config = dataclasses.replace(inner.config, update_period=1)
             warm = inner.config.history_size + 2
-        # Shampoo's first steps are its graft's alone: measure it preconditioning
+        # Shampoo: measured past its start_preconditioning_step, in the regime it trains in
         warm = max(warm, getattr(opt.optimizer, "start_preconditioning_step", 0) + 1)
         for _ in range(warm):
             _iteration(model, opt, x, y)

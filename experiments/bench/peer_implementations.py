@@ -37,8 +37,8 @@ from experiments.runner.manifest import now_iso
 _SOAP = dict(lr=3e-3, betas=(0.95, 0.95), shampoo_beta=0.95, eps=1e-8, weight_decay=0.0, precondition_frequency=10)
 _SHAMPOO = dict(lr=1e-3, preconditioning_compute_steps=10)
 
-# peer -> implementation (import path) -> constructor arguments: the registry's settings (baselines/peers.py),
-# the same for both libraries
+# peer -> implementation (import path) -> constructor arguments: the registry's settings (baselines/peers.py)
+# but the lr, which does not change the cost; the same for both libraries
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "soap": {
         "pytorch_optimizer:SOAP": {**_SOAP, "max_precondition_dim": 10000, "merge_dims": False},

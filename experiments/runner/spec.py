@@ -21,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from baselines.registry import is_schedule_free
 from experiments.workloads.config import (
     DataConfig,
     ModelConfig,
@@ -151,6 +152,15 @@ def optimizer_id(optimizer: str) -> str:
     return optimizer.replace(":", "--").replace(".", "-")
 
 
+def _schedule_for(raw: dict[str, Any], optimizer: str) -> dict[str, Any]:
+    """A schedule-free optimizer (Defazio et al. 2024) averages its iterates in place of a schedule: it trains
+    at a constant lr after the workload's warm-up (``schedule.kind`` "constant"), as its authors run it, unless
+    the run sets ``schedule.kind`` itself (overrides come after). Other optimizers keep the workload's."""
+    if not is_schedule_free(optimizer):
+        return raw
+    return {**raw, "schedule": {**raw.get("schedule", {}), "kind": "constant"}}
+
+
 def make_run_spec(
     workload: str,
     optimizer: str,
@@ -175,7 +185,7 @@ def make_run_spec(
     overrides = dict(overrides or {})
     if epochs is not None:
         overrides["epochs"] = epochs
-    default_raw = load_workload_dict(workload)
+    default_raw = _schedule_for(load_workload_dict(workload), optimizer)
     raw = apply_overrides(default_raw, overrides, optimizer)
     cfg = workload_from_dict(raw)
     path = workload_file(workload)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from baselines import available_optimizers, build_optimizer
+from tests.support.optional import optimizer_params
 
 STEPS = 200
 BATCH = 64
@@ -78,7 +79,7 @@ def test_student_size_is_in_range():
     assert 100_000 <= n <= 400_000
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", optimizer_params(CONFIGS))
 def test_optimizer_lowers_training_loss_and_counts_gradients(name, data):
     torch.manual_seed(0)
     x, y = data

@@ -66,3 +66,14 @@ def test_a_resumed_run_equals_the_continuous_one(tmp_path: Path) -> None:
     assert resumed.last_eval == whole.last_eval
     for a, b in zip(whole.raw_model.parameters(), resumed.raw_model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw_schedulefree", "schedulefree:AdamWScheduleFree"])
+def test_schedule_free_trains_at_a_constant_lr_after_the_warm_up_unless_the_run_says_otherwise(optimizer: str) -> None:
+    """Its averaging replaces the schedule (Defazio et al. 2024): the workload's cosine decay would anneal it twice."""
+    assert make_run_spec("mnist1d-mlp", "sgd", 0).workload.schedule.kind == "cosine"
+    spec = make_run_spec("mnist1d-mlp", optimizer, 0, overrides={"schedule.warmup_iters": 5})
+    assert spec.workload.schedule.kind == "constant" and spec.workload.schedule.warmup_iters == 5
+    assert make_run_spec("mnist1d-mlp", optimizer, 0).run_id == f"mnist1d-mlp__{optimizer.replace(':', '--')}__s0"
+    chosen = make_run_spec("mnist1d-mlp", optimizer, 0, overrides={"schedule.kind": "cosine"})
+    assert chosen.workload.schedule.kind == "cosine"

@@ -17,11 +17,11 @@ from torch import nn
 
 from baselines.base import TrainingOptimizer
 from baselines.quasi_newton import QuasiNewtonTraining
-from baselines.registry import available_optimizers, build_optimizer, default_config
+from baselines.registry import build_optimizer, default_config, installed_optimizers
 from mlbfgs import MLBFGS
 
 LIBRARY = ["MLBFGS-model", "MLBFGS-layer", "MLBFGS-2"]
-CASES = available_optimizers() + LIBRARY
+CASES = installed_optimizers() + LIBRARY  # a peer without its optional library is left out
 
 # Settings under which every method forms curvature within a few steps.
 FAST: dict[str, dict] = {
@@ -40,7 +40,8 @@ FAST: dict[str, dict] = {
     # amplifies float32 rounding about 1e4-fold: a larger eps tames the tiny coordinates (loading across
     # dtypes), and an lr exact in float32 (2**-7) makes a tensor lr the same number as the float
     "soap": dict(lr=2**-7, precondition_frequency=2, eps=1e-3),
-    "shampoo": dict(lr=0.01, preconditioning_compute_steps=2, start_preconditioning_step=2),
+    # blocks of 4: the test model's tensors (at most 48 elements) are otherwise left to the graft
+    "shampoo": dict(lr=0.01, preconditioning_compute_steps=2, start_preconditioning_step=2, block_size=4),
     "mlbfgs_authors": dict(lr=0.05, update_period=2, history_size=3, beta=0.5),
     "slimqn_authors": dict(lr=0.05, update_period=2, history_size=3, beta=0.5),
 }
@@ -51,7 +52,7 @@ ELEMENTWISE = {"sgd", "adam", "adamw"}
 # Optimizers whose state is per parameter only (no record under the first parameter), created lazily at
 # the first step as torch.optim.Adam's is.
 PER_PARAMETER_STATE = ELEMENTWISE | {"sgd_normalized", "adamw_schedulefree", "muon", "soap", "shampoo"}
-LAZY_STATE = {"adam", "adamw", "adamw_schedulefree", "muon", "soap"}
+LAZY_STATE = {"adam", "adamw", "adamw_schedulefree", "muon", "soap", "shampoo"}
 # Optimizers whose curvature statistics (sums of g g^T) cannot hold a gradient of 1e30 and say so by name.
 OVERFLOW_REFUSED = {"soap": "scale the loss down"}
 # Optimizers that compute matrix inverse roots iteratively (float32 rounding grows a few-fold through them).
@@ -60,6 +61,7 @@ LIBRARY_KW = dict(lr=0.05, update_period=2, history_size=3, beta=0.5)
 # A setting that shapes the curvature state; loading a state saved with another value must fail.
 SHAPING_SETTING = {name: ("history_size", 4) for name in
                    ("slbfgs", "olbfgs", "sqn", "mlbfgs", "mlbfgs_authors", "slimqn_authors", *LIBRARY)}
+SHAPING_SETTING["shampoo"] = ("block_size", 3)
 
 
 def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Sequential:
