@@ -44,11 +44,11 @@ OPTIMIZER_COLORS: dict[str, str] = {
     "sqn": "#e377c2",
     "slbfgs": "#7f7f7f",
     "mlbfgs": "#d62728",
-    # the peers (baselines/peers.py)
-    "adamw_schedulefree": "#393b79",
-    "muon": "#8c564b",
-    "soap": "#7b4173",
-    "shampoo": "#637939",
+    # the peers (baselines/peers.py); none from the fallback palette below, so an unknown name never shares one
+    "adamw_schedulefree": "#5254a3",
+    "muon": "#bd9e39",
+    "soap": "#ce6dbd",
+    "shampoo": "#8ca252",
 }
 
 #: Colours for optimizers not listed above, picked by a stable hash of the name.
