@@ -39,9 +39,9 @@ class OptimizerEntry:
     schedule_free: bool = False  # averages its iterates in place of an lr schedule (train()/eval() modes)
 
 
-# The peers' library (baselines/peers.py), pinned in requirements.txt: optional for the library, installed by
-# run_all.sh and CI.
-PEERS = ("pytorch-optimizer",)
+# The libraries baselines/peers.py imports (every peer needs both: one module), pinned in requirements.txt:
+# optional for the library, installed by run_all.sh and CI.
+PEERS = ("pytorch-optimizer", "schedulefree")
 
 _ENTRIES: dict[str, OptimizerEntry] = {
     e.name: e
@@ -81,7 +81,7 @@ _ENTRIES: dict[str, OptimizerEntry] = {
         ),
         OptimizerEntry(
             "adamw_schedulefree", "peers", "AdamWScheduleFreeConfig", "build_adamw_schedulefree",
-            "schedule-free AdamW (Defazio et al. 2024; the schedulefree library)", requires=("schedulefree",),
+            "schedule-free AdamW (Defazio et al. 2024; the schedulefree library)", requires=PEERS,
             schedule_free=True,
         ),
         OptimizerEntry(
