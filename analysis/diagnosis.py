@@ -49,13 +49,15 @@ def load_diagnosis(root: Path | str, folder: str = FOLDER) -> tuple[pd.DataFrame
             continue
         df = read_curvature_csv(path)
         config = json.dumps(manifest.get("optimizer_config", {}), sort_keys=True, default=str)
-        match = runs[(runs["config"] == config) & (runs["seed"] == int(manifest["seed"]))]
+        match = runs[(runs["config"] == config) & (runs["seed"] == int(manifest["seed"]))
+                     & (runs["workload"] == manifest["workload"])]
         df["variant"] = match["variant"].iloc[0] if len(match) else manifest["optimizer"]
         df["seed"] = int(manifest["seed"])
+        df["workload"] = manifest["workload"]
         df["block"] = df["block"].astype(int)
         frames.append(df)
     pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=[*CURVATURE_COLUMNS, *CURVATURE_DIAGNOSTICS, "variant", "seed"])
+        columns=[*CURVATURE_COLUMNS, *CURVATURE_DIAGNOSTICS, "variant", "seed", "workload"])
     return runs, pairs
 
 

@@ -19,6 +19,13 @@ from matplotlib.figure import Figure
 
 from analysis.ablations import FOLDER as ABLATION_FOLDER
 from analysis.ablations import ablation_markdown, centre
+from analysis.block_defaults import FOLDERS as BLOCK_FOLDERS
+from analysis.block_defaults import (
+    block_defaults_markdown,
+    block_defaults_summary,
+    load_block_defaults,
+    plot_block_defaults,
+)
 from analysis.compiled import compiled_markdown, compiled_summary, load_compiled
 from analysis.compute import compute_markdown, compute_summary, load_compute
 from analysis.construction import construction_markdown, construction_summary, load_construction, plot_construction
@@ -131,6 +138,12 @@ GROUPS: tuple[FigureGroup, ...] = (
         "resnet_diagnosis", "no finished runs under {root}/" + DIAGNOSIS_FOLDER + "/runs",
         lambda data: load_diagnosis(data.root), diagnosis_summary, lambda _, s: diagnosis_markdown(s),
         plot_block_shares, "%.6f",
+    ),
+    FigureGroup(
+        "block default", "mL-BFGS's block default: the candidates on every long workload and the rule's choice",
+        "block_defaults", "no finished runs under {root}/" + BLOCK_FOLDERS[0] + "/runs",
+        lambda data: load_block_defaults(data.root), block_defaults_summary, lambda _, s: block_defaults_markdown(s),
+        plot_block_defaults, "%.6f",
     ),
     FigureGroup(
         "lr sensitivity", "Learning-rate sensitivity of the tuning trials", "lr_sensitivity",
