@@ -105,7 +105,8 @@ def block_defaults_summary(data: tuple[pd.DataFrame, pd.DataFrame]) -> pd.DataFr
             acc = mean_interval(mine["final_test_acc"].tolist())
             diff = difference_interval(mine["final_test_acc"].tolist(), best_acc)
             word = "best" if name == best else verdict(diff)
-            ratio = _starvation(pairs[(pairs["workload"] == workload) & (pairs["candidate"] == name)])
+            ratio = _starvation(pairs[(pairs["workload"] == workload) & (pairs["candidate"] == name)]
+                                if len(pairs) else pairs)
             seeds = int(mine["seed"].nunique())
             rows.append({"workload": workload, "candidate": name, "seeds": seeds,
                          "final_test_acc": acc.value, "final_test_acc_low": acc.low, "final_test_acc_high": acc.high,
