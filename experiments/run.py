@@ -43,6 +43,7 @@ import torch
 from experiments.overrides import parse_overrides
 from experiments.runner.amp import AmpError
 from experiments.runner.dist_context import DEVICES, setup, teardown
+from experiments.runner.drift import config_drift, drift_message
 from experiments.runner.fsdp import FSDP_OPTIMIZERS, check_fsdp_run
 from experiments.runner.interrupt import sigterm_as_exit
 from experiments.runner.lockstep import check_group, train_lockstep
@@ -208,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--workload and --optimizer are required (or --spec)")
             requests = [_request(args, name) for name in args.optimizer]
         specs = [_checked_spec(request) for request in requests]
+        for spec in specs if not args.force else []:  # a run recorded under other defaults: see drift.py
+            drift = config_drift(spec, spec.manifest_path(args.out))
+            if drift:
+                raise ValueError(drift_message(spec.run_id, drift))
         if args.flush_rows < 1:
             raise ValueError(f"flush-rows must be a positive integer, got {args.flush_rows}")
         if args.threads is not None and args.threads < 1:

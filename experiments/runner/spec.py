@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from baselines.registry import is_schedule_free
+from baselines.registry import default_config, is_schedule_free
 from experiments.workloads.config import (
     DataConfig,
     ModelConfig,
@@ -87,6 +87,11 @@ class RunSpec:
     def optimizer_settings(self) -> dict[str, Any]:
         """The optimizer's keyword arguments for this run (resolved once, from the workload's sections)."""
         return self.workload.optimizer_settings(self.optimizer)
+
+    def optimizer_config(self) -> dict[str, Any]:
+        """Every hyper-parameter the optimizer uses: the registry's defaults updated by the run's settings
+        (what the manifest records as ``optimizer_config``)."""
+        return {**default_config(self.optimizer), **self.optimizer_settings}
 
     def csv_path(self, out: str | Path) -> Path:
         return Path(out) / self.workload.name / f"{self.run_id}.csv"

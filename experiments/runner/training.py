@@ -39,6 +39,7 @@ from experiments.runner.build import build_parts
 from experiments.runner.checkpoint import CheckpointStore
 from experiments.runner.csvlog import CsvLog
 from experiments.runner.dist_context import DistContext
+from experiments.runner.drift import config_drift, drift_message
 from experiments.runner.evaluate import evaluate
 from experiments.runner.manifest import device_description, git_state, is_finished
 from experiments.runner.recording import ManifestSink, Recorder, RecordGather, Sink, TensorBoardSink
@@ -88,16 +89,16 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _resolved_optimizer_config(spec: RunSpec) -> dict[str, Any]:
-    """The registry defaults updated by the run's settings: every hyper-parameter the optimizer used."""
-    from baselines import default_config
-
-    return {**default_config(spec.optimizer), **spec.optimizer_settings}
-
-
 def skip_finished(spec: RunSpec, opts: RunOptions) -> dict[str, Any] | None:
-    """The summary of a finished run that is not forced to start over (None: the run must train)."""
-    if not opts.force and is_finished(spec.manifest_path(opts.out)):
+    """The summary of a finished run that is not forced to start over (None: the run must train).
+    ValueError (:func:`drift_message`) when the run, finished or resumable, was recorded with optimizer
+    settings that differ from what this code builds: it would be skipped as done, or resumed as another."""
+    if opts.force:
+        return None
+    drift = config_drift(spec, spec.manifest_path(opts.out))
+    if drift:
+        raise ValueError(drift_message(spec.run_id, drift))
+    if is_finished(spec.manifest_path(opts.out)):
         return {"run_id": spec.run_id, "status": "skipped (finished)"}
     return None
 
@@ -160,7 +161,7 @@ class Run:
         base = {
             "run_id": spec.run_id, "workload": cfg.name, "optimizer": spec.optimizer, "seed": spec.seed,
             "config": cfg.to_dict(), "optimizer_settings": spec.optimizer_settings,
-            "optimizer_config": _resolved_optimizer_config(spec),
+            "optimizer_config": spec.optimizer_config(),
             "overrides": spec.overrides, "max_iters": spec.max_iters, "total_iters": self.total,
             "iterations_per_epoch": self.ipe, "num_train": self.data.num_train, "num_test": self.data.num_test,
             "parameters": sum(p.numel() for p in self.raw_model.parameters()),

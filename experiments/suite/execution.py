@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.runner.atomic import write_json
+from experiments.runner.drift import config_drift, drift_message
 from experiments.runner.manifest import is_finished
 from experiments.suite.planning import PlannedRun
 from experiments.suite.progress import ProgressReporter
@@ -127,7 +128,12 @@ def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[]
     failures = 0
     todo = []
     for run in runs:
-        if not opts.force and is_finished(run.manifest):
+        drift = {} if opts.force else config_drift(run.spec, run.manifest)
+        if drift:  # recorded under other defaults: neither done nor resumable (experiments/runner/drift.py)
+            print(f"[suite] error: {drift_message(run.run_id, drift)}", flush=True)
+            log.append({"run_id": run.run_id, "status": "failed (recorded under other settings)"})
+            failures += 1
+        elif not opts.force and is_finished(run.manifest):
             print(f"[suite] {run.run_id}: finished, skipped", flush=True)
             log.append({"run_id": run.run_id, "status": "skipped (finished)"})
         else:

@@ -358,3 +358,63 @@ def test_sigterm_stops_the_suite_and_its_runner(tmp_path: Path) -> None:
         if suite_proc.poll() is None:
             suite_proc.kill()
             suite_proc.wait()
+
+
+# ---- a run recorded under other defaults -------------------------------------------------------------------------
+
+
+def _record_other_default(root: Path, status: str) -> Path:
+    """Train mlbfgs 3 iterations, then make its manifest say it ran with another ``blocks`` (as after a
+    default changed: the run id, which hashes only the settings a run sets, stays the same)."""
+    assert _main(root, "mlbfgs") == 0
+    path = next((root / "runs").glob("*/*.json"))
+    manifest = json.loads(path.read_text())
+    assert manifest["optimizer_config"]["blocks"] == "layer"
+    manifest["optimizer_config"]["blocks"] = "model"
+    manifest["status"] = status
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize("status", ["finished", "running"])
+def test_a_run_recorded_under_other_defaults_is_neither_skipped_nor_resumed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], status: str) -> None:
+    path = _record_other_default(tmp_path, status)
+    capsys.readouterr()
+    assert _main(tmp_path, "mlbfgs") == 2
+    err = capsys.readouterr().err
+    assert "blocks: recorded 'model', now 'layer'" in err and "--force" in err, err
+    assert json.loads(path.read_text())["optimizer_config"]["blocks"] == "model"  # nothing overwritten
+    assert _main(tmp_path, "mlbfgs", "--force") == 0
+    assert json.loads(path.read_text())["optimizer_config"]["blocks"] == "layer"
+
+
+def test_the_suite_reports_a_run_recorded_under_other_defaults(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments.suite import cli as suite
+
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps({"name": "tiny", "runs": [{"workload": "mnist1d-mlp", "optimizers": ["mlbfgs"],
+                                                             "max_iters": 2, "set": {"eval_interval": 1}}]}))
+    base = ["--preset", str(preset), "--out", str(tmp_path / "out"), "--no-analysis", "--threads", "1"]
+    assert suite.main(base) == 0
+    path = next((tmp_path / "out" / "runs").glob("*/*.json"))
+    manifest = json.loads(path.read_text())
+    manifest["optimizer_config"]["blocks"] = "model"
+    path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert suite.main(base) == 1  # reported as failed, not skipped as done
+    out = capsys.readouterr().out
+    assert "error: " in out and "blocks: recorded 'model', now 'layer'" in out and "finished, skipped" not in out
+
+
+def test_a_setting_added_after_a_run_is_not_drift(tmp_path: Path) -> None:
+    from experiments.runner.drift import config_drift
+
+    spec = make_run_spec("mnist1d-mlp", "mlbfgs", 0)
+    recorded = {k: v for k, v in spec.optimizer_config().items() if k != "direction_norm"}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"optimizer_config": recorded}))
+    assert config_drift(spec, path) == {}
+    path.write_text(json.dumps({"optimizer_config": {**recorded, "lr": 123.0}}))
+    assert set(config_drift(spec, path)) == {"lr"}

@@ -1,0 +1,40 @@
+"""A run's record against the code that would skip or resume it.
+
+A run id hashes the settings a run sets (:mod:`experiments.runner.spec`), not the registry's defaults. After a
+default changes (e.g. mL-BFGS's ``blocks``), a run recorded under the old default keeps its id: the suite would
+skip it as done, or resume its checkpoint under the new setting, and a table would mix two configurations under
+one name. The runner therefore compares the manifest's ``optimizer_config`` with what the code builds now and
+refuses a difference (:func:`experiments.runner.training.skip_finished`); the suite reports it for finished runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from experiments.runner.atomic import read_json
+from experiments.runner.spec import RunSpec
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def config_drift(spec: RunSpec, manifest_path: str | Path) -> dict[str, tuple[Any, Any]]:
+    """The optimizer settings the run's manifest records that this code would build otherwise, as
+    ``{name: (recorded, now)}``; empty without a manifest or a recorded config. Settings added since the run
+    (absent from its record) are not drift: a new setting's default keeps the old behaviour."""
+    path = Path(manifest_path)
+    if not path.is_file():
+        return {}
+    recorded = _as_json((read_json(path) or {}).get("optimizer_config") or {})
+    now = _as_json(spec.optimizer_config())
+    return {k: (recorded[k], now[k]) for k in sorted(recorded.keys() & now.keys()) if recorded[k] != now[k]}
+
+
+def drift_message(run_id: str, drift: dict[str, tuple[Any, Any]]) -> str:
+    """The error for a run whose record and code disagree, naming each setting."""
+    what = ", ".join(f"{k}: recorded {old!r}, now {new!r}" for k, (old, new) in drift.items())
+    return (f"{run_id}: its manifest records optimizer settings this code no longer builds for the same run id "
+            f"({what}); retrain it with --force (its files are replaced) or set the recorded value explicitly")
