@@ -44,7 +44,7 @@ OPTIMIZER_COLORS: dict[str, str] = {
     "sqn": "#e377c2",
     "slbfgs": "#7f7f7f",
     "mlbfgs": "#d62728",
-    # the peers (baselines/peers.py); none from the fallback palette below, so an unknown name never shares one
+    # the peers (baselines/peers/); none from the fallback palette below, so an unknown name never shares one
     "adamw_schedulefree": "#5254a3",
     "muon": "#bd9e39",
     "soap": "#ce6dbd",

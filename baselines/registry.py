@@ -39,9 +39,9 @@ class OptimizerEntry:
     schedule_free: bool = False  # averages its iterates in place of an lr schedule (train()/eval() modes)
 
 
-# The libraries baselines/peers.py imports (every peer needs both: one module), pinned in requirements.txt:
-# optional for the library, installed by run_all.sh and CI.
-PEERS = ("pytorch-optimizer", "schedulefree")
+# The peers' libraries (baselines/peers/), pinned in requirements.txt: optional for the library, installed by
+# run_all.sh and CI. Each peer's module imports only its own.
+PYTORCH_OPTIMIZER, SCHEDULEFREE = "pytorch-optimizer", "schedulefree"
 
 _ENTRIES: dict[str, OptimizerEntry] = {
     e.name: e
@@ -80,22 +80,24 @@ _ENTRIES: dict[str, OptimizerEntry] = {
             "the authors' whole-model mL-BFGS reproduced (SlimQN, opt/slim.py)",
         ),
         OptimizerEntry(
-            "adamw_schedulefree", "peers", "AdamWScheduleFreeConfig", "build_adamw_schedulefree",
-            "schedule-free AdamW (Defazio et al. 2024; the schedulefree library)", requires=PEERS,
+            "adamw_schedulefree", "peers.adamw_schedulefree", "AdamWScheduleFreeConfig", "build_adamw_schedulefree",
+            "schedule-free AdamW (Defazio et al. 2024; the schedulefree library)", requires=(SCHEDULEFREE,),
             schedule_free=True,
         ),
         OptimizerEntry(
-            "muon", "peers", "MuonConfig", "build_muon",
+            "muon", "peers.muon", "MuonConfig", "build_muon",
             "Muon for hidden matrices, AdamW for the rest (Jordan et al. 2024; pytorch_optimizer.Muon)",
-            requires=PEERS,
+            requires=(PYTORCH_OPTIMIZER,),
         ),
         OptimizerEntry(
-            "soap", "peers", "SOAPConfig", "build_soap",
-            "SOAP: Adam in Shampoo's eigenbasis (Vyas et al. 2024; pytorch_optimizer.SOAP)", requires=PEERS,
+            "soap", "peers.soap", "SOAPConfig", "build_soap",
+            "SOAP: Adam in Shampoo's eigenbasis (Vyas et al. 2024; pytorch_optimizer.SOAP)",
+            requires=(PYTORCH_OPTIMIZER,),
         ),
         OptimizerEntry(
-            "shampoo", "peers", "ShampooConfig", "build_shampoo",
-            "Shampoo with grafting (Anil et al. 2020; pytorch_optimizer.ScalableShampoo)", requires=PEERS,
+            "shampoo", "peers.shampoo", "ShampooConfig", "build_shampoo",
+            "Shampoo with grafting (Anil et al. 2020; pytorch_optimizer.ScalableShampoo)",
+            requires=(PYTORCH_OPTIMIZER,),
         ),
     )
 }

@@ -14,7 +14,7 @@ take turns (interleaved, so drifts of the machine hit all alike); ``--repeats`` 
 of one period. Rows ``workload, peer, implementation, repeat, iteration_s, step_s`` go to
 ``OUT/implementations.csv``, the medians and their ratios to SGD to ``OUT/implementations.md``, the command
 and commit to ``OUT/implementations.json``. The correctness of each candidate against its paper's update is
-checked in ``tests/baselines/test_peers.py``; the choice is written in ``baselines/peers.py``.
+checked in ``tests/baselines/test_peers.py``; the choice is written in ``baselines/peers/``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from experiments.runner.manifest import now_iso
 _SOAP = dict(lr=3e-3, betas=(0.95, 0.95), shampoo_beta=0.95, eps=1e-8, weight_decay=0.0, precondition_frequency=10)
 _SHAMPOO = dict(lr=1e-3, preconditioning_compute_steps=10)
 
-# peer -> implementation (import path) -> constructor arguments: the registry's settings (baselines/peers.py)
+# peer -> implementation (import path) -> constructor arguments: the registry's settings (baselines/peers/)
 # but the lr, which does not change the cost; the same for both libraries
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "soap": {

@@ -1,4 +1,4 @@
-"""The peers (baselines/peers.py) against the updates their papers define, on small problems."""
+"""The peers (baselines/peers/) against the updates their papers define, on small problems."""
 
 from __future__ import annotations
 
@@ -12,20 +12,29 @@ pytest.importorskip("schedulefree")
 pytest.importorskip("pytorch_optimizer")
 
 from baselines import available_optimizers, build_optimizer, installed_optimizers  # noqa: E402
-from baselines.peers import AdamWScheduleFreeConfig, MuonConfig, build_adamw_schedulefree, build_muon  # noqa: E402
+from baselines.peers.adamw_schedulefree import AdamWScheduleFreeConfig, build_adamw_schedulefree  # noqa: E402
+from baselines.peers.muon import MuonConfig, build_muon  # noqa: E402
 
 
-def test_a_missing_peer_library_is_named_when_its_optimizer_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The peers' libraries are optional: without one, the other optimizers work, and building a peer says
-    what to install."""
-    monkeypatch.setitem(sys.modules, "schedulefree", None)  # import schedulefree -> ModuleNotFoundError
-    monkeypatch.delitem(sys.modules, "baselines.peers")
-    with pytest.raises(ModuleNotFoundError, match=r"optimizer 'adamw_schedulefree' needs .*schedulefree.*"
-                                                  r"pip install -r requirements.txt"):
-        build_optimizer("adamw_schedulefree", nn.Linear(3, 2))
+@pytest.mark.parametrize("library, distribution, names", [
+    ("schedulefree", "schedulefree", {"adamw_schedulefree"}),
+    ("pytorch_optimizer", "pytorch-optimizer", {"muon", "soap", "shampoo"}),
+])
+def test_a_missing_peer_library_is_named_when_its_optimizer_is_built(
+        monkeypatch: pytest.MonkeyPatch, library: str, distribution: str, names: set[str]) -> None:
+    """The peers' libraries are optional: without one, only the peers built on it are missing, the other
+    optimizers work, and building one of those peers says what to install."""
+    monkeypatch.setitem(sys.modules, library, None)  # import <library> -> ModuleNotFoundError
+    for module in [m for m in sys.modules if m.startswith("baselines.peers.")]:
+        monkeypatch.delitem(sys.modules, module)
     missing = set(available_optimizers()) - set(installed_optimizers())
-    assert missing == {"adamw_schedulefree", "muon", "soap", "shampoo"}
-    build_optimizer("sgd", nn.Linear(3, 2))
+    assert missing == names
+    for name in names:
+        with pytest.raises(ModuleNotFoundError, match=rf"optimizer '{name}' needs {distribution} .*"
+                                                      r"pip install -r requirements.txt"):
+            build_optimizer(name, nn.Linear(3, 2))
+    for name in {"sgd", "adamw_schedulefree", "muon"} - names:
+        build_optimizer(name, nn.Linear(3, 2))
 
 
 def _quadratic_step(model: nn.Module, gen: torch.Generator) -> None:
@@ -135,9 +144,9 @@ def test_shampoo_steps_by_the_inverse_fourth_roots_of_its_kronecker_factors(use_
     model = nn.Module()
     model.w = w
     beta2, lr = 0.9, 0.1
-    opt = build_optimizer("baselines.peers:Shampoo", model, lr=lr, betas=(0.0, beta2), graft_type=0, nesterov=False,
-                          start_preconditioning_step=1, preconditioning_compute_steps=1, shape_interpretation=False,
-                          matrix_eps=1e-12, use_svd=use_svd).optimizer
+    opt = build_optimizer("baselines.peers.shampoo:Shampoo", model, lr=lr, betas=(0.0, beta2), graft_type=0,
+                          nesterov=False, start_preconditioning_step=1, preconditioning_compute_steps=1,
+                          shape_interpretation=False, matrix_eps=1e-12, use_svd=use_svd).optimizer
     left, right = torch.zeros(5, 5, dtype=torch.float64), torch.zeros(5, 5, dtype=torch.float64)
     for _ in range(4):
         g = torch.randn(5, 5, generator=gen, dtype=torch.float64)
