@@ -46,6 +46,7 @@ def test_stages_follow_the_preset_sections(tmp_path: Path) -> None:
         "paper": ("grid", "analysis"),
         "quick": ("grid", "analysis"),
         "resnet_diagnosis": ("grid", "analysis"),
+        "resnet_long_horizon": ("grid", "analysis"),
     }
     full = load_preset("full")
     assert select_stages(full, None) == ("sweep", "final", "ablation", "analysis")
@@ -68,7 +69,7 @@ def test_bad_arguments_name_the_allowed_values(preset_file: Path, capsys: pytest
         (["--preset", "quick", "--workloads", "fmnist-vit"], "workloads must be among ['fmnist-cnn', 'mnist1d-mlp']"),
         (["--preset", "quick", "--optimizers", "sqn"], "optimizers must be among ['adam', 'kfac', 'mlbfgs'"),
         (["--preset", "nope"], "preset must be one of ['authors', 'block_defaults', 'full', 'long', "
-                               "'long_ablations', 'paper', 'quick', 'resnet_diagnosis']"),
+                               "'long_ablations', 'paper', 'quick', 'resnet_diagnosis', 'resnet_long_horizon']"),
         (["--preset", str(preset_file), "--jobs", "0"], "jobs must be a positive integer"),
     ]:
         assert suite.main([*args, "--dry-run"]) == 2
@@ -138,7 +139,8 @@ def test_lockstep_groups_are_dealt_to_keep_every_job_busy_only_when_split() -> N
     assert [len(g) for g in groups(runs, "lockstep", jobs=3, split=True)] == [5, 5, 5, 5]  # too small to deal
 
 
-@pytest.mark.parametrize("preset", ["quick", "long_ablations", "resnet_diagnosis", "block_defaults"])
+@pytest.mark.parametrize("preset", ["quick", "long_ablations", "resnet_diagnosis", "block_defaults",
+                                    "resnet_long_horizon"])
 def test_jobs_never_split_a_lockstep_group_whose_seconds_compare(preset: str) -> None:
     """--jobs N runs whole (workload, seed) groups side by side: every run of a group trains in one
     process (one clock), whatever N; only the tuning trials are dealt (split=True)."""
