@@ -4,7 +4,8 @@ A run id hashes the settings a run sets (:mod:`experiments.runner.spec`), not th
 default changes (e.g. mL-BFGS's ``blocks``), a run recorded under the old default keeps its id: the suite would
 skip it as done, or resume its checkpoint under the new setting, and a table would mix two configurations under
 one name. The runner therefore compares the manifest's ``optimizer_config`` with what the code builds now and
-refuses a difference (:func:`experiments.runner.training.skip_finished`); the suite reports it for finished runs.
+refuses a difference (:func:`experiments.runner.training.skip_finished`); the suite reports it, or with
+``--retrain-stale`` sets the run's files aside and retrains it (:mod:`experiments.suite.execution`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Run a preset, stage by stage, then the analysis.
 
     python -m experiments.suite --preset NAME [--stages ...] [--out DIR] [--mode lockstep|separate]
-                                [--jobs N] [--threads N] [--force] [--dry-run] [--no-analysis]
+                                [--jobs N] [--threads N] [--force] [--retrain-stale] [--dry-run] [--no-analysis]
                                 [--workloads ...] [--optimizers ...] [--seeds ...]
                                 [--data-dir DIR] [--set KEY=VALUE ...] [--max-iters N]
 
@@ -22,7 +22,10 @@ Processes: in ``lockstep`` mode (the default) one subprocess per (workload, seed
 optimizers, an iteration each in turn, each timed on its own clock (``experiments/runner/lockstep.py``); in
 ``separate`` mode one subprocess per run. Finished runs (manifest status finished) are skipped unless
 ``--force``; unfinished ones resume from their checkpoints, so rerunning after an interruption
-continues where it stopped. Order: seed, workload, optimizer, so that every optimizer has a first seed
+continues where it stopped. A run recorded under optimizer settings the code no longer builds for its id (a
+registry default changed since; ``experiments/runner/drift.py``) is reported as failed, or with
+``--retrain-stale`` moved to ``<out>/stale/<time>/`` and retrained, resumably. Order: seed, workload,
+optimizer, so that every optimizer has a first seed
 before any gets a second. A failing process is reported and the preset goes on; the exit status is 1
 when any run or the analysis failed, 2 for bad arguments (a malformed preset among them) or for stages that
 need an earlier one not yet run (``--stages final`` before the sweep or the trials have finished), 143
@@ -147,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="progress of each running process (iterations, rate, time left, each optimizer's "
                         "smoothed loss): a bar on a terminal, else a line every SECONDS (default 30; 0: never)")
     p.add_argument("--force", action="store_true", help="retrain finished runs and discard checkpoints")
+    p.add_argument("--retrain-stale", action="store_true",
+                   help="retrain runs recorded under other optimizer settings (a changed default), their files and "
+                        "checkpoints first moved to <out>/stale/<time>/; the other runs are skipped or resumed")
     p.add_argument("--dry-run", action="store_true",
                    help="list the runs of the selected stages and their state, run and write nothing")
     p.add_argument("--no-analysis", action="store_true", help="leave out the analysis stage")
@@ -185,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.runner.training import DEFAULT_THREADS
 
     opts = ExecOptions(results=Path(preset.results), mode=args.mode, threads=args.threads, force=args.force,
+                       retrain_stale=args.retrain_stale,
                        dry_run=args.dry_run, jobs=args.jobs, progress_every=args.progress_every)
     own = {"preset": preset.name, "description": preset.description,
            **({"sweep": preset.sweep} if preset.sweep else {}), **({"tuning": preset.tuning} if preset.tuning else {})}

@@ -42,6 +42,7 @@ class ExecOptions:
     dry_run: bool = False
     jobs: int = 1  # processes at a time (each with its own torch threads)
     progress_every: float = 30.0  # seconds between progress lines of the running processes (0: none)
+    retrain_stale: bool = False  # runs recorded under other optimizer settings: set aside, then retrained
 
 
 def groups(runs: list[PlannedRun], mode: str, jobs: int = 1, split: bool = False) -> list[list[PlannedRun]]:
@@ -115,6 +116,21 @@ def write_request(folder: Path, run: PlannedRun) -> Path:
     return path
 
 
+def set_aside(run: PlannedRun, opts: ExecOptions, folder: Path) -> None:
+    """Move a run's files (CSVs, manifest) and checkpoints into ``folder`` (``<results>/stale/<time>/``, ignored
+    by git): nothing is deleted, and the run trains afresh under the same id."""
+    target = folder / run.workload
+    target.mkdir(parents=True, exist_ok=True)
+    base = run.manifest.with_suffix("")
+    for suffix in RUN_FILE_SUFFIXES:
+        path = base.with_name(base.name + suffix)
+        if path.exists():
+            shutil.move(str(path), str(target / path.name))
+    checkpoints = run.spec.checkpoint_dir(opts.results / "checkpoints")
+    if checkpoints.exists():
+        shutil.move(str(checkpoints), str(folder / "checkpoints" / run.run_id))
+
+
 def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[], None], opts: ExecOptions,
             split: bool = False) -> int:
     """Run ``runs`` (lockstep groups or one process each), skipping finished ones unless forced; return
@@ -127,10 +143,19 @@ def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[]
     """
     failures = 0
     todo = []
+    stale_dir = opts.results / "stale" / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     for run in runs:
         drift = {} if opts.force else config_drift(run.spec, run.manifest)
-        if drift:  # recorded under other defaults: neither done nor resumable (experiments/runner/drift.py)
-            print(f"[suite] error: {drift_message(run.run_id, drift)}", flush=True)
+        if drift and opts.retrain_stale:  # recorded under other defaults (experiments/runner/drift.py)
+            where = stale_dir if not opts.dry_run else stale_dir / "(dry run)"
+            if not opts.dry_run:
+                set_aside(run, opts, stale_dir)
+            print(f"[suite] {run.run_id}: recorded under other settings ({', '.join(drift)}); its files set aside "
+                  f"in {where}, retraining", flush=True)
+            todo.append(run)
+        elif drift:
+            print(f"[suite] error: {drift_message(run.run_id, drift)} (the suite: --retrain-stale sets its files "
+                  f"aside in <out>/stale/ and retrains it)", flush=True)
             log.append({"run_id": run.run_id, "status": "failed (recorded under other settings)"})
             failures += 1
         elif not opts.force and is_finished(run.manifest):

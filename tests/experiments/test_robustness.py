@@ -406,6 +406,15 @@ def test_the_suite_reports_a_run_recorded_under_other_defaults(tmp_path: Path,
     assert suite.main(base) == 1  # reported as failed, not skipped as done
     out = capsys.readouterr().out
     assert "error: " in out and "blocks: recorded 'model', now 'layer'" in out and "finished, skipped" not in out
+    assert "--retrain-stale" in out
+    assert suite.main([*base, "--retrain-stale", "--dry-run"]) == 0
+    assert json.loads(path.read_text())["optimizer_config"]["blocks"] == "model"  # a dry run moves nothing
+    assert suite.main([*base, "--retrain-stale"]) == 0
+    assert "set aside in" in capsys.readouterr().out
+    assert json.loads(path.read_text())["optimizer_config"]["blocks"] == "layer"  # retrained under today's default
+    (old,) = (tmp_path / "out" / "stale").glob(f"*/{path.parent.name}/{path.name}")
+    assert json.loads(old.read_text())["optimizer_config"]["blocks"] == "model"  # the stale record kept
+    assert suite.main(base) == 0 and "finished, skipped" in capsys.readouterr().out
 
 
 def test_a_setting_added_after_a_run_is_not_drift(tmp_path: Path) -> None:
