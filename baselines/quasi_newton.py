@@ -6,10 +6,13 @@ rejection, compact form), with the hyper-parameters of the reference run script 
 run-SLIM.sh / train.py): lr 0.1, momentum 0.9, beta 0.999 (``--mm-p``/``--mm-g``), xi =
 pair_momentum 0.9 (``--mmm``), T = update_period 50, M = history_size 10, tau0 = damping 0.01
 (``--lbfgs-damping``), curvature bounds (0.01, 1.5), the direction divided by its global norm. Blocks
-default to one per layer; that is our choice, not the authors' partition (their block version keeps
-the stem and classifier outside one big block on ResNet-18, one block per stage on ResNet-50, one block
-on DeiT), and ``blocks="model"`` is our block version with one block, not their whole-model SlimQN
-(other bounds, rejection and KL scaling). Their code, behaviour for behaviour, is ``mlbfgs_authors``
+default to one for the whole model, as in the library: chosen over one per layer, the authors'
+partition and one per layer with ``direction_norm="block"`` by the rule of ``analysis/block_defaults.py``
+on the three long workloads (``results/figures/block_defaults.md``); per layer, the ResNet's classifier got
+almost none of the step. ``blocks="authors"`` is the authors' partition (their block version keeps the
+stem and classifier outside one big block on ResNet-18, one block per stage on ResNet-50, one block on
+DeiT); one block is our block version, not their whole-model SlimQN (other bounds, rejection and KL
+scaling). Their code, behaviour for behaviour, is ``mlbfgs_authors``
 and ``slimqn_authors`` (baselines/mlbfgs_authors.py). Weight decay defaults to 0 (the run script's
 2e-4 is a workload setting).
 
@@ -44,8 +47,11 @@ class _QuasiNewtonCommon(CurvatureConfig):
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
-    blocks: Any = "layer"  # one block per layer (ours); "authors": the authors' partition (authors_blocks)
+    blocks: Any = "model"  # one block, the library's default; "authors": the authors' partition (authors_blocks)
     process_group: Any = None
+    # with a process group: each rank its rows of every block. The library's default, whole blocks per rank, would
+    # put the one default block on one rank; without a process group it changes nothing
+    shard: str = "rows"
     comm_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
@@ -75,7 +81,7 @@ class MLBFGSConfig(_QuasiNewtonCommon):
     """``mlbfgs``: the library's defaults (M 10, T 50, beta 0.999, tau0 0.01, bounds (0.01, 1.5),
     global-norm direction) with the authors' run-SLIM.sh values where the library differs: lr 0.1,
     momentum 0.9, xi = pair_momentum 0.9 (the library default is 0: no second smoothing unless
-    asked), blocks per layer (the library default is one block)."""
+    asked)."""
 
     pair_momentum: float = 0.9
 

@@ -116,8 +116,9 @@ class CurvatureLog:
 
 
 class RecordGather:
-    """Distributed runs: each rank sees the pairs of its own blocks only. Records wait on every rank
-    and are gathered to rank 0 at checkpoints and at the end (one collective each), in iteration order."""
+    """Distributed runs: each rank sees the pairs of its own blocks (``shard="blocks"``), or its rows of every
+    block (``"rows"``, whose records are global). Records wait on every rank and are gathered to rank 0 at
+    checkpoints and at the end (one collective each), in iteration order, one per (iteration, block)."""
 
     def __init__(self, ctx: DistContext) -> None:
         self.ctx = ctx
@@ -134,8 +135,13 @@ class RecordGather:
         dist.all_gather_object(parts, local)
         if sink is None:
             return
-        merged = sorted((item for part in parts for item in part), key=lambda item: (item[0], item[1]["block"]))
-        for iteration, rec in merged:
+        # whole blocks per rank: each block's records come from one rank; rows per rank (shard="rows"): every rank
+        # holds every block's (global) record, and rank 0's stands for all
+        first: dict[tuple[int, int], dict[str, Any]] = {}
+        for part in parts:
+            for iteration, rec in part:
+                first.setdefault((iteration, int(rec["block"])), rec)
+        for (iteration, _), rec in sorted(first.items()):
             sink.write(run_id, iteration, [rec])
 
 

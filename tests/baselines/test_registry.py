@@ -199,3 +199,16 @@ def test_mlbfgs_blocks_authors_uses_the_authors_partition() -> None:
     inside, outside = authors_blocks(model)
     assert [[id(p) for p in b] for b in opt.blocks] == [[id(p) for p in b] for b in inside + [outside]]
     assert len(opt.blocks) == 2  # the middle layer; the stem and the classifier together
+
+
+def test_the_registry_builds_mlbfgs_with_the_librarys_block_default() -> None:
+    """One default in the library and the registry (chosen in results/figures/block_defaults.md; pinned on two
+    blocks of different curvature in tests/mlbfgs/test_block_default.py)."""
+    import inspect
+
+    from mlbfgs import MLBFGS
+
+    library = inspect.signature(MLBFGS).parameters["blocks"].default
+    assert default_config("mlbfgs")["blocks"] == library == "model"
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    assert len(build_optimizer("mlbfgs", model).optimizer.blocks) == 1
