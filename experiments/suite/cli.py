@@ -60,6 +60,7 @@ from experiments.suite.stages import tuning as tuning_stage
 from experiments.suite.stages.analysis import analysis_command, comparison_lines, run_analysis
 from experiments.suite.stages.context import StageContext
 from experiments.suite.stages.record import SuiteRecord
+from experiments.suite.stale import sweep_stale
 
 # importable from here as before: the benchmarks and tests plan and group through the suite
 __all__ = ["MODES", "ExecOptions", "PlannedRun", "groups", "main", "plan", "resolve_preset", "stage_runner"]
@@ -207,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"[suite] preset {preset.name}: stages {', '.join(stages)}; {args.mode} mode, {args.jobs} job(s), "
           f"output in {preset.results}/", flush=True)
+    if args.retrain_stale:
+        for manifest, drift in sweep_stale(Path(preset.results), args.workloads, args.optimizers, args.dry_run):
+            what = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in drift.items())
+            print(f"[suite] {manifest.stem}: recorded under other settings ({what}); "
+                  f"{'would be set' if args.dry_run else 'set'} aside in {Path(preset.results) / 'stale'}", flush=True)
     failures = runner.run(ctx) if set(stages) - {ANALYSIS_STAGE} else 0
     if args.dry_run:
         return 0

@@ -26,9 +26,9 @@ from experiments.runner.drift import config_drift, drift_message
 from experiments.runner.manifest import is_finished
 from experiments.suite.planning import PlannedRun
 from experiments.suite.progress import ProgressReporter
+from experiments.suite.stale import RUN_FILE_SUFFIXES, set_aside, stale_folder
 
 MODES = ("lockstep", "separate")
-RUN_FILE_SUFFIXES = (".csv", ".curvature.csv", ".json")  # the manifest last: it marks a run finished
 
 
 @dataclass(frozen=True)
@@ -116,21 +116,6 @@ def write_request(folder: Path, run: PlannedRun) -> Path:
     return path
 
 
-def set_aside(run: PlannedRun, opts: ExecOptions, folder: Path) -> None:
-    """Move a run's files (CSVs, manifest) and checkpoints into ``folder`` (``<results>/stale/<time>/``, ignored
-    by git): nothing is deleted, and the run trains afresh under the same id."""
-    target = folder / run.workload
-    target.mkdir(parents=True, exist_ok=True)
-    base = run.manifest.with_suffix("")
-    for suffix in RUN_FILE_SUFFIXES:
-        path = base.with_name(base.name + suffix)
-        if path.exists():
-            shutil.move(str(path), str(target / path.name))
-    checkpoints = run.spec.checkpoint_dir(opts.results / "checkpoints")
-    if checkpoints.exists():
-        shutil.move(str(checkpoints), str(folder / "checkpoints" / run.run_id))
-
-
 def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[], None], opts: ExecOptions,
             split: bool = False) -> int:
     """Run ``runs`` (lockstep groups or one process each), skipping finished ones unless forced; return
@@ -143,15 +128,13 @@ def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[]
     """
     failures = 0
     todo = []
-    stale_dir = opts.results / "stale" / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     for run in runs:
         drift = {} if opts.force else config_drift(run.spec, run.manifest)
         if drift and opts.retrain_stale:  # recorded under other defaults (experiments/runner/drift.py)
-            where = stale_dir if not opts.dry_run else stale_dir / "(dry run)"
             if not opts.dry_run:
-                set_aside(run, opts, stale_dir)
-            print(f"[suite] {run.run_id}: recorded under other settings ({', '.join(drift)}); its files set aside "
-                  f"in {where}, retraining", flush=True)
+                set_aside(run.manifest, opts.results, stale_folder(opts.results))
+            print(f"[suite] {run.run_id}: recorded under other settings ({', '.join(drift)}); set aside in "
+                  f"{opts.results / 'stale'}, retraining", flush=True)
             todo.append(run)
         elif drift:
             print(f"[suite] error: {drift_message(run.run_id, drift)} (the suite: --retrain-stale sets its files "

@@ -369,8 +369,8 @@ def _record_other_default(root: Path, status: str) -> Path:
     assert _main(root, "mlbfgs") == 0
     path = next((root / "runs").glob("*/*.json"))
     manifest = json.loads(path.read_text())
-    assert manifest["optimizer_config"]["blocks"] == "layer"
-    manifest["optimizer_config"]["blocks"] = "model"
+    assert manifest["optimizer_config"]["blocks"] == "model"
+    manifest["optimizer_config"]["blocks"] = "layer"
     manifest["status"] = status
     path.write_text(json.dumps(manifest))
     return path
@@ -383,10 +383,10 @@ def test_a_run_recorded_under_other_defaults_is_neither_skipped_nor_resumed(
     capsys.readouterr()
     assert _main(tmp_path, "mlbfgs") == 2
     err = capsys.readouterr().err
-    assert "blocks: recorded 'model', now 'layer'" in err and "--force" in err, err
-    assert json.loads(path.read_text())["optimizer_config"]["blocks"] == "model"  # nothing overwritten
+    assert "blocks: recorded 'layer', now 'model'" in err and "--force" in err, err
+    assert json.loads(path.read_text())["optimizer_config"]["blocks"] == "layer"  # nothing overwritten
     assert _main(tmp_path, "mlbfgs", "--force") == 0
-    assert json.loads(path.read_text())["optimizer_config"]["blocks"] == "layer"
+    assert json.loads(path.read_text())["optimizer_config"]["blocks"] == "model"
 
 
 def test_the_suite_reports_a_run_recorded_under_other_defaults(tmp_path: Path,
@@ -400,21 +400,51 @@ def test_the_suite_reports_a_run_recorded_under_other_defaults(tmp_path: Path,
     assert suite.main(base) == 0
     path = next((tmp_path / "out" / "runs").glob("*/*.json"))
     manifest = json.loads(path.read_text())
-    manifest["optimizer_config"]["blocks"] = "model"
+    manifest["optimizer_config"]["blocks"] = "layer"
     path.write_text(json.dumps(manifest))
     capsys.readouterr()
     assert suite.main(base) == 1  # reported as failed, not skipped as done
     out = capsys.readouterr().out
-    assert "error: " in out and "blocks: recorded 'model', now 'layer'" in out and "finished, skipped" not in out
+    assert "error: " in out and "blocks: recorded 'layer', now 'model'" in out and "finished, skipped" not in out
     assert "--retrain-stale" in out
     assert suite.main([*base, "--retrain-stale", "--dry-run"]) == 0
-    assert json.loads(path.read_text())["optimizer_config"]["blocks"] == "model"  # a dry run moves nothing
+    assert json.loads(path.read_text())["optimizer_config"]["blocks"] == "layer"  # a dry run moves nothing
     assert suite.main([*base, "--retrain-stale"]) == 0
     assert "set aside in" in capsys.readouterr().out
-    assert json.loads(path.read_text())["optimizer_config"]["blocks"] == "layer"  # retrained under today's default
-    (old,) = (tmp_path / "out" / "stale").glob(f"*/{path.parent.name}/{path.name}")
-    assert json.loads(old.read_text())["optimizer_config"]["blocks"] == "model"  # the stale record kept
+    assert json.loads(path.read_text())["optimizer_config"]["blocks"] == "model"  # retrained under today's default
+    (old,) = (tmp_path / "out" / "stale").glob(f"*/runs/{path.parent.name}/{path.name}")
+    assert json.loads(old.read_text())["optimizer_config"]["blocks"] == "layer"  # the stale record kept
     assert suite.main(base) == 0 and "finished, skipped" in capsys.readouterr().out
+
+
+def test_retrain_stale_sets_aside_runs_the_plan_no_longer_names(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A final whose settings a new tuning no longer chooses has another id than the new final: the sweep sets
+    it aside too, so the folder holds one configuration of the optimizer."""
+    from experiments.suite import cli as suite
+
+    preset = tmp_path / "tiny.json"
+    out = tmp_path / "out"
+
+    def write(lr: float) -> list[str]:
+        preset.write_text(json.dumps({"name": "tiny", "runs": [{"workload": "mnist1d-mlp", "optimizers": ["mlbfgs"],
+                                                                 "max_iters": 2,
+                                                                 "set": {"eval_interval": 1, "optimizer.lr": lr}}]}))
+        return ["--preset", str(preset), "--out", str(out), "--no-analysis", "--threads", "1"]
+
+    assert suite.main(write(0.01)) == 0
+    (old,) = (out / "runs").glob("*/*.json")
+    manifest = json.loads(old.read_text())
+    manifest["optimizer_config"]["blocks"] = "layer"
+    old.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert suite.main([*write(0.02), "--retrain-stale", "--dry-run"]) == 0
+    assert "would be set aside" in capsys.readouterr().out and old.exists()
+    assert suite.main([*write(0.02), "--retrain-stale"]) == 0
+    assert not old.exists() and not old.with_suffix(".csv").exists()
+    assert len(list((out / "stale").glob(f"*/runs/{old.parent.name}/{old.name}"))) == 1
+    (new,) = (out / "runs").glob("*/*.json")
+    assert new.name != old.name
 
 
 def test_a_setting_added_after_a_run_is_not_drift(tmp_path: Path) -> None:
