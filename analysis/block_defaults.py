@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from analysis.diagnosis import load_diagnosis
 from analysis.intervals import difference_interval, mean_interval, verdict
@@ -165,12 +166,15 @@ def plot_block_defaults(data: tuple[pd.DataFrame, pd.DataFrame], summary: pd.Dat
             colors = ["#1b7837" if a else "#999999" for a in sub["admitted"]]
             for y, r, color in zip(ys, sub.itertuples(), colors, strict=True):
                 err = [[r.final_test_acc - r.final_test_acc_low], [r.final_test_acc_high - r.final_test_acc]]
-                ax.errorbar([r.final_test_acc], [y], xerr=err, fmt="none", ecolor=color, capsize=3)
+                ax.errorbar([r.final_test_acc], [y], xerr=err, fmt="D", color=color, ecolor=color, capsize=3,
+                            markersize=5, markerfacecolor="white", zorder=3)  # the mean, open
             for y, name, color in zip(ys, sub["candidate"], colors, strict=True):
                 pts = runs[(runs["workload"] == workload) & (runs["candidate"] == name)]["final_test_acc"]
                 ax.plot(pts, [y] * len(pts), "o", color=color, markersize=3, alpha=0.8)
             ax.set_yticks(ys, sub["candidate"], fontsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(5))
             ax.set_xlabel("final test accuracy")
             ax.set_title(workload)
-        fig.suptitle("mL-BFGS block candidates (green: admitted by the rule; bars: 95% intervals)")
+        fig.suptitle("mL-BFGS block candidates: mean (open diamond), 95% interval, seeds (dots); "
+                     "green: admitted by the rule")
     return fig
