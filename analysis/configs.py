@@ -10,7 +10,8 @@ A figure or table names each configuration by a *label*: the optimizer name, fol
 that tell it apart from the other configurations of the same figure, e.g. ``mlbfgs lr=0.2``:
 
 - a workload setting (``epochs``, ``batch_size``, ``data.train_subset``...) that differs anywhere in
-  the figure is named in every label;
+  the figure is named in every label, except the constant schedule of schedule-free optimizers, which the
+  protocol implies;
 - an optimizer setting (shown without its ``optimizer.`` prefix) is named when it differs between
   configurations of the same optimizer.
 
@@ -118,6 +119,24 @@ def _differing(settings: list[dict[str, Any]], keys: list[str]) -> list[str]:
                                     for s in settings}) > 1]
 
 
+def _implied_by_optimizer(key: str, configs: Mapping[str, tuple[str, Mapping[str, Any]]]) -> bool:
+    """Whether ``key`` differs only as the protocol implies: schedule-free optimizers train at a constant lr
+    (``experiments/runner/spec.py``), so their ``schedule.kind`` says nothing about the comparison when every
+    other configuration shares one schedule."""
+    if key != "schedule.kind":
+        return False
+    from baselines.registry import is_schedule_free
+
+    free, others = set(), set()
+    for optimizer, settings in configs.values():
+        if key in settings:
+            try:
+                (free if is_schedule_free(optimizer) else others).add(str(settings[key]))
+            except (ValueError, ImportError, AttributeError):  # a name the registry cannot resolve (an old run)
+                others.add(str(settings[key]))
+    return free <= {"constant"} and len(others) <= 1
+
+
 def label_configs(configs: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
     """Labels of the configurations of one figure.
 
@@ -128,7 +147,7 @@ def label_configs(configs: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[
     # configurations without recorded settings (no manifest) are told apart by their key only
     every = [dict(s) for _, s in configs.values() if s]
     workload_keys = sorted({k for s in every for k in s if not k.startswith(OPTIMIZER_PREFIX) and k != "optimizer"})
-    shared = _differing(every, workload_keys)
+    shared = [k for k in _differing(every, workload_keys) if not _implied_by_optimizer(k, configs)]
     labels: dict[str, str] = {}
     by_optimizer: dict[str, list[str]] = {}
     for key, (optimizer, _) in configs.items():

@@ -205,3 +205,13 @@ def test_compare_refuses_bad_filters_and_outputs(runner_out: Path, tmp_path: Pat
     # the same folder under two spellings counts once; the status comes from the manifests
     table, _, _ = compare([runner_out, runner_out / ".." / runner_out.name], Selection(optimizers=("sgd",)), None, None)
     assert table["seeds"].tolist() == [2] and table["status"].tolist() == ["2 finished"]
+
+
+def test_the_constant_schedule_of_schedule_free_optimizers_is_not_a_label() -> None:
+    """The protocol trains schedule-free optimizers at a constant lr: their schedule.kind alone does not label
+    every configuration of the figure; a schedule that differs among the others still does."""
+    cosine, constant = {"schedule.kind": "cosine"}, {"schedule.kind": "constant"}
+    labels = label_configs({"a": ("sgd", cosine), "b": ("mlbfgs", cosine), "c": ("adamw_schedulefree", constant)})
+    assert labels == {"a": "sgd", "b": "mlbfgs", "c": "adamw_schedulefree"}
+    labels = label_configs({"a": ("sgd", cosine), "b": ("mlbfgs", constant), "c": ("adamw_schedulefree", constant)})
+    assert labels["a"] == "sgd schedule.kind=cosine" and labels["b"] == "mlbfgs schedule.kind=constant"
