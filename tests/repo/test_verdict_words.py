@@ -24,7 +24,9 @@ WORKLOADS = {"fmnist-cnn": "fmnist-cnn", "CNN": "fmnist-cnn", "fmnist-resnet": "
 OPTIMIZERS = {"the authors' code": "mlbfgs_authors", "mlbfgs_authors": "mlbfgs_authors",
               "sgd_normalized": "sgd_normalized", "normalised SGD": "sgd_normalized", "mL-BFGS": "mlbfgs",
               "mlbfgs": "mlbfgs", "slbfgs": "slbfgs", "K-FAC": "kfac", "kfac": "kfac", "Adam": "adam",
-              "adam": "adam", "SGD": "sgd", "sgd": "sgd"}
+              "adam": "adam", "SGD": "sgd", "sgd": "sgd", "schedule-free AdamW": "adamw_schedulefree",
+              "adamw_schedulefree": "adamw_schedulefree", "Muon": "muon", "muon": "muon", "SOAP": "soap",
+              "soap": "soap", "Shampoo": "shampoo", "shampoo": "shampoo"}
 
 
 def _prose(text: str) -> str:
