@@ -11,11 +11,10 @@ from typing import Any
 import schedulefree
 from torch import nn
 
-from ..base import TrainingOptimizer, trainable_parameters
+from ..base import TrainingOptimizer
 from ..config import check_int, check_nonneg, check_positive
-from ..contract import PicklableOptimizer, check_parameters
-from ..external import build_external
-from .common import betas_pair, restart_if_cleared, zero_dim_lr
+from ..contract import PicklableOptimizer
+from .common import betas_pair, build_peer, restart_if_cleared, zero_dim_lr
 
 
 class AdamWScheduleFree(PicklableOptimizer, schedulefree.AdamWScheduleFree):
@@ -62,8 +61,6 @@ class AdamWScheduleFreeConfig:
 
 
 def build_adamw_schedulefree(model: nn.Module, cfg: AdamWScheduleFreeConfig) -> TrainingOptimizer:
-    check_parameters(trainable_parameters(model), "adamw_schedulefree")
-    opt = build_external("baselines.peers.adamw_schedulefree:AdamWScheduleFree", model, asdict(cfg))
-    opt.name = "adamw_schedulefree"
+    opt = build_peer("adamw_schedulefree", AdamWScheduleFree, model, asdict(cfg))
     opt.train_mode()  # the library starts in eval mode and refuses to step there
     return opt

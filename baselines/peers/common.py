@@ -9,7 +9,10 @@ from typing import Any
 
 import torch
 
+from ..base import TrainingOptimizer, trainable_parameters
 from ..config import check_unit_interval
+from ..contract import check_parameters
+from ..external import build_external
 
 
 def zero_dim_lr(opt: torch.optim.Optimizer) -> None:
@@ -87,3 +90,14 @@ def betas_pair(name: str, value: Any) -> tuple[float, float]:
     check_unit_interval(f"{name}[0]", value[0])
     check_unit_interval(f"{name}[1]", value[1])
     return float(value[0]), float(value[1])
+
+
+def build_peer(name: str, cls: type[torch.optim.Optimizer], model: torch.nn.Module,
+               arguments: dict[str, Any]) -> TrainingOptimizer:
+    """Registry name ``name``: ``cls`` (a wrapper of this package) on ``model``'s trainable parameters, built
+    as an external optimizer would be (:func:`baselines.external.build_external`: the constructor's named
+    arguments, parameter groups from a recipe)."""
+    check_parameters(trainable_parameters(model), name)
+    opt = build_external(f"{cls.__module__}:{cls.__qualname__}", model, arguments)
+    opt.name = name
+    return opt

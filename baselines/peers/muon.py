@@ -11,11 +11,10 @@ import pytorch_optimizer
 import torch
 from torch import nn
 
-from ..base import TrainingOptimizer, trainable_parameters
+from ..base import TrainingOptimizer
 from ..config import check_nonneg, check_unit_interval
-from ..contract import PicklableOptimizer, check_parameters
-from ..external import build_external
-from .common import betas_pair, restart_if_cleared, zero_dim_lr
+from ..contract import PicklableOptimizer
+from .common import betas_pair, build_peer, restart_if_cleared, zero_dim_lr
 
 
 class Muon(PicklableOptimizer, pytorch_optimizer.Muon):
@@ -75,10 +74,7 @@ class MuonConfig:
 
 
 def build_muon(model: nn.Module, cfg: MuonConfig) -> TrainingOptimizer:
-    check_parameters(trainable_parameters(model), "muon")
     # the workload's weight decay reaches both halves (the library's AdamW half defaults to none)
     arguments: dict[str, Any] = {**asdict(cfg), "adamw_wd": cfg.weight_decay,
                                  "param_groups": "baselines.recipes:muon_groups"}
-    opt = build_external("baselines.peers.muon:Muon", model, arguments)
-    opt.name = "muon"
-    return opt
+    return build_peer("muon", Muon, model, arguments)

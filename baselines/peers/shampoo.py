@@ -11,11 +11,10 @@ import pytorch_optimizer
 import torch
 from torch import nn
 
-from ..base import TrainingOptimizer, trainable_parameters
+from ..base import TrainingOptimizer
 from ..config import check_int, check_nonneg
-from ..contract import PicklableOptimizer, check_parameters, check_saved_settings
-from ..external import build_external
-from .common import LENGTH, betas_pair, float_lr, restart_if_cleared
+from ..contract import PicklableOptimizer, check_saved_settings
+from .common import LENGTH, betas_pair, build_peer, float_lr, restart_if_cleared
 
 
 class Shampoo(PicklableOptimizer, pytorch_optimizer.ScalableShampoo):
@@ -150,7 +149,4 @@ class ShampooConfig:
 
 
 def build_shampoo(model: nn.Module, cfg: ShampooConfig) -> TrainingOptimizer:
-    check_parameters(trainable_parameters(model), "shampoo")
-    opt = build_external("baselines.peers.shampoo:Shampoo", model, asdict(cfg))
-    opt.name = "shampoo"
-    return opt
+    return build_peer("shampoo", Shampoo, model, asdict(cfg))

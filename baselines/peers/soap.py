@@ -11,11 +11,10 @@ import pytorch_optimizer
 import torch
 from torch import nn
 
-from ..base import TrainingOptimizer, trainable_parameters
+from ..base import TrainingOptimizer
 from ..config import check_int, check_nonneg, check_positive, check_unit_interval
-from ..contract import PicklableOptimizer, check_parameters
-from ..external import build_external
-from .common import betas_pair, flatten_lists, float_lr, restart_if_cleared, unflatten_lists
+from ..contract import PicklableOptimizer
+from .common import betas_pair, build_peer, flatten_lists, float_lr, restart_if_cleared, unflatten_lists
 
 
 class SOAP(PicklableOptimizer, pytorch_optimizer.SOAP):
@@ -73,7 +72,4 @@ class SOAPConfig:
 
 
 def build_soap(model: nn.Module, cfg: SOAPConfig) -> TrainingOptimizer:
-    check_parameters(trainable_parameters(model), "soap")
-    opt = build_external("baselines.peers.soap:SOAP", model, asdict(cfg))
-    opt.name = "soap"
-    return opt
+    return build_peer("soap", SOAP, model, asdict(cfg))

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from mlbfgs import MLBFGS
+from tests.support.dense_bfgs import damping_phi, one_pair_inverse_hessian
 
 A = (1.0, 0.02)  # inside the default curvature bounds (0.01, 1.5): no damping, gamma_b = 1/a_b per layer
-TAU0, LO, HI = 0.01, 0.01, 1.5  # the default damping and curvature bounds (mlbfgs.CurvatureConfig)
 
 
 def _start() -> list[torch.Tensor]:
@@ -33,16 +33,6 @@ def _start() -> list[torch.Tensor]:
 
 def _loss(x: list[torch.Tensor]) -> torch.Tensor:
     return sum(0.5 * a * (t * t).sum() for a, t in zip(A, x, strict=True))  # type: ignore[return-value]
-
-
-def _damped(mu: float) -> float:
-    if mu < LO:
-        phi = (1 - LO) / (1 - mu)
-    elif mu > HI:
-        phi = (HI - 1) / (mu - 1)
-    else:
-        phi = 1.0
-    return min(phi, 1 - TAU0)
 
 
 def _share_ratios(**blocks: object) -> list[list[float]]:
@@ -78,7 +68,7 @@ def test_the_default_splits_the_first_step_by_one_scale_and_layers_by_their_own(
     default, layer = _share_ratios()[0], _share_ratios(blocks="layer")
     assert default[0] > 0.1, default
     for step in layer:
-        damped = [_damped(a) * a + 1 - _damped(a) for a in A]
+        damped = [damping_phi(a) * a + 1 - damping_phi(a) for a in A]
         assert math.isclose(step[0], 2 / (1 + (damped[0] / damped[1]) ** 2), rel_tol=1e-2), step
 
 
@@ -97,13 +87,8 @@ def test_the_default_direction_is_one_dense_bfgs_matrix_over_all_parameters() ->
     a = torch.cat([torch.full((t.numel(),), c, dtype=torch.float64) for c, t in zip(A, x, strict=True)])
     s = iterates[1] - iterates[0]
     y = a * s
-    phi = _damped(float(s @ y) / float(s @ s))
+    phi = damping_phi(float(s @ y) / float(s @ s))
     y_hat = phi * y + (1 - phi) * s
-    rho = 1.0 / float(s @ y_hat)
-    gamma = float(s @ y_hat) / float(y_hat @ y_hat)
-    eye = torch.eye(s.numel(), dtype=torch.float64)
-    h = (eye - rho * torch.outer(s, y_hat)) @ (gamma * eye) @ (eye - rho * torch.outer(y_hat, s))
-    h += rho * torch.outer(s, s)
-    d = h @ grads[1]
+    d = one_pair_inverse_hessian(s, y_hat) @ grads[1]
     assert torch.allclose(iterates[1] - iterates[2], 1e-3 * d / d.norm(), rtol=1e-9, atol=1e-15)
     assert not math.isclose(float(d[0] / grads[1][0]), float(d[-1] / grads[1][-1]), rel_tol=0.1)  # not a rescaled g

@@ -12,22 +12,9 @@ import math
 import torch
 
 from mlbfgs import MLBFGS
+from tests.support.dense_bfgs import HI, LO, TAU0, damping_phi, one_pair_inverse_hessian
 
 A = (100.0, 0.5)  # curvature of block 0 (above sigma_H = 1.5) and block 1 (inside the bounds)
-TAU0, LO, HI = 0.01, 0.01, 1.5
-
-
-def _damped(mu: float) -> float:
-    """phi of the spec's damping rule (step 3), with phi <= 1 - tau0."""
-    if mu < LO:
-        phi = (1 - LO) / (1 - mu)
-    elif mu > HI:
-        phi = (HI - 1) / (mu - 1)
-    else:
-        phi = 1.0
-    return min(phi, 1 - TAU0)
-
-
 def test_records_match_a_dense_bfgs_computation() -> None:
     torch.manual_seed(0)
     x = [torch.randn(n, dtype=torch.float64, requires_grad=True) for n in (5, 3)]
@@ -48,13 +35,10 @@ def test_records_match_a_dense_bfgs_computation() -> None:
     for b, a in enumerate(A):
         s = before[1][b] - before[0][b]  # iterate at step 2 minus iterate at step 1
         y = a * s
-        phi = _damped(a)
+        phi = damping_phi(a)
         y_hat = phi * y + (1 - phi) * s
-        rho = 1.0 / float(s @ y_hat)
         gamma = float(s @ y_hat) / float(y_hat @ y_hat)
-        eye = torch.eye(s.numel(), dtype=torch.float64)
-        h = (eye - rho * torch.outer(s, y_hat)) @ (gamma * eye) @ (eye - rho * torch.outer(y_hat, s))
-        h += rho * torch.outer(s, s)
+        h = one_pair_inverse_hessian(s, y_hat)
         directions.append(h @ grads[1][b])
         r = records[b]
         assert r.accepted
