@@ -17,6 +17,8 @@ from baselines.registry import build_optimizer
 from tests.support import REPO
 
 DATA = REPO / "tests" / "data" / "legacy_checkpoints.pt"
+# registry defaults of the time that have changed since: the checkpoints' runs used them
+DEFAULTS_WHEN_WRITTEN = {"mlbfgs": {"blocks": "layer"}}  # one block per layer until 2026-12-08
 
 
 @pytest.mark.parametrize("name", ["mlbfgs", "kfac", "mlbfgs_authors"])
@@ -26,7 +28,7 @@ def test_old_checkpoint_resumes_bit_identically(name: str) -> None:
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
     gen = torch.Generator().manual_seed(1)
     data = [(torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)) for _ in range(20)]
-    opt = build_optimizer(name, model, **saved["settings"])
+    opt = build_optimizer(name, model, **{**DEFAULTS_WHEN_WRITTEN.get(name, {}), **saved["settings"]})
     model.load_state_dict(saved["checkpoint"]["model"])
     opt.load_state_dict(saved["checkpoint"]["opt"])
     for x, y in data[10:]:

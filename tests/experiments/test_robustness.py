@@ -279,7 +279,8 @@ def test_the_record_keeps_every_invocation(tmp_path: Path, capsys: pytest.Captur
     path.write_text(json.dumps(GOOD_PRESET))
     out = tmp_path / "out"
     out.mkdir()
-    legacy = json.loads((REPO / "results" / "examples" / "suite_radam_nadam.json").read_text())
+    # a record of the one-command layout, as results/examples/suite_radam_nadam.json was until 2026-12-08
+    legacy = json.loads((REPO / "tests" / "data" / "suite_record_one_command.json").read_text())
     (out / "suite_tiny.json").write_text(json.dumps({**legacy, "preset": "tiny"}))
     base = ["--preset", str(path), "--out", str(out), "--no-analysis", "--threads", "1"]
     assert suite.main(base) == 0
