@@ -124,8 +124,8 @@ def block_defaults_summary(data: tuple[pd.DataFrame, pd.DataFrame]) -> pd.DataFr
 def chosen_default(summary: pd.DataFrame) -> str | None:
     """The rule's default (the module docstring), or None while some workload lacks a candidate's runs."""
     for name, _, _ in CANDIDATES:
-        rows = summary[summary["candidate"] == name]
-        if set(rows["workload"]) < set(WORKLOADS) or (rows["seeds"] < MIN_SEEDS).any():
+        rows = summary[(summary["candidate"] == name) & summary["workload"].isin(WORKLOADS)]
+        if not set(WORKLOADS) <= set(rows["workload"]) or (rows["seeds"] < MIN_SEEDS).any():
             return None  # the rule reads the simplest first: it cannot skip one it cannot judge yet
         if rows["admitted"].all():
             return name
@@ -141,7 +141,8 @@ def block_defaults_markdown(summary: pd.DataFrame) -> str:
         f"excludes zero. 'step/gradient share': the smallest over blocks of the block's median share of the "
         f"step divided by its share of the gradient; below {STARVATION_RATIO} the candidate starves a block. "
         "The default is the simplest candidate (the table's order) admitted on every workload.\n\n"
-        + (f"**Chosen default: `{choice}`.**\n" if choice else "**No default chosen yet**: a workload lacks runs.\n")
+        + (f"**Chosen default: `{choice}`.**\n" if choice else
+           "**No default chosen**: a workload lacks runs or seeds, or no candidate is admitted on every workload.\n")
     )
     header = ["workload", "candidate", "seeds", "final test acc [95%]", "vs best [95%]", "",
               "step/gradient share", "admitted"]

@@ -133,8 +133,9 @@ def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[]
         if drift and opts.retrain_stale:  # recorded under other defaults (experiments/runner/drift.py)
             if not opts.dry_run:
                 set_aside(run.manifest, opts.results, stale_folder(opts.results))
-            print(f"[suite] {run.run_id}: recorded under other settings ({', '.join(drift)}); set aside in "
-                  f"{opts.results / 'stale'}, retraining", flush=True)
+            print(f"[suite] {run.run_id}: recorded under other settings ({', '.join(drift)}); "
+                  f"{'would be set' if opts.dry_run else 'set'} aside in {opts.results / 'stale'}, retraining",
+                  flush=True)
             todo.append(run)
         elif drift:
             print(f"[suite] error: {drift_message(run.run_id, drift)} (the suite: --retrain-stale sets its files "
@@ -200,12 +201,13 @@ def execute(runs: list[PlannedRun], log: list[dict[str, Any]], save: Callable[[]
 
 def reuse_runs(source_dir: Path, runs: list[PlannedRun], dry_run: bool = False) -> list[PlannedRun]:
     """Copy each finished run of ``source_dir`` (a runs folder, ``<dir>/<workload>/<run_id>.json``) that is
-    identical to one of ``runs`` (same run id) into place, unless that one is finished already; the runs
-    copied (with ``dry_run``: the runs that would be, nothing is copied)."""
+    identical to one of ``runs`` (same run id and recorded optimizer settings: :mod:`experiments.runner.drift`) into
+    place, unless that one is finished already; the runs copied (with ``dry_run``: the runs that would be,
+    nothing is copied)."""
     copied = []
     for run in runs:
         source = source_dir / run.workload / run.manifest.name
-        if is_finished(source) and not is_finished(run.manifest):
+        if is_finished(source) and not is_finished(run.manifest) and not config_drift(run.spec, source):
             copied.append(run)
             print(f"[suite] {run.run_id}: finished in {source.parent}, {'would be ' if dry_run else ''}copied",
                   flush=True)

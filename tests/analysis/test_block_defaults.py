@@ -73,7 +73,7 @@ def test_no_choice_while_a_workload_or_seeds_are_missing() -> None:
     short = _all({"model": [0.80, 0.81][: MIN_SEEDS - 1]})
     summary = block_defaults_summary(_data(short))
     assert chosen_default(summary) is None
-    assert "No default chosen yet" in block_defaults_markdown(summary)
+    assert "No default chosen" in block_defaults_markdown(summary)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -83,3 +83,10 @@ def test_every_candidate_has_a_row_and_a_figure_row(name: str) -> None:
     assert set(summary[summary["candidate"] == name]["workload"]) == set(WORKLOADS)
     fig = plot_block_defaults(data, summary)
     assert len(fig.axes) == len(WORKLOADS)
+
+
+def test_no_choice_while_a_rule_workload_is_missing_even_with_another_one() -> None:
+    acc = _all({"model": [0.80, 0.81, 0.79]})
+    del acc[("fmnist-resnet", "model")]
+    acc[("fmnist-vit", "model")] = [0.8, 0.81, 0.79]
+    assert chosen_default(block_defaults_summary(_data(acc))) is None

@@ -458,3 +458,33 @@ def test_a_setting_added_after_a_run_is_not_drift(tmp_path: Path) -> None:
     assert config_drift(spec, path) == {}
     path.write_text(json.dumps({"optimizer_config": {**recorded, "lr": 123.0}}))
     assert set(config_drift(spec, path)) == {"lr"}
+
+
+def _noop() -> None:
+    return None
+
+
+def test_a_callable_default_is_not_drift_across_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest records a callable default as its text, whose memory address differs in every process."""
+    from experiments.runner import drift
+
+    spec = make_run_spec("mnist1d-mlp", "sgd", 0)
+    config = {**spec.optimizer_config(), "transform": _noop}
+    monkeypatch.setattr(type(spec), "optimizer_config", lambda self: config)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"optimizer_config": {**config, "transform": "<function _noop at 0x7f0000000000>"}}))
+    assert drift.config_drift(spec, path) == {}
+
+
+def test_a_missing_optional_library_is_not_reported_as_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.runner import drift
+
+    spec = make_run_spec("mnist1d-mlp", "sgd", 0)
+
+    def missing(self: object) -> dict:
+        raise ModuleNotFoundError("optimizer 'soap' needs pytorch-optimizer")
+
+    monkeypatch.setattr(type(spec), "optimizer_config", missing)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"optimizer_config": {"lr": 1.0}}))
+    assert drift.config_drift(spec, path) == {}

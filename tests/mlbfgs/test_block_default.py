@@ -21,7 +21,7 @@ from torch import nn
 from mlbfgs import MLBFGS
 from tests.support.dense_bfgs import damping_phi, one_pair_inverse_hessian
 
-A = (1.0, 0.02)  # inside the default curvature bounds (0.01, 1.5): no damping, gamma_b = 1/a_b per layer
+A = (1.0, 0.02)  # inside the default curvature bounds (0.01, 1.5): damped only by phi = 1 - tau0
 
 
 def _start() -> list[torch.Tensor]:

@@ -15,6 +15,8 @@ from mlbfgs import MLBFGS
 from tests.support.dense_bfgs import HI, LO, TAU0, damping_phi, one_pair_inverse_hessian
 
 A = (100.0, 0.5)  # curvature of block 0 (above sigma_H = 1.5) and block 1 (inside the bounds)
+
+
 def test_records_match_a_dense_bfgs_computation() -> None:
     torch.manual_seed(0)
     x = [torch.randn(n, dtype=torch.float64, requires_grad=True) for n in (5, 3)]
